@@ -1,0 +1,66 @@
+"""The composition root: builds settings, engine, clock and transports once, for CLI and web."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from digest.config import Settings, load_settings
+from digest.db import make_engine, session_scope
+
+if TYPE_CHECKING:
+    from digest.render import Renderer
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def fixed_clock(moment: datetime) -> Clock:
+    """A clock frozen at `moment` (for `--now`, tests and simulations)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return lambda: aware
+
+
+@dataclass
+class App:
+    """Everything a command or request needs, wired once. Pass it down; never import globals."""
+
+    settings: Settings
+    clock: Clock = system_clock
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_config(cls, path: str | Path | None = None, *, clock: Clock = system_clock) -> App:
+        return cls(settings=load_settings(path), clock=clock)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return self._engine or make_engine(self.settings.database.url)
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        from digest.render import Renderer
+
+        return Renderer()
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with session_scope(self.engine) as session:
+            yield session
+
+    def signing_key(self) -> bytes:
+        return self.settings.secret_key.get_secret_value().encode()

@@ -1,0 +1,77 @@
+"""The `digest` command line: `digest <noun> <verb>`.
+
+This module holds the root app and global options only; each command area lives in its own
+module (`db`, `content`, `issues`, `sending`, `people`, `ops`) and registers itself here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import typer
+
+from digest.app import App, fixed_clock, system_clock
+from digest.cli import common
+from digest.config import ConfigError
+
+app = typer.Typer(
+    name="digest",
+    help="Newsletter digests for newsrooms: ingest, assemble, render, send, track.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Config file (default: $DIGEST_CONFIG or config/digest.toml)."
+        ),
+    ] = None,
+    now: Annotated[
+        str | None,
+        typer.Option(help="Pretend the current time is this ISO 8601 moment (simulations)."),
+    ] = None,
+) -> None:
+    clock = system_clock
+    if now:
+        try:
+            clock = fixed_clock(datetime.fromisoformat(now.replace("Z", "+00:00")))
+        except ValueError:
+            common.fail(f"--now: not an ISO 8601 date-time: {now!r}")
+    ctx.obj = common.LazyApp(config_path=config, clock=clock)
+
+
+AREAS = ("db", "content", "issues", "sending", "people", "ops")
+
+
+def _register() -> None:
+    # Imported here so each area module can import `app` helpers without cycles.
+    import importlib
+
+    for name in AREAS:
+        try:
+            module = importlib.import_module(f"digest.cli.{name}")
+        except ModuleNotFoundError as exc:  # an area still being written
+            if exc.name != f"digest.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        common.fail(f"configuration error: {exc}")
+
+
+__all__ = ["App", "app", "main"]

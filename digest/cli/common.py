@@ -1,0 +1,55 @@
+"""Helpers shared by the command modules: the lazily built App, output and errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from digest.app import App, Clock
+from digest.config import ConfigError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@dataclass
+class LazyApp:
+    """Builds the App on first use, so `digest --help` works without a valid config."""
+
+    config_path: str | Path | None
+    clock: Clock
+    _app: App | None = field(default=None, repr=False)
+
+    def get(self) -> App:
+        if self._app is None:
+            try:
+                self._app = App.from_config(self.config_path, clock=self.clock)
+            except ConfigError as exc:
+                fail(f"configuration error: {exc}")
+        return self._app
+
+
+def get_app(ctx: typer.Context) -> App:
+    root = ctx.find_root()
+    lazy = root.obj
+    if isinstance(lazy, App):  # tests may hand an App directly
+        return lazy
+    if not isinstance(lazy, LazyApp):
+        fail("internal error: the CLI context has no application")
+    return lazy.get()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def print_json(document: Any) -> None:
+    """One JSON document on stdout and nothing else (for --json)."""
+    sys.stdout.write(json.dumps(document, ensure_ascii=False, default=str, indent=2) + "\n")

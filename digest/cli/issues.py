@@ -1,0 +1,210 @@
+"""`digest issue …` and `digest preview`: build, inspect and edit issues before they go out."""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from digest import assemble, editorial
+from digest.app import App
+from digest.assemble import AssemblyError
+from digest.cli.common import console, fail, get_app, print_json
+from digest.models import Issue
+
+issue_app = typer.Typer(help="Build, inspect and edit issues.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+IssueOpt = Annotated[
+    int | None, typer.Option("--issue", help="Issue id (default: the newsletter's next issue).")
+]
+
+
+def _target(app: App, slug: str, issue_id: int | None) -> Issue:
+    app.settings.newsletter(slug)  # unknown slugs fail with the list of known ones
+    if issue_id is None:
+        return assemble.next_issue(app, slug)
+    with app.session() as session:
+        issue = session.get(Issue, issue_id)
+    if issue is None or issue.newsletter != slug:
+        fail(f"no issue {issue_id} for newsletter {slug!r}")
+    return issue
+
+
+def issue_summary(app: App, issue: Issue) -> dict[str, Any]:
+    with app.session() as session:
+        rows = assemble.issue_articles(session, issue.id or 0)
+        articles = [
+            {
+                "id": article.id,
+                "title": article.title,
+                "url": article.url,
+                "section": link.section,
+                "pinned": link.pinned,
+                "excluded": link.excluded,
+                "published_at": article.published_at.isoformat(),
+            }
+            for link, article in rows
+        ]
+    return {
+        "id": issue.id,
+        "newsletter": issue.newsletter,
+        "period": issue.period,
+        "status": issue.status,
+        "subject": issue.subject,
+        "skip_reason": issue.skip_reason,
+        "html_bytes": issue.html_bytes,
+        "template_version": issue.template_version,
+        "lint": issue.lint,
+        "articles": articles,
+    }
+
+
+def _show(app: App, issue: Issue, as_json: bool) -> None:
+    summary = issue_summary(app, issue)
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"[bold]{issue.newsletter}[/] issue {issue.id} for {issue.period}: "
+        f"[cyan]{issue.status}[/]" + (f" ({issue.skip_reason})" if issue.skip_reason else "")
+    )
+    console.print(f"Subject: {issue.subject}")
+    console.print(f"HTML size: {issue.html_bytes / 1024:.1f} KB")
+    table = Table("#", "id", "section", "title", "flags")
+    for index, item in enumerate(summary["articles"], 1):
+        flags = ("pinned " if item["pinned"] else "") + ("excluded" if item["excluded"] else "")
+        table.add_row(str(index), str(item["id"]), item["section"], item["title"], flags.strip())
+    console.print(table)
+    for finding in issue.lint:
+        console.print(f"[yellow]{finding['level']}[/] {finding['code']}: {finding['message']}")
+
+
+@issue_app.command("build")
+def build(ctx: typer.Context, slug: str, as_json: JsonFlag = False) -> None:
+    """Build (or refresh) the current period's issue of a newsletter."""
+    app = get_app(ctx)
+    _show(app, assemble.build_issue(app, slug), as_json)
+
+
+@issue_app.command("show")
+def show(
+    ctx: typer.Context, slug: str, issue_id: IssueOpt = None, as_json: JsonFlag = False
+) -> None:
+    """Show an issue: status, subject, articles and lint findings."""
+    app = get_app(ctx)
+    _show(app, _target(app, slug, issue_id), as_json)
+
+
+def _edit(ctx: typer.Context, slug: str, issue_id: int | None, action: Any, *args: Any) -> None:
+    app = get_app(ctx)
+    issue = _target(app, slug, issue_id)
+    try:
+        updated = action(app, issue.id, *args)
+    except AssemblyError as exc:
+        fail(str(exc))
+    _show(app, updated, as_json=False)
+
+
+@issue_app.command("pin")
+def pin(
+    ctx: typer.Context,
+    slug: str,
+    article_id: int,
+    issue_id: IssueOpt = None,
+    unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin.")] = False,
+) -> None:
+    """Pin an article to the top of the next issue (adding it if needed)."""
+    _edit(
+        ctx,
+        slug,
+        issue_id,
+        lambda a, i, aid: editorial.pin(a, i, aid, pinned=not unpin),
+        article_id,
+    )
+
+
+@issue_app.command("exclude")
+def exclude(
+    ctx: typer.Context,
+    slug: str,
+    article_id: int,
+    issue_id: IssueOpt = None,
+    restore: Annotated[bool, typer.Option("--restore", help="Put it back.")] = False,
+) -> None:
+    """Drop an article from the next issue."""
+    _edit(
+        ctx,
+        slug,
+        issue_id,
+        lambda a, i, aid: editorial.exclude(a, i, aid, excluded=not restore),
+        article_id,
+    )
+
+
+@issue_app.command("reorder")
+def reorder(
+    ctx: typer.Context, slug: str, article_ids: list[int], issue_id: IssueOpt = None
+) -> None:
+    """Put these articles first, in this order."""
+    _edit(ctx, slug, issue_id, editorial.reorder, article_ids)
+
+
+@issue_app.command("subject")
+def subject(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -> None:
+    """Set the subject line ('' returns to the subject template)."""
+    _edit(ctx, slug, issue_id, editorial.set_subject, text)
+
+
+@issue_app.command("intro")
+def intro(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -> None:
+    """Set the editor's introduction shown above the articles."""
+    _edit(ctx, slug, issue_id, editorial.set_intro, text)
+
+
+@issue_app.command("approve")
+def approve(ctx: typer.Context, slug: str, issue_id: IssueOpt = None) -> None:
+    """Approve the next issue for sending (needed when the newsletter requires approval)."""
+    _edit(ctx, slug, issue_id, editorial.approve)
+
+
+def write_preview(app: App, slug: str, out: Path) -> dict[str, Path]:
+    """Write SLUG.html, SLUG.txt and SLUG.eml (for a sample recipient) into `out`."""
+    from digest.preview import sample_message
+
+    issue = assemble.next_issue(app, slug)
+    out.mkdir(parents=True, exist_ok=True)
+    message, html, text = sample_message(app, issue)
+    files = {"html": out / f"{slug}.html", "text": out / f"{slug}.txt", "eml": out / f"{slug}.eml"}
+    files["html"].write_text(html, encoding="utf-8")
+    files["text"].write_text(text, encoding="utf-8")
+    files["eml"].write_bytes(message.as_bytes())
+    return files
+
+
+def preview(
+    ctx: typer.Context,
+    slug: str,
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the files into.")] = Path(
+        "var/preview"
+    ),
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the HTML in a browser.")
+    ] = False,
+) -> None:
+    """Write the next issue as HTML, text and a complete .eml, exactly as subscribers get it."""
+    app = get_app(ctx)
+    app.settings.newsletter(slug)
+    files = write_preview(app, slug, out)
+    for kind, path in files.items():
+        console.print(f"{kind:>5}: {path}")
+    if open_browser:
+        webbrowser.open(files["html"].resolve().as_uri())
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(issue_app, name="issue")
+    app.command("preview")(preview)

@@ -1,0 +1,373 @@
+"""Configuration: one TOML file validated by pydantic, secrets from the environment.
+
+The file is chosen by `--config PATH`, else `$DIGEST_CONFIG`, else `config/digest.toml` in the
+current directory, else the bundled default. Secrets never live in the file: the database URL,
+the signing key and the SendGrid key come from `DIGEST_DATABASE_URL`, `DIGEST_SECRET_KEY` and
+`SENDGRID_API_KEY` (the first may also be set in the file, for the embedded SQLite default).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from digest import paths
+
+# A development-only key: used when DIGEST_SECRET_KEY is unset and the site is local, so that
+# `make demo` works on a fresh machine. `Settings.check_production()` refuses it elsewhere.
+DEV_SECRET_KEY = "digest-dev-insecure-key-change-me"  # noqa: S105 - documented dev default
+
+ENV_CONFIG = "DIGEST_CONFIG"
+ENV_DATABASE_URL = "DIGEST_DATABASE_URL"
+ENV_SECRET_KEY = "DIGEST_SECRET_KEY"  # noqa: S105 - a variable name, not a secret
+ENV_SECRET_KEYS_OLD = "DIGEST_OLD_SECRET_KEYS"  # noqa: S105 - a variable name, not a secret
+ENV_SENDGRID_KEY = "SENDGRID_API_KEY"
+ENV_API_TOKEN = "DIGEST_API_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_SENDGRID_WEBHOOK_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
+ENV_SMTP_PASSWORD = "DIGEST_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+
+
+class ConfigError(Exception):
+    """A configuration problem, naming the file, the key and what is wrong."""
+
+    def __init__(self, file: Path | str, key: str, reason: str) -> None:
+        self.file = str(file)
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{self.file}: {key}: {reason}" if key else f"{self.file}: {reason}")
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_timezone)]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'7d', '36h', '90m', '2w' → timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration like '7d', '36h' or '90m': {text!r}")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///var/digest.db"
+
+
+class SiteConfig(_Strict):
+    name: str = "digest"
+    base_url: str = "http://127.0.0.1:8000"
+    timezone: TimeZoneName = "UTC"
+    locale: str = "en"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an absolute http(s) URL such as https://news.example.com")
+        return value.rstrip("/")
+
+
+def _no_newlines(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain line breaks")
+    return value
+
+
+HeaderText = Annotated[str, AfterValidator(_no_newlines)]
+
+
+class SenderConfig(_Strict):
+    from_email: HeaderText = "newsletter@localhost"
+    from_name: HeaderText = "digest"
+    reply_to: HeaderText | None = None
+    postal_address: str = ""
+    # mailto target offered next to the https link in List-Unsubscribe (RFC 2369).
+    unsubscribe_mailto: HeaderText | None = None
+
+
+class TransportName(StrEnum):
+    OUTBOX = "outbox"
+    SMTP = "smtp"
+    SENDGRID = "sendgrid"
+
+
+class DeliveryConfig(_Strict):
+    transport: TransportName = TransportName.OUTBOX
+    outbox_dir: str = "var/outbox"
+    batch_size: int = Field(default=500, ge=1, le=1000)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
+    max_retries: int = Field(default=5, ge=0, le=20)
+
+
+class SendGridConfig(_Strict):
+    api_url: str = "https://api.sendgrid.com"
+    timeout: float = Field(default=30, gt=0)
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+
+
+class SmtpSecurity(StrEnum):
+    STARTTLS = "starttls"
+    SSL = "ssl"
+    NONE = "none"
+
+
+class SmtpConfig(_Strict):
+    host: str = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    security: SmtpSecurity = SmtpSecurity.STARTTLS
+    timeout: float = Field(default=30, gt=0)
+
+
+class SourceKind(StrEnum):
+    RSS = "rss"
+    JSON = "json"
+    CSV = "csv"
+
+
+class SourceConfig(_Strict):
+    name: str = Field(min_length=1)
+    kind: SourceKind = SourceKind.RSS
+    url: str = Field(min_length=1, description="http(s) URL or a file path")
+
+
+class TopicRules(_Strict):
+    tags: list[str] = Field(default_factory=list)
+    keywords: list[str] = Field(default_factory=list)
+    exclude_keywords: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list, description="only articles of these sources")
+
+
+class NewsletterConfig(_Strict):
+    slug: str
+    title: str
+    description: str = ""
+    schedule: str = "0 8 * * *"
+    timezone: TimeZoneName | None = None
+    window: Duration = "7d"
+    min_articles: int = Field(default=1, ge=0)
+    max_articles: int = Field(default=20, ge=1, le=200)
+    template: str = "digest"
+    language: str = "en"
+    requires_approval: bool = False
+    section_by: str = Field(default="source", description="'source' or 'tag'")
+    topic: TopicRules = Field(default_factory=TopicRules)
+
+    @field_validator("slug")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not _SLUG.match(value):
+            raise ValueError(
+                "must be lower-case letters, digits and dashes, like 'turkey-unpacked'"
+            )
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from digest.cron import validate_crontab
+
+        validate_crontab(value)
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _template_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]+$", value):
+            raise ValueError("must be a template name like 'digest' (no path)")
+        return value
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_duration(self.window)
+
+
+class ApiConfig(_Strict):
+    """The push API used by a CMS; the bearer token comes from $DIGEST_API_TOKEN."""
+
+    enabled: bool = True
+
+
+class Settings(_Strict):
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    site: SiteConfig = Field(default_factory=SiteConfig)
+    sender: SenderConfig = Field(default_factory=SenderConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    sendgrid: SendGridConfig = Field(default_factory=SendGridConfig)
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    newsletters: list[NewsletterConfig] = Field(default_factory=list)
+
+    # Filled from the environment by `load_settings`, never from the file.
+    secret_key: SecretStr = SecretStr(DEV_SECRET_KEY)
+    old_secret_keys: tuple[SecretStr, ...] = ()
+    sendgrid_api_key: SecretStr | None = None
+    api_token: SecretStr | None = None
+    sendgrid_webhook_public_key: str | None = None
+    source_file: str = "<defaults>"
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        _require_unique([n.slug for n in self.newsletters], "newsletters", "slug")
+        _require_unique([s.name for s in self.sources], "sources", "name")
+        return self
+
+    def newsletter(self, slug: str) -> NewsletterConfig:
+        for newsletter in self.newsletters:
+            if newsletter.slug == slug:
+                return newsletter
+        known = ", ".join(n.slug for n in self.newsletters) or "none configured"
+        raise ConfigError(self.source_file, "newsletters", f"no newsletter {slug!r} ({known})")
+
+    def newsletter_timezone(self, newsletter: NewsletterConfig) -> ZoneInfo:
+        return ZoneInfo(newsletter.timezone or self.site.timezone)
+
+    def verification_keys(self) -> list[bytes]:
+        """The current signing key first, then retired keys that still verify."""
+        keys = [self.secret_key, *self.old_secret_keys]
+        return [k.get_secret_value().encode() for k in keys]
+
+
+def _require_unique(values: list[str], section: str, key: str) -> None:
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            raise ValueError(f"{section}[{index}].{key}: duplicate value {value!r}")
+        seen.add(value)
+
+
+def find_config_file(explicit: str | Path | None = None) -> Path:
+    """--config, then $DIGEST_CONFIG, then ./config/digest.toml, then the bundled default."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    local = Path("config/digest.toml")
+    if local.is_file():
+        return local
+    return paths.default_config_file()
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read, validate and complete the configuration; raise ConfigError naming file and key."""
+    env = dict(os.environ if env is None else env)
+    file = find_config_file(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(file, "", "file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"not valid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(file, "", f"cannot read: {exc}") from exc
+    return settings_from_mapping(raw, file=file, env=env)
+
+
+def settings_from_mapping(
+    raw: dict[str, Any], *, file: Path | str = "<memory>", env: dict[str, str] | None = None
+) -> Settings:
+    env = {} if env is None else env
+    data = dict(raw)
+    for forbidden in ("secret_key", "sendgrid_api_key", "api_token", "old_secret_keys"):
+        if forbidden in data:
+            raise ConfigError(file, forbidden, "secrets come from the environment, not the file")
+    if env.get(ENV_DATABASE_URL):
+        data["database"] = {**data.get("database", {}), "url": env[ENV_DATABASE_URL]}
+    if env.get(ENV_SECRET_KEY):
+        data["secret_key"] = env[ENV_SECRET_KEY]
+    if env.get(ENV_SECRET_KEYS_OLD):
+        data["old_secret_keys"] = tuple(
+            k.strip() for k in env[ENV_SECRET_KEYS_OLD].split(",") if k.strip()
+        )
+    if env.get(ENV_SENDGRID_KEY):
+        data["sendgrid_api_key"] = env[ENV_SENDGRID_KEY]
+    if env.get(ENV_API_TOKEN):
+        data["api_token"] = env[ENV_API_TOKEN]
+    if env.get(ENV_SENDGRID_WEBHOOK_KEY):
+        data["sendgrid_webhook_public_key"] = env[ENV_SENDGRID_WEBHOOK_KEY]
+    if env.get(ENV_SMTP_PASSWORD):
+        data["smtp"] = {**data.get("smtp", {}), "password": env[ENV_SMTP_PASSWORD]}
+    data["source_file"] = str(file)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = _dotted(raw, error["loc"])
+        raise ConfigError(file, key, _reason(error)) from exc
+    except ValueError as exc:  # raised by model validators with their own key in the text
+        raise ConfigError(file, "", str(exc)) from exc
+
+
+def _dotted(raw: dict[str, Any], loc: tuple[int | str, ...]) -> str:
+    """('newsletters', 0, 'schedule') → 'newsletters[0].schedule' (slug added when known)."""
+    parts: list[str] = []
+    node: Any = raw
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            try:
+                node = node[item]
+                name = node.get("slug") or node.get("name") if isinstance(node, dict) else None
+                if name:
+                    label = f"[{item}] ({name})"
+            except (IndexError, KeyError, TypeError):
+                node = None
+            parts.append(label)
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def _reason(error: Any) -> str:
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling; see the configuration reference in README.md)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return message

@@ -1,0 +1,74 @@
+"""Value types passed between assembly, rendering and sending.
+
+Assembly turns stored rows into an `IssueContents`; rendering turns that into a
+`RenderedEmail` whose HTML and text still hold per-recipient tokens (see `personalize`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from digest.config import NewsletterConfig, Settings
+
+
+@dataclass(frozen=True)
+class ArticleView:
+    id: int
+    title: str
+    url: str
+    summary_text: str
+    summary_html: str
+    image_url: str | None
+    author: str | None
+    source: str
+    published_at: datetime
+    tags: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # which topic rules matched
+    pinned: bool = False
+
+
+@dataclass(frozen=True)
+class SectionView:
+    title: str
+    articles: list[ArticleView]
+
+
+@dataclass(frozen=True)
+class IssueContents:
+    """What goes into one issue, in order. Deterministic for the same inputs."""
+
+    settings: Settings
+    newsletter: NewsletterConfig
+    issue_id: int | None
+    period: datetime  # the scheduled moment the issue belongs to (aware)
+    sections: list[SectionView]
+    subject: str | None = None  # the editor's override; else the subject template decides
+    intro: str = ""
+
+    @property
+    def articles(self) -> list[ArticleView]:
+        return [article for section in self.sections for article in section.articles]
+
+
+@dataclass(frozen=True)
+class LintFinding:
+    level: str  # "error" blocks sending unless forced; "warning" is shown to the editor
+    code: str  # stable identifier, e.g. "html-too-large", "img-no-alt"
+    message: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """An issue rendered once: inlined HTML and plain text, both still holding tokens."""
+
+    subject: str
+    preheader: str
+    html: str
+    text: str
+    template_version: str
+    lint: list[LintFinding] = field(default_factory=list)
+
+    @property
+    def html_bytes(self) -> int:
+        return len(self.html.encode("utf-8"))

@@ -1,0 +1,203 @@
+"""Pipeline storage: sources, articles, topics, issues and the delivery ledger.
+
+Newsletters themselves live in the config file; rows refer to them by slug.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from subscribers.timestamps import UTCDateTime, utcnow
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Any:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+def _json() -> Any:
+    return Column(JSON, nullable=False)
+
+
+def _text(nullable: bool = True) -> Any:
+    return Column(Text, nullable=nullable)
+
+
+class DateSource(StrEnum):
+    """Where an article's `published_at` came from."""
+
+    PUBLISHED = "published"
+    UPDATED = "updated"
+    FIRST_SEEN = "first_seen"
+
+
+class Source(SQLModel, table=True):
+    """A configured content source and its fetch health."""
+
+    __tablename__ = "source"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=100, unique=True, index=True)
+    kind: str = Field(max_length=16)
+    url: str = Field(sa_column=_text(nullable=False))
+    etag: str | None = Field(default=None, max_length=500)
+    last_modified: str | None = Field(default=None, max_length=100)
+    last_fetched_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_success_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_error: str | None = Field(default=None, sa_column=_text())
+    last_error_at: datetime | None = Field(default=None, sa_column=_ts())
+    consecutive_failures: int = 0
+
+
+class Article(SQLModel, table=True):
+    __tablename__ = "article"
+    __table_args__ = (
+        UniqueConstraint("source", "guid", name="uq_article_source_guid"),
+        Index("ix_article_source_title", "source", "title_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str = Field(max_length=100)
+    guid: str = Field(max_length=1000)
+    url: str = Field(max_length=2000, index=True)
+    title: str = Field(sa_column=_text(nullable=False))
+    # Lower-cased, punctuation-free title: finds a re-published item with a new guid.
+    title_key: str = Field(max_length=300)
+    summary_html: str = Field(default="", sa_column=_text(nullable=False))
+    summary_text: str = Field(default="", sa_column=_text(nullable=False))
+    author: str | None = Field(default=None, max_length=300)
+    image_url: str | None = Field(default=None, max_length=2000)
+    language: str | None = Field(default=None, max_length=35)
+    tags: list[str] = Field(default_factory=list, sa_column=_json())
+    published_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
+    date_source: str = Field(default=DateSource.PUBLISHED, max_length=16)
+    first_seen_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    fingerprint: str = Field(default="", max_length=64, description="hash of the stored fields")
+
+
+class ArticleTopic(SQLModel, table=True):
+    """An article matched a newsletter's topic; `reasons` says which rules matched."""
+
+    __tablename__ = "article_topic"
+
+    article_id: int = Field(foreign_key="article.id", primary_key=True, ondelete="CASCADE")
+    newsletter: str = Field(max_length=64, primary_key=True, index=True)
+    reasons: list[str] = Field(default_factory=list, sa_column=_json())
+    matched_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class IssueStatus(StrEnum):
+    DRAFT = "draft"  # built, editable, not yet sendable when approval is required
+    APPROVED = "approved"  # an editor approved it; the content is frozen
+    SENDING = "sending"  # the audience is frozen into deliveries; batches are going out
+    SENT = "sent"  # every delivery reached a final state
+    SKIPPED = "skipped"  # too few articles for the period; nothing will be sent
+
+
+class Issue(SQLModel, table=True):
+    """One edition of a newsletter for one period: a frozen, rendered snapshot."""
+
+    __tablename__ = "issue"
+    __table_args__ = (UniqueConstraint("newsletter", "period", name="uq_issue_period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    newsletter: str = Field(max_length=64, index=True)
+    # The scheduled moment this issue belongs to, ISO 8601 in UTC: unique per newsletter.
+    period: str = Field(max_length=40)
+    status: str = Field(default=IssueStatus.DRAFT, max_length=16, index=True)
+    subject: str = Field(default="", max_length=500)
+    subject_override: str | None = Field(default=None, max_length=500, description="editor's")
+    intro: str = Field(default="", sa_column=_text(nullable=False))
+    preheader: str = Field(default="", max_length=500)
+    html: str = Field(default="", sa_column=_text(nullable=False))
+    text: str = Field(default="", sa_column=_text(nullable=False))
+    template_version: str = Field(default="", max_length=64)
+    html_bytes: int = 0
+    lint: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json())
+    skip_reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    approved_at: datetime | None = Field(default=None, sa_column=_ts())
+    approved_by: str | None = Field(default=None, max_length=200)
+    sending_at: datetime | None = Field(default=None, sa_column=_ts())
+    sent_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class IssueArticle(SQLModel, table=True):
+    """An article's place in an issue, with the editor's pin/exclude decisions."""
+
+    __tablename__ = "issue_article"
+
+    issue_id: int = Field(foreign_key="issue.id", primary_key=True, ondelete="CASCADE")
+    article_id: int = Field(foreign_key="article.id", primary_key=True, ondelete="CASCADE")
+    position: int = 0
+    section: str = Field(default="", max_length=200)
+    pinned: bool = False
+    excluded: bool = False
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # frozen into the audience, not yet handed to a transport
+    SENDING = "sending"  # its batch is claimed and in flight
+    ACCEPTED = "accepted"  # the transport took it (SendGrid 202, SMTP 250, file written)
+    FAILED = "failed"  # the transport refused it; `--retry-failed` tries again
+    SKIPPED = "skipped"  # unsubscribed or suppressed before its batch went
+    UNKNOWN = "unknown"  # in flight when a sender died; `--retry-unknown` resends on request
+    # Provider events after acceptance (SendGrid webhook)
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    DROPPED = "dropped"
+    DEFERRED = "deferred"
+
+
+class Delivery(SQLModel, table=True):
+    """One recipient of one issue. Unique per (issue, subscriber): nobody is mailed twice."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_recipient"),
+        Index("ix_delivery_issue_status", "issue_id", "status", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
+    subscriber_id: int
+    email: str = Field(max_length=320)
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16)
+    batch_id: int | None = Field(default=None, index=True)
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, sa_column=_text())
+    opened: bool = False
+    clicked: bool = False
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class BatchStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"  # claimed by a sender (compare-and-set from pending)
+    ACCEPTED = "accepted"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class SendBatch(SQLModel, table=True):
+    """A slice of an issue's deliveries handed to the transport in one call."""
+
+    __tablename__ = "send_batch"
+    __table_args__ = (Index("ix_send_batch_issue_status", "issue_id", "status", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
+    status: str = Field(default=BatchStatus.PENDING, max_length=16)
+    size: int = 0
+    attempts: int = 0
+    claimed_by: str | None = Field(default=None, max_length=200)
+    claimed_at: datetime | None = Field(default=None, sa_column=_ts())
+    provider_message_id: str | None = Field(default=None, max_length=200)
+    error: str | None = Field(default=None, sa_column=_text())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

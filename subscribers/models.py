@@ -1,0 +1,100 @@
+"""Subscriber storage: who they are, what they follow, and what they told us."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from subscribers.timestamps import UTCDateTime, utcnow
+
+
+class SubscriptionStatus(StrEnum):
+    PENDING = "pending"  # double opt-in: waiting for the confirmation click
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+
+
+class SuppressionReason(StrEnum):
+    UNSUBSCRIBED_ALL = "unsubscribed_all"
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    MANUAL = "manual"
+
+
+class ConsentAction(StrEnum):
+    SUBSCRIBE = "subscribe"
+    CONFIRM = "confirm"
+    UNSUBSCRIBE = "unsubscribe"
+    UNSUBSCRIBE_ALL = "unsubscribe_all"
+    RESUBSCRIBE = "resubscribe"
+    BOUNCE = "bounce"
+    COMPLAINT = "complaint"
+    SUPPRESS = "suppress"
+
+
+def _ts(nullable: bool = True, index: bool = False) -> Column[datetime]:
+    return Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+class Subscriber(SQLModel, table=True):
+    __tablename__ = "subscriber"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)
+    name: str | None = Field(default=None, max_length=200)
+    locale: str | None = Field(default=None, max_length=35)
+    timezone: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "newsletter", name="uq_subscription_subscriber"),
+        # The audience query walks one newsletter's active subscribers in id order.
+        Index("ix_subscription_audience", "newsletter", "status", "subscriber_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", ondelete="CASCADE")
+    newsletter: str = Field(max_length=64)
+    status: str = Field(default=SubscriptionStatus.ACTIVE, max_length=16)
+    source: str = Field(default="cli", max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    confirmed_at: datetime | None = Field(default=None, sa_column=_ts())
+    unsubscribed_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must never be mailed again, whatever list it is on."""
+
+    __tablename__ = "suppression"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True, index=True)
+    reason: str = Field(max_length=32)
+    source: str = Field(default="manual", max_length=32)
+    detail: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class ConsentEvent(SQLModel, table=True):
+    """Append-only audit trail of every consent change."""
+
+    __tablename__ = "consent_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int | None = Field(default=None, index=True)
+    email: str = Field(max_length=320)
+    newsletter: str | None = Field(default=None, max_length=64)
+    action: str = Field(max_length=24)
+    method: str = Field(max_length=32, description="cli, csv, form, link, one-click, webhook, …")
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=500)
+    detail: str | None = Field(default=None, max_length=500)
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
