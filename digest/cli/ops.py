@@ -80,9 +80,8 @@ def demo(
     if report.subscribers_imported:
         console.print(f"[bold]Imported[/] {report.subscribers_imported} sample subscribers.")
     for outcome in report.newsletters:
-        console.print(
-            f"[bold]{outcome.slug}[/]: issue {outcome.issue_id}, {outcome.articles} articles, {outcome.status}"
-        )
+        headline = f"issue {outcome.issue_id}, {outcome.articles} articles, {outcome.status}"
+        console.print(f"[bold]{outcome.slug}[/]: {headline}")
         if outcome.note:
             console.print(f"  skipped: {outcome.note}")
         for kind, path in outcome.preview.items():

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:02:05.034575
+Create Date: 2026-11-25 13:08:57.245140
 """
 from alembic import op
 import sqlalchemy as sa
@@ -67,6 +67,7 @@ def upgrade() -> None:
     sa.Column('period', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('subject', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
+    sa.Column('subject_override', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
     sa.Column('intro', sa.Text(), nullable=False),
     sa.Column('preheader', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=False),
     sa.Column('html', sa.Text(), nullable=False),
@@ -78,6 +79,7 @@ def upgrade() -> None:
     sa.Column('created_at', subscribers.timestamps.UTCDateTime(), nullable=False),
     sa.Column('updated_at', subscribers.timestamps.UTCDateTime(), nullable=False),
     sa.Column('approved_at', subscribers.timestamps.UTCDateTime(), nullable=True),
+    sa.Column('approved_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('sending_at', subscribers.timestamps.UTCDateTime(), nullable=True),
     sa.Column('sent_at', subscribers.timestamps.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id'),

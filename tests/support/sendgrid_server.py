@@ -89,7 +89,8 @@ _MAX_MESSAGE = 300
 _SCHEMA_ENV = "SENDGRID_MAIL_SCHEMA"
 _SCHEMA_CANDIDATES = (
     Path(__file__).with_name("tsg_mail_v3.json"),
-    Path("/work/shared/sendgrid/tsg_mail_v3.json"),
+    # The project's shared folder sits beside the repository (developers' machines and CI).
+    Path(__file__).resolve().parents[3] / "shared" / "sendgrid" / "tsg_mail_v3.json",
 )
 
 
