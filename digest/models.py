@@ -142,13 +142,20 @@ class IssueArticle(SQLModel, table=True):
 
 
 class DeliveryStatus(StrEnum):
-    PENDING = "pending"  # frozen into the audience, not yet handed to a transport
-    SENDING = "sending"  # its batch is claimed and in flight
-    ACCEPTED = "accepted"  # the transport took it (SendGrid 202, SMTP 250, file written)
-    FAILED = "failed"  # the transport refused it; `--retry-failed` tries again
-    SKIPPED = "skipped"  # unsubscribed or suppressed before its batch went
-    UNKNOWN = "unknown"  # in flight when a sender died; `--retry-unknown` resends on request
-    # Provider events after acceptance (SendGrid webhook)
+    """Where one recipient of an issue stands. Read counts through `sending.delivery_counts`.
+
+    The row stores only what happened to this recipient alone (skipped, failed or unknown on
+    its own, provider events). While it is `pending` its batch speaks for it (as Ghost's
+    email_batches do): accepting a batch of 1000 writes one batch row, not 1000 delivery rows.
+    """
+
+    PENDING = "pending"  # stored: nothing happened to it alone; its batch's status applies
+    SENDING = "sending"  # derived: its batch is claimed and in flight
+    ACCEPTED = "accepted"  # derived: its batch was taken (SendGrid 202, SMTP 250, file written)
+    FAILED = "failed"  # refused, alone (stored) or with its batch; `--retry-failed` resends
+    SKIPPED = "skipped"  # stored: unsubscribed or suppressed before its batch went
+    UNKNOWN = "unknown"  # may have gone out (sender died, answer lost); `--retry-unknown`
+    # Provider events after acceptance (SendGrid webhook), stored on the row
     DELIVERED = "delivered"
     BOUNCED = "bounced"
     DROPPED = "dropped"
@@ -156,20 +163,25 @@ class DeliveryStatus(StrEnum):
 
 
 class Delivery(SQLModel, table=True):
-    """One recipient of one issue. Unique per (issue, subscriber): nobody is mailed twice."""
+    """One recipient of one issue, frozen before sending. Unique per (issue, subscriber).
+
+    The uniqueness is the exactly-once guarantee's anchor: a subscriber can be in one batch of
+    an issue at a time, and a batch is sent by whoever won its compare-and-set claim.
+    """
 
     __tablename__ = "delivery"
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_recipient"),
-        Index("ix_delivery_issue_status", "issue_id", "status", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
     issue_id: int = Field(foreign_key="issue.id", ondelete="CASCADE")
     subscriber_id: int
     email: str = Field(max_length=320)
+    name: str | None = Field(default=None, max_length=200)
     status: str = Field(default=DeliveryStatus.PENDING, max_length=16)
     batch_id: int | None = Field(default=None, index=True)
+    # Only when it differs from its batch's (SendGrid split the batch into several requests).
     provider_message_id: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=_text())
     opened: bool = False
@@ -178,11 +190,12 @@ class Delivery(SQLModel, table=True):
 
 
 class BatchStatus(StrEnum):
-    PENDING = "pending"
-    SENDING = "sending"  # claimed by a sender (compare-and-set from pending)
-    ACCEPTED = "accepted"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
+    PENDING = "pending"  # cut, waiting for a sender
+    SENDING = "sending"  # claimed by a sender (compare-and-set from pending), in flight
+    ACCEPTED = "accepted"  # the provider took it; its failed recipients are marked on their rows
+    FAILED = "failed"  # the provider refused the whole request (or retries ran out)
+    UNKNOWN = "unknown"  # its sender died or lost the answer: it may have gone out
+    RETRIED = "retried"  # its recipients moved to new batches (`--retry-failed/-unknown`)
 
 
 class SendBatch(SQLModel, table=True):
@@ -196,8 +209,9 @@ class SendBatch(SQLModel, table=True):
     status: str = Field(default=BatchStatus.PENDING, max_length=16)
     size: int = 0
     attempts: int = 0
+    # "host/boot/pid/start/run" of the sender holding the claim; see ledger.Claimer.
     claimed_by: str | None = Field(default=None, max_length=200)
-    claimed_at: datetime | None = Field(default=None, sa_column=_ts())
+    claimed_at: datetime | None = Field(default=None, sa_column=_ts())  # refreshed as heartbeat
     provider_message_id: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=_text())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

@@ -1,0 +1,603 @@
+"""The delivery ledger: who gets an issue, in which batch, and what became of each batch.
+
+Rules that make a send exactly-once and resumable (listmonk advances its checkpoint when a batch
+is *fetched*, so a crash skips people; we only move a batch forward after the transport said):
+
+1. `freeze` writes one Delivery row per recipient, cut into SendBatch rows, in the same
+   transaction that moves the issue to `sending` (a compare-and-set on the issue's status), so
+   the audience is frozen exactly once, completely or not at all.
+2. `claim` moves one batch `pending → sending` with a compare-and-set (`FOR UPDATE SKIP
+   LOCKED` on PostgreSQL), so two senders, on one host or several, never get the same batch.
+3. `record` moves it `sending → accepted | failed | unknown` after the transport answered.
+   A batch left `sending` by a sender that died is not resent: `release_stale` marks it
+   `unknown`, and only `requeue(..., UNKNOWN)` (the operator's `--retry-unknown`) sends it again.
+
+Per-recipient facts (skipped, failed alone, provider events) go on the Delivery row; otherwise
+the batch speaks for its rows (see DeliveryStatus), which keeps a million-recipient send to a
+million inserts and a thousand batch updates.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlmodel import Session
+
+from digest.message import clean_name
+from digest.models import (
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    SendBatch,
+)
+from digest.transports import SendOutcome, SendResult
+from subscribers import audience_page
+
+FREEZE_PAGE = 10_000  # audience rows read and inserted per statement while freezing
+_D = Delivery.__table__  # type: ignore[attr-defined]
+_B = SendBatch.__table__  # type: ignore[attr-defined]
+_I = Issue.__table__  # type: ignore[attr-defined]
+
+# Row statuses that stand on their own; a `pending` row takes its batch's status.
+_BATCH_TO_DELIVERY = {
+    None: DeliveryStatus.PENDING,
+    BatchStatus.PENDING: DeliveryStatus.PENDING,
+    BatchStatus.SENDING: DeliveryStatus.SENDING,
+    BatchStatus.ACCEPTED: DeliveryStatus.ACCEPTED,
+    BatchStatus.FAILED: DeliveryStatus.FAILED,
+    BatchStatus.UNKNOWN: DeliveryStatus.UNKNOWN,
+    BatchStatus.RETRIED: DeliveryStatus.PENDING,
+}
+_OUTCOME_TO_STATUS = {
+    SendOutcome.ACCEPTED: DeliveryStatus.ACCEPTED,
+    SendOutcome.FAILED: DeliveryStatus.FAILED,
+    SendOutcome.UNKNOWN: DeliveryStatus.UNKNOWN,
+}
+
+
+# -- who holds a claim --------------------------------------------------------------------------
+
+_ACTIVE_RUNS: set[str] = set()  # runs of this process that are still sending
+_ACTIVE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Claimer:
+    """A sender's identity, stored in `send_batch.claimed_by`: `host/boot/pid/start/run`.
+
+    On the same machine (same host name and boot id) a claimer is alive while its process is
+    (the start time guards against a reused pid, and a zombie counts as dead); a run of this
+    very process is alive until it ends. On another machine only the heartbeat tells: a claim
+    not refreshed within the lease is stale.
+    """
+
+    host: str
+    boot: str
+    pid: int
+    start: str
+    run: str
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.boot}/{self.pid}/{self.start}/{self.run}"
+
+    @classmethod
+    def new(cls) -> Claimer:
+        pid = os.getpid()
+        return cls(_hostname(), _boot_id(), pid, _process_start(pid) or "?", uuid.uuid4().hex[:8])
+
+    @classmethod
+    def parse(cls, text: str | None) -> Claimer | None:
+        parts = (text or "").split("/")
+        if len(parts) != 5 or not parts[2].isdigit():
+            return None
+        return cls(parts[0], parts[1], int(parts[2]), parts[3], parts[4])
+
+    def activate(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE_RUNS.add(self.run)
+
+    def deactivate(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE_RUNS.discard(self.run)
+
+    def judges_alive(
+        self, other: Claimer | None, claimed_at: datetime | None, now: datetime, lease: timedelta
+    ) -> bool:
+        """Whether `other`, holding a claim stamped `claimed_at`, may still be sending it."""
+        if other is not None and (other.host, other.boot) == (self.host, self.boot):
+            if (other.pid, other.start) == (self.pid, self.start):
+                with _ACTIVE_LOCK:
+                    return other.run in _ACTIVE_RUNS
+            return _process_alive(other.pid, other.start)
+        return claimed_at is not None and now - claimed_at < lease
+
+
+def _hostname() -> str:
+    return socket.gethostname().replace("/", "_")[:60] or "localhost"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "noboot"
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _process_start(pid: int) -> str | None:
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None  # field 22: starttime
+
+
+def _process_alive(pid: int, start: str) -> bool:
+    fields = _proc_stat(pid)
+    if fields is None:
+        if Path("/proc/self/stat").exists():
+            return False  # /proc works here and has no such process
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    if fields[0] in ("Z", "X"):  # zombie or dead: killed, not yet reaped
+        return False
+    return start == "?" or (len(fields) > 19 and fields[19] == start)
+
+
+# -- freezing the audience ----------------------------------------------------------------------
+
+
+def freeze(
+    session: Session,
+    *,
+    issue_id: int,
+    newsletter: str,
+    from_statuses: Sequence[str],
+    batch_size: int,
+    now: datetime,
+    page_size: int = FREEZE_PAGE,
+) -> int | None:
+    """Move the issue to `sending` and write its audience as pending deliveries and batches.
+
+    Returns the number of deliveries, or None when the issue was not in `from_statuses` (someone
+    else froze it first, or it is not sendable). All in the caller's transaction.
+    """
+    moved = session.execute(
+        update(_I)
+        .where(_I.c.id == issue_id, _I.c.status.in_(list(from_statuses)))
+        .values(status=IssueStatus.SENDING, sending_at=now, updated_at=now)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    total = 0
+    after = 0
+    while True:
+        page = audience_page(session, newsletter, after_id=after, limit=page_size)
+        if not page:
+            return total
+        after = page[-1].subscriber_id
+        chunks = [page[i : i + batch_size] for i in range(0, len(page), batch_size)]
+        batch_ids = _insert_batches(session, issue_id, [len(c) for c in chunks], now)
+        rows = [
+            (r.subscriber_id, r.email, clean_name(r.name)[:200] or None, batch_id)
+            for chunk, batch_id in zip(chunks, batch_ids, strict=True)
+            for r in chunk
+        ]
+        _insert_deliveries(session, issue_id, rows, now)
+        total += len(page)
+
+
+def _insert_batches(session: Session, issue_id: int, sizes: list[int], now: datetime) -> list[int]:
+    statement = insert(_B).returning(_B.c.id, sort_by_parameter_order=True)
+    params = [
+        {"issue_id": issue_id, "status": BatchStatus.PENDING, "size": size, "attempts": 0,
+         "updated_at": now}
+        for size in sizes
+    ]  # fmt: skip
+    return [row[0] for row in session.execute(statement, params)]
+
+
+def _insert_deliveries(
+    session: Session, issue_id: int, rows: list[tuple[int, str, str | None, int]], now: datetime
+) -> None:
+    """Bulk INSERT … ON CONFLICT DO NOTHING through the driver: ~10x faster than ORM rows."""
+    if not rows:
+        return
+    connection = session.connection()
+    naive = now.astimezone(UTC).replace(tzinfo=None)
+    if connection.dialect.name == "postgresql":
+        subscriber_ids, emails, names, batch_ids = (list(c) for c in zip(*rows, strict=True))
+        connection.exec_driver_sql(
+            "INSERT INTO delivery (issue_id, subscriber_id, email, name, status, batch_id, "
+            "opened, clicked, updated_at) "
+            "SELECT %(issue)s, s, e, n, 'pending', b, false, false, %(now)s "
+            "FROM unnest(%(s)s::int[], %(e)s::text[], %(n)s::text[], %(b)s::int[]) "
+            "AS t(s, e, n, b) "
+            "ON CONFLICT (issue_id, subscriber_id) DO NOTHING",
+            {"issue": issue_id, "now": naive, "s": subscriber_ids, "e": emails, "n": names,
+             "b": batch_ids},
+        )  # fmt: skip
+        return
+    stamp = naive.isoformat(sep=" ", timespec="microseconds")  # SQLAlchemy's SQLite format
+    connection.exec_driver_sql(
+        "INSERT INTO delivery (issue_id, subscriber_id, email, name, status, batch_id, "
+        "opened, clicked, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, 0, 0, ?) "
+        "ON CONFLICT (issue_id, subscriber_id) DO NOTHING",
+        [(issue_id, s, e, n, b, stamp) for s, e, n, b in rows],
+    )
+
+
+# -- claiming and recording batches -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedRecipient:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: int
+    recipients: list[ClaimedRecipient]  # to send now, in delivery order
+    skipped: int  # blocked since the freeze: marked skipped, not sent
+
+
+def claim(
+    session: Session,
+    *,
+    issue_id: int,
+    claimer: Claimer,
+    now: datetime,
+    max_recipients: int | None = None,
+    blocked: Callable[[list[int]], set[int]] | None = None,
+) -> ClaimedBatch | None:
+    """Take the next pending batch of the issue, or None when there is none left.
+
+    `max_recipients` splits a larger batch (its tail becomes a new pending batch), for
+    `--limit`. `blocked(subscriber_ids)` names who may no longer be mailed: they are marked
+    skipped here, in the claim's transaction, just before the transport call.
+    """
+    next_pending = (
+        select(_B.c.id)
+        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING)
+        .order_by(_B.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(_B)
+        .where(_B.c.id == next_pending, _B.c.status == BatchStatus.PENDING)
+        .values(
+            status=BatchStatus.SENDING,
+            claimed_by=str(claimer),
+            claimed_at=now,
+            attempts=_B.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(_B.c.id)
+    ).first()
+    if row is None:
+        return None
+    batch_id = int(row[0])
+    members = [
+        ClaimedRecipient(*r)
+        for r in session.execute(
+            select(_D.c.id, _D.c.subscriber_id, _D.c.email, _D.c.name)
+            .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
+            .order_by(_D.c.id)
+        )
+    ]
+    if max_recipients is not None and len(members) > max_recipients:
+        tail = members[max_recipients:]
+        members = members[:max_recipients]
+        _move_to_new_batch(session, issue_id, [m.delivery_id for m in tail], now)
+    stopped: set[int] = (
+        blocked([m.subscriber_id for m in members]) if blocked and members else set()
+    )
+    if stopped:
+        skipped_ids = [m.delivery_id for m in members if m.subscriber_id in stopped]
+        set_rows(session, skipped_ids, status=DeliveryStatus.SKIPPED, now=now)
+        members = [m for m in members if m.subscriber_id not in stopped]
+    session.execute(update(_B).where(_B.c.id == batch_id).values(size=len(members) + len(stopped)))
+    return ClaimedBatch(batch_id, members, len(stopped))
+
+
+def release(session: Session, *, batch_id: int, claimer: Claimer, now: datetime) -> bool:
+    """Give back a claimed batch that never reached the transport."""
+    result = session.execute(
+        update(_B)
+        .where(
+            _B.c.id == batch_id,
+            _B.c.status == BatchStatus.SENDING,
+            _B.c.claimed_by == str(claimer),
+        )
+        .values(status=BatchStatus.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def record(
+    session: Session,
+    *,
+    batch: ClaimedBatch,
+    results: Sequence[SendResult],
+    claimer: Claimer,
+    now: datetime,
+) -> str:
+    """Store what the transport answered; returns the batch's new status.
+
+    The batch takes the best outcome (accepted if anyone was, else unknown if anything may have
+    gone, else failed); recipients whose own outcome differs get it on their row.
+    """
+    if len(results) != len(batch.recipients):
+        raise ValueError(
+            f"transport answered {len(results)} results for {len(batch.recipients)} recipients"
+        )
+    outcomes = {r.outcome for r in results}
+    if SendOutcome.ACCEPTED in outcomes or not results:
+        status = BatchStatus.ACCEPTED
+    elif SendOutcome.UNKNOWN in outcomes:
+        status = BatchStatus.UNKNOWN
+    else:
+        status = BatchStatus.FAILED
+    batch_status = DeliveryStatus(_BATCH_TO_DELIVERY[status])
+    message_id = next((r.message_id for r in results if r.accepted and r.message_id), None)
+    error = next((r.error for r in results if r.error), None)
+    own: list[dict[str, Any]] = []
+    for recipient, result in zip(batch.recipients, results, strict=True):
+        row_status = _OUTCOME_TO_STATUS[result.outcome]
+        differs = result.accepted and result.message_id and result.message_id != message_id
+        if row_status != batch_status or differs:
+            own.append(
+                {
+                    "delivery_id": recipient.delivery_id,
+                    "row_status": row_status if row_status != batch_status else "pending",
+                    "row_error": result.error,
+                    "row_message_id": result.message_id if result.accepted else None,
+                    "row_now": now,
+                }
+            )
+    if own:
+        session.execute(
+            update(_D)
+            .where(_D.c.id == bindparam("delivery_id"))
+            .values(
+                status=bindparam("row_status"),
+                error=bindparam("row_error"),
+                provider_message_id=bindparam("row_message_id"),
+                updated_at=bindparam("row_now", type_=_D.c.updated_at.type),
+            ),
+            own,
+        )
+    done = session.execute(
+        update(_B)
+        .where(
+            _B.c.id == batch.batch_id,
+            _B.c.claimed_by == str(claimer),
+            _B.c.status.in_([BatchStatus.SENDING, BatchStatus.UNKNOWN]),
+        )
+        .values(
+            status=status,
+            provider_message_id=message_id,
+            error=None if status == BatchStatus.ACCEPTED and not error else error,
+            updated_at=now,
+        )
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise LostClaim(f"batch {batch.batch_id} was taken from {claimer} while in flight")
+    return status
+
+
+class LostClaim(RuntimeError):
+    """A batch's claim changed hands while it was in flight (should never happen)."""
+
+
+def set_rows(session: Session, delivery_ids: Iterable[int], *, status: str, now: datetime) -> None:
+    ids = list(delivery_ids)
+    for start in range(0, len(ids), 1000):
+        session.execute(
+            update(_D)
+            .where(_D.c.id.in_(ids[start : start + 1000]))
+            .values(status=status, updated_at=now)
+        )
+
+
+def _move_to_new_batch(
+    session: Session, issue_id: int, delivery_ids: list[int], now: datetime
+) -> int:
+    (batch_id,) = _insert_batches(session, issue_id, [len(delivery_ids)], now)
+    for start in range(0, len(delivery_ids), 1000):
+        session.execute(
+            update(_D)
+            .where(_D.c.id.in_(delivery_ids[start : start + 1000]))
+            .values(batch_id=batch_id, status=DeliveryStatus.PENDING, error=None, updated_at=now)
+        )
+    return batch_id
+
+
+def heartbeat(session: Session, *, issue_id: int, claimer: Claimer, now: datetime) -> None:
+    """Refresh this sender's claims, so that other hosts see it is alive."""
+    session.execute(
+        update(_B)
+        .where(
+            _B.c.issue_id == issue_id,
+            _B.c.status == BatchStatus.SENDING,
+            _B.c.claimed_by == str(claimer),
+        )
+        .values(claimed_at=now)
+    )
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def release_stale(
+    session: Session, *, issue_id: int, me: Claimer, now: datetime, lease: timedelta
+) -> list[int]:
+    """Mark `unknown` the batches left in flight by senders that are gone; returns their ids."""
+    stale: list[int] = []
+    rows = session.execute(
+        select(_B.c.id, _B.c.claimed_by, _B.c.claimed_at).where(
+            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.SENDING
+        )
+    ).all()
+    for batch_id, claimed_by, claimed_at in rows:
+        holder = Claimer.parse(claimed_by)
+        if me.judges_alive(holder, _aware(claimed_at), now, lease):
+            continue
+        result = session.execute(
+            update(_B)
+            .where(
+                _B.c.id == batch_id,
+                _B.c.status == BatchStatus.SENDING,
+                _B.c.claimed_by == claimed_by,
+            )
+            .values(
+                status=BatchStatus.UNKNOWN,
+                error=f"its sender ({claimed_by}) stopped while the batch was in flight",
+                updated_at=now,
+            )
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            stale.append(int(batch_id))
+    return stale
+
+
+def _aware(moment: Any) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def requeue(
+    session: Session, *, issue_id: int, status: DeliveryStatus, batch_size: int, now: datetime
+) -> int:
+    """Put the deliveries that ended `status` (failed or unknown) into new pending batches."""
+    batch_status = {
+        DeliveryStatus.FAILED: BatchStatus.FAILED,
+        DeliveryStatus.UNKNOWN: BatchStatus.UNKNOWN,
+    }[status]
+    moved = 0
+    after = 0
+    while True:
+        ids = list(
+            session.execute(
+                select(_D.c.id)
+                .select_from(_D.outerjoin(_B, _B.c.id == _D.c.batch_id))
+                .where(
+                    _D.c.issue_id == issue_id,
+                    _D.c.id > after,
+                    or_(
+                        _D.c.status == status,
+                        and_(_D.c.status == DeliveryStatus.PENDING, _B.c.status == batch_status),
+                    ),
+                )
+                .order_by(_D.c.id)
+                .limit(batch_size)
+            ).scalars()
+        )
+        if not ids:
+            break
+        _move_to_new_batch(session, issue_id, ids, now)
+        moved += len(ids)
+        after = ids[-1]
+    session.execute(
+        update(_B)
+        .where(_B.c.issue_id == issue_id, _B.c.status == batch_status)
+        .values(status=BatchStatus.RETRIED, updated_at=now)
+    )
+    if moved:
+        session.execute(
+            update(_I)
+            .where(_I.c.id == issue_id, _I.c.status == IssueStatus.SENT)
+            .values(status=IssueStatus.SENDING, sent_at=None, updated_at=now)
+        )
+    return moved
+
+
+# -- counting -----------------------------------------------------------------------------------
+
+SEND_STATES = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.ACCEPTED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED,
+    DeliveryStatus.UNKNOWN,
+)
+
+
+def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
+    """How many of the issue's deliveries are in each state (every send state present, 0 or
+    more; provider-event states only when they occur)."""
+    counts: dict[str, int] = dict.fromkeys(SEND_STATES, 0)
+    rows = session.execute(
+        select(_D.c.status, _B.c.status, func.count())
+        .select_from(_D.outerjoin(_B, _B.c.id == _D.c.batch_id))
+        .where(_D.c.issue_id == issue_id)
+        .group_by(_D.c.status, _B.c.status)
+    )
+    for row_status, batch_status, n in rows:
+        if row_status == DeliveryStatus.PENDING:
+            state = str(_BATCH_TO_DELIVERY.get(batch_status, DeliveryStatus.PENDING))
+        else:
+            state = str(row_status)
+        counts[state] = counts.get(state, 0) + int(n)
+    return counts
+
+
+def finish_if_done(session: Session, *, issue_id: int, now: datetime) -> bool:
+    """Move the issue to `sent` once nothing is pending, in flight or unknown."""
+    counts = delivery_counts(session, issue_id)
+    if counts[DeliveryStatus.PENDING] or counts[DeliveryStatus.SENDING]:
+        return False
+    if counts[DeliveryStatus.UNKNOWN]:
+        return False
+    session.execute(
+        update(_I)
+        .where(_I.c.id == issue_id, _I.c.status == IssueStatus.SENDING)
+        .values(status=IssueStatus.SENT, sent_at=now, updated_at=now)
+    )
+    return True
+
+
+__all__ = [
+    "ClaimedBatch",
+    "ClaimedRecipient",
+    "Claimer",
+    "LostClaim",
+    "claim",
+    "delivery_counts",
+    "finish_if_done",
+    "freeze",
+    "heartbeat",
+    "record",
+    "release",
+    "release_stale",
+    "requeue",
+]

@@ -1,0 +1,127 @@
+"""The outbox: every message written as an .eml file instead of being mailed (the default).
+
+Layout: `<outbox_dir>/<newsletter>/<issue id>/<delivery id>.eml`, plus `index.jsonl` in the
+same directory, one JSON line per message (delivery, recipient, subject, file, Message-ID).
+Test sends go to `<outbox_dir>/<newsletter>/tests/`. Each file is written to a temporary name
+and renamed, so a reader never sees half a message; a delivery whose file already exists is not
+written again (a resumed send re-delivers nothing), which makes the outbox idempotent by
+delivery id. Results carry no message id: the file name and the Message-ID header
+(`digest.message.message_id`) both follow from the delivery id. Like rss2email's maildir
+transport, it is how a newsroom tries digest without a mail provider, and what the demo and
+most tests read back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from digest.config import Settings
+from digest.transports import (
+    OutgoingBatch,
+    OutgoingMessage,
+    OutgoingRecipient,
+    SendOutcome,
+    SendResult,
+    recipient_mime,
+)
+
+INDEX = "index.jsonl"
+TESTS_DIR = "tests"
+
+
+class OutboxTransport:
+    name = "outbox"
+    max_batch_size = 1000
+
+    def __init__(self, settings: Settings, directory: str | Path | None = None) -> None:
+        self.settings = settings
+        self.root = Path(directory or settings.delivery.outbox_dir)
+        self._lock = threading.Lock()
+        self._indexed: dict[Path, set[int]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxTransport:
+        return cls(settings)
+
+    def close(self) -> None:
+        self._indexed.clear()
+
+    def directory(self, message: OutgoingMessage) -> Path:
+        issue = str(message.issue_id) if message.issue_id is not None else TESTS_DIR
+        return self.root / message.newsletter.slug / issue
+
+    def send(self, batch: OutgoingBatch) -> list[SendResult]:
+        folder = self.directory(batch.message)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [self._write(folder, batch.message, r) for r in batch.recipients]
+
+    def _write(
+        self, folder: Path, message: OutgoingMessage, recipient: OutgoingRecipient
+    ) -> SendResult:
+        if recipient.delivery_id is None:
+            name = f"test-{uuid.uuid4().hex[:12]}.eml"
+        else:
+            name = f"{recipient.delivery_id}.eml"
+        path = folder / name
+        if recipient.delivery_id is not None and path.exists():
+            self._index(folder, recipient, message, name, None)  # in case a crash beat it
+            return SendResult(recipient.email, SendOutcome.ACCEPTED)
+        try:
+            mime = recipient_mime(self.settings, message, recipient)
+        except ValueError as exc:
+            return SendResult(recipient.email, SendOutcome.FAILED, None, str(exc))
+        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(mime.as_bytes())
+        os.replace(tmp, path)
+        self._index(folder, recipient, message, name, str(mime["Message-ID"]))
+        return SendResult(recipient.email, SendOutcome.ACCEPTED)
+
+    def _index(
+        self,
+        folder: Path,
+        recipient: OutgoingRecipient,
+        message: OutgoingMessage,
+        name: str,
+        message_id: str | None,
+    ) -> None:
+        line = json.dumps(
+            {
+                "delivery_id": recipient.delivery_id,
+                "subscriber_id": recipient.subscriber_id,
+                "to": recipient.email,
+                "subject": message.subject,
+                "file": name,
+                "message_id": message_id,
+            },
+            ensure_ascii=False,
+        )
+        with self._lock:
+            if recipient.delivery_id is not None:
+                known = self._indexed.get(folder)
+                if known is None:
+                    known = self._indexed[folder] = _read_index(folder / INDEX)
+                if recipient.delivery_id in known:
+                    return
+                known.add(recipient.delivery_id)
+            # One write() of one line with O_APPEND: lines from several senders do not mix.
+            with open(folder / INDEX, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+
+
+def _read_index(path: Path) -> set[int]:
+    ids: set[int] = set()
+    if not path.exists():
+        return ids
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                value = json.loads(line).get("delivery_id")
+            except (ValueError, AttributeError):
+                continue  # a line cut by a crash: the file it named is still there
+            if isinstance(value, int):
+                ids.add(value)
+    return ids

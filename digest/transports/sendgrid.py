@@ -1,0 +1,310 @@
+"""SendGrid v3 Mail Send through the official library: one request carries a whole batch.
+
+The shared subject and bodies go once per request; each recipient is a personalization with
+`substitutions` for the tokens, its own List-Unsubscribe headers and `custom_args` naming the
+delivery, so events come back tied to the ledger row. Payloads are plain dicts (the helper
+classes cost ~10x more and reverse personalization order, see REFERENCE §3.3).
+
+Failures (REFERENCE §1.3): 429 waits for Retry-After / X-RateLimit-Reset and pauses every
+thread of this transport; 5xx and connection failures back off and retry; a lost answer (read
+timeout, connection dropped after the body went) is *unknown*, because SendGrid may have
+accepted it and there is no idempotency key; other 4xx fail the request with SendGrid's
+message, except that errors naming single personalizations fail only those recipients and the
+rest is sent again.
+"""
+
+from __future__ import annotations
+
+import html
+import http.client
+import json
+import re
+import threading
+import urllib.error
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from python_http_client.exceptions import HTTPError
+from sendgrid import SendGridAPIClient
+
+from digest import personalize
+from digest.config import Settings
+from digest.message import ONE_CLICK, clean_name, list_id, list_unsubscribe, one_line
+from digest.transports import (
+    OutgoingBatch,
+    OutgoingMessage,
+    OutgoingRecipient,
+    SendOutcome,
+    SendResult,
+    TransportError,
+)
+from digest.transports.retry import RetryPolicy
+
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)(\.|$)")
+_MAX_REJECTION_ROUNDS = 5  # re-sends after per-address refusals before failing the rest
+_HTML_TWIN = "_HTML%%"  # %%NAME%% in the HTML part becomes %%NAME_HTML%%, filled escaped
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """How one request ended, after retries."""
+
+    outcome: SendOutcome
+    message_id: str | None = None
+    error: str | None = None
+    bad: dict[int, str] | None = None  # personalization index → SendGrid's message
+
+
+class _PauseGate:
+    """After a 429, every request of this transport waits until the account's limit resets."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        with self._lock:
+            self._until = max(self._until, self._policy.clock() + seconds)
+
+    def wait(self) -> None:
+        while True:
+            with self._lock:
+                remaining = self._until - self._policy.clock()
+            if remaining <= 0:
+                return
+            self._policy.sleep(remaining)
+
+
+class _Shared:
+    """Per-message parts of the payload, built once and reused by every batch of the issue."""
+
+    def __init__(self, settings: Settings, message: OutgoingMessage) -> None:
+        sender = settings.sender
+        newsletter = message.newsletter
+        content_text = message.subject + message.text + message.html
+        self.tokens = tuple(t for t in personalize.TOKENS if t in content_text)
+        base_needs_escaping = html.escape(settings.site.base_url) != settings.site.base_url
+        self.twins = tuple(
+            t
+            for t in self.tokens
+            if t in message.html and (t == personalize.NAME or base_needs_escaping)
+        )
+        body_html = message.html
+        for token in self.twins:
+            body_html = body_html.replace(token, token[:-2] + _HTML_TWIN)
+        subject = one_line(message.subject) or one_line(newsletter.title)
+        self.body: dict[str, Any] = {
+            "from": _address(sender.from_email, sender.from_name),
+            "subject": subject,
+            "content": [
+                {"type": "text/plain", "value": message.text},
+                {"type": "text/html", "value": body_html},
+            ],
+            "categories": [newsletter.slug],
+            "custom_args": {
+                "digest_issue_id": str(message.issue_id or 0),
+                "digest_newsletter": newsletter.slug,
+            },
+            "headers": {"List-Id": list_id(settings, newsletter), **message.headers},
+            # Our own one-click headers are set per recipient: SendGrid must not add a second.
+            "tracking_settings": {"subscription_tracking": {"enable": False}},
+        }
+        if sender.reply_to:
+            self.body["reply_to"] = {"email": sender.reply_to}
+        self.one_click = settings.site.base_url.startswith("https://")
+        self.list_unsubscribe = lambda url: list_unsubscribe(settings, url)
+
+
+def _address(email_address: str, name: str | None) -> dict[str, str]:
+    # SendGrid refuses ';' and ',' in display names (REFERENCE §1.1).
+    cleaned = clean_name(name).replace(";", " ").replace(",", " ").strip()
+    return {"email": email_address, "name": cleaned} if cleaned else {"email": email_address}
+
+
+class SendGridTransport:
+    name = "sendgrid"
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        api_key: str,
+        policy: RetryPolicy | None = None,
+        host: str | None = None,
+        timeout: float | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy or RetryPolicy()
+        self.timeout = timeout or settings.sendgrid.timeout
+        self.max_batch_size = min(batch_size or settings.sendgrid.batch_size, 1000)
+        self._client = SendGridAPIClient(api_key=api_key, host=host or settings.sendgrid.api_url)
+        self._gate = _PauseGate(self.policy)
+        self._shared: dict[int, tuple[OutgoingMessage, _Shared]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, policy: RetryPolicy) -> SendGridTransport:
+        if settings.sendgrid_api_key is None:
+            raise TransportError("SENDGRID_API_KEY is not set: the sendgrid transport needs it")
+        return cls(
+            settings=settings, api_key=settings.sendgrid_api_key.get_secret_value(), policy=policy
+        )
+
+    def close(self) -> None:
+        self._shared.clear()
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send(self, batch: OutgoingBatch) -> list[SendResult]:
+        recipients = batch.recipients
+        results: list[SendResult | None] = [None] * len(recipients)
+        remaining = list(range(len(recipients)))
+        while remaining:  # an address may appear only once per request (case-insensitively)
+            seen: set[str] = set()
+            group: list[int] = []
+            later: list[int] = []
+            for i in remaining:
+                key = recipients[i].email.strip().lower()
+                (later if key in seen else group).append(i)
+                seen.add(key)
+            self._send_group(batch.message, recipients, group, results)
+            remaining = later
+        return [r for r in results if r is not None]
+
+    def _send_group(
+        self,
+        message: OutgoingMessage,
+        recipients: Sequence[OutgoingRecipient],
+        indices: list[int],
+        results: list[SendResult | None],
+    ) -> None:
+        shared = self._shared_for(message)
+        rounds = 0
+        while indices:
+            payload = dict(shared.body)
+            personalize_one = self._personalization
+            payload["personalizations"] = [personalize_one(shared, recipients[i]) for i in indices]
+            answer = self._post(payload)
+            if answer.bad and rounds < _MAX_REJECTION_ROUNDS and len(answer.bad) < len(indices):
+                rounds += 1
+                for position, reason in answer.bad.items():
+                    i = indices[position]
+                    results[i] = SendResult(recipients[i].email, SendOutcome.FAILED, None, reason)
+                indices = [i for position, i in enumerate(indices) if position not in answer.bad]
+                continue
+            bad = answer.bad or {}
+            for position, i in enumerate(indices):
+                error = bad.get(position, answer.error)
+                results[i] = SendResult(
+                    recipients[i].email, answer.outcome, answer.message_id, error
+                )
+            return
+
+    def _shared_for(self, message: OutgoingMessage) -> _Shared:
+        key = id(message)
+        with self._lock:
+            cached = self._shared.get(key)
+            if cached is None or cached[0] is not message:
+                cached = (message, _Shared(self.settings, message))
+                self._shared[key] = cached
+            return cached[1]
+
+    def _personalization(self, shared: _Shared, recipient: OutgoingRecipient) -> dict[str, Any]:
+        values = recipient.values
+        substitutions = {t: values.get(t, "") for t in shared.tokens}
+        for token in shared.twins:
+            substitutions[token[:-2] + _HTML_TWIN] = html.escape(values.get(token, ""))
+        headers: dict[str, str] = {}
+        unsubscribe = values.get(personalize.UNSUBSCRIBE_URL)
+        if unsubscribe:
+            headers["List-Unsubscribe"] = shared.list_unsubscribe(unsubscribe)
+            if shared.one_click:
+                headers["List-Unsubscribe-Post"] = ONE_CLICK
+        personalization: dict[str, Any] = {
+            "to": [_address(recipient.email, recipient.name)],
+            "substitutions": substitutions,
+            "headers": headers,
+        }
+        if recipient.delivery_id is not None:
+            delivery = str(recipient.delivery_id)
+            headers["X-Digest-Delivery"] = delivery
+            personalization["custom_args"] = {"digest_delivery_id": delivery}
+        return personalization
+
+    def _post(self, payload: dict[str, Any]) -> _Answer:
+        """One request, retried as the policy allows; never raises for provider answers."""
+        policy = self.policy
+        deadline = policy.deadline()
+        ambiguous = False
+        attempt = 0
+        while True:
+            self._gate.wait()
+            attempt += 1
+            try:
+                response = self._client.client.mail.send.post(
+                    request_body=payload, timeout=self.timeout
+                )
+                return _Answer(SendOutcome.ACCEPTED, response.headers.get("X-Message-Id"))
+            except HTTPError as exc:
+                status = int(exc.status_code)
+                error = f"SendGrid {status}: {_error_message(exc)}"
+                if status == 429:
+                    wait = policy.requested_wait(exc.headers, attempt)
+                    self._gate.pause(wait)
+                elif status >= 500:
+                    wait = policy.backoff(attempt)
+                else:
+                    return _Answer(SendOutcome.FAILED, None, error, _bad_personalizations(exc))
+            except urllib.error.URLError as exc:
+                # Raised while connecting or sending the body: SendGrid cannot have accepted it.
+                error = f"cannot reach SendGrid at {self.settings.sendgrid.api_url}: {exc.reason}"
+                wait = policy.backoff(attempt)
+            except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as exc:
+                error = (
+                    f"no answer from SendGrid ({type(exc).__name__}: {exc}); it may have been sent"
+                )
+                ambiguous = True
+                if not policy.retry_ambiguous:
+                    return _Answer(SendOutcome.UNKNOWN, None, error)
+                wait = policy.backoff(attempt)
+            if attempt >= policy.max_attempts or policy.clock() + wait > deadline:
+                outcome = SendOutcome.UNKNOWN if ambiguous else SendOutcome.FAILED
+                return _Answer(outcome, None, f"gave up after {attempt} attempts: {error}")
+            policy.sleep(wait)
+
+
+def _errors(exc: HTTPError) -> list[dict[str, Any]]:
+    try:
+        document = json.loads(exc.body or b"{}")
+    except (ValueError, TypeError):
+        return []
+    errors = document.get("errors") if isinstance(document, dict) else None
+    return [e for e in errors or [] if isinstance(e, dict)]
+
+
+def _error_message(exc: HTTPError) -> str:
+    errors = _errors(exc)
+    if not errors:
+        body = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else ""
+        return one_line(body)[:300] or str(getattr(exc, "reason", "")) or "no message"
+    parts = []
+    for error in errors[:5]:
+        where = f" ({error['field']})" if error.get("field") else ""
+        parts.append(f"{error.get('message', '')}{where}")
+    return one_line("; ".join(parts))[:1000]
+
+
+def _bad_personalizations(exc: HTTPError) -> dict[int, str] | None:
+    """When every error names a personalization, which ones: they alone are at fault."""
+    errors = _errors(exc)
+    bad: dict[int, str] = {}
+    for error in errors:
+        match = _PERSONALIZATION_FIELD.match(str(error.get("field") or ""))
+        if not match:
+            return None
+        message = f"SendGrid {exc.status_code}: {error.get('message', '')} ({error['field']})"
+        bad.setdefault(int(match.group(1)), one_line(message))
+    return bad or None

@@ -1,0 +1,136 @@
+"""Issues and audiences for sending tests and the send benchmark, written straight to the tables.
+
+`add_audience` inserts subscribers and their active subscriptions in bulk through the driver, so
+a benchmark can build a million-recipient audience in seconds on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from pathlib import Path
+
+from sqlalchemy import Engine, func, select
+
+from digest.models import Issue, IssueStatus
+from subscribers.models import Subscriber
+
+PERIOD = "2026-11-23T05:00:00+00:00"
+
+HTML = """<!doctype html><html><body>
+<p>Hi %%NAME%%,</p>
+<p>Ministers meet in Ankara &amp; Istanbul.</p>
+<p><a href="%%PREFERENCES_URL%%">Manage preferences</a> ·
+<a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a></p>
+</body></html>
+"""
+TEXT = """Hi %%NAME%%,
+
+Ministers meet in Ankara & Istanbul.
+
+Manage preferences: %%PREFERENCES_URL%%
+Unsubscribe: %%UNSUBSCRIBE_URL%%
+"""
+
+
+def make_issue(
+    engine: Engine,
+    newsletter: str = "turkey-unpacked",
+    *,
+    status: str = IssueStatus.APPROVED,
+    period: str = PERIOD,
+    subject: str = "Turkey this week: %%NAME%%, the lira steadies",
+    html: str = HTML,
+    text: str = TEXT,
+    lint: list[dict[str, str]] | None = None,
+) -> int:
+    now = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    issue = Issue(
+        newsletter=newsletter,
+        period=period,
+        status=status,
+        subject=subject,
+        html=html,
+        text=text,
+        html_bytes=len(html.encode()),
+        lint=lint or [],
+        created_at=now,
+        updated_at=now,
+    )
+    from sqlmodel import Session
+
+    with Session(engine) as session:
+        session.add(issue)
+        session.commit()
+        session.refresh(issue)
+        assert issue.id is not None
+        return issue.id
+
+
+def address(n: int) -> str:
+    return f"reader{n:07d}@example.com"
+
+
+def add_audience(
+    engine: Engine,
+    newsletter: str,
+    count: int,
+    *,
+    start: int | None = None,
+    names: bool = True,
+    chunk: int = 50_000,
+) -> list[int]:
+    """Add `count` subscribers with an active subscription to `newsletter`; returns the first
+    and last subscriber id as [first, last] (ids are contiguous)."""
+    with engine.begin() as connection:
+        first = start or (
+            (connection.execute(select(func.max(Subscriber.id))).scalar() or 0) + 1  # type: ignore[arg-type]
+        )
+        stamp: object = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+        pg = connection.dialect.name == "postgresql"
+        if not pg:
+            stamp = "2026-01-01 00:00:00.000000"
+        for offset in range(0, count, chunk):
+            ids = range(first + offset, first + min(offset + chunk, count))
+            subscribers = [
+                (i, address(i), f"Reader {i}" if names and i % 3 else None, stamp) for i in ids
+            ]
+            subscriptions = [(i, newsletter, stamp) for i in ids]
+            if pg:
+                connection.exec_driver_sql(
+                    "INSERT INTO subscriber (id, email, name, created_at) "
+                    "SELECT * FROM unnest(%(i)s::int[], %(e)s::text[], %(n)s::text[], "
+                    "%(c)s::timestamp[])",
+                    dict(zip("ienc", (list(c) for c in zip(*subscribers, strict=True)), strict=True)),
+                )
+                connection.exec_driver_sql(
+                    "INSERT INTO subscription (subscriber_id, newsletter, status, source, "
+                    "created_at) SELECT s, n, 'active', 'test', c FROM unnest(%(s)s::int[], "
+                    "%(n)s::text[], %(c)s::timestamp[]) AS t(s, n, c)",
+                    dict(zip("snc", (list(c) for c in zip(*subscriptions, strict=True)), strict=True)),
+                )
+            else:
+                connection.exec_driver_sql(
+                    "INSERT INTO subscriber (id, email, name, created_at) VALUES (?, ?, ?, ?)",
+                    subscribers,
+                )
+                connection.exec_driver_sql(
+                    "INSERT INTO subscription (subscriber_id, newsletter, status, source, "
+                    "created_at) VALUES (?, ?, 'active', 'test', ?)",
+                    subscriptions,
+                )
+        if pg:
+            connection.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('subscriber', 'id'), "
+                "(SELECT max(id) FROM subscriber))"
+            )
+    return [first, first + count - 1]
+
+
+def outbox_messages(outbox: Path) -> list[EmailMessage]:
+    return [
+        email.message_from_bytes(f.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+        for f in sorted(outbox.rglob("*.eml"))
+    ]
