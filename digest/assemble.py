@@ -75,7 +75,8 @@ def build_issue(app: App, slug: str, period: datetime | None = None) -> Issue:
     now = app.now()
     period = period or current_period(settings, newsletter, now)
     with app.session() as session:
-        issue = _get_or_create(session, slug, period, now)
+        issue = lock_issue(session, _get_or_create(session, slug, period, now).id)
+        assert issue is not None
         if issue.status not in REBUILDABLE:
             return issue
         _refresh(app, session, issue, newsletter, period, now)
@@ -96,6 +97,22 @@ def next_issue(app: App, slug: str) -> Issue:
     if issue.status in (IssueStatus.SENDING, IssueStatus.SENT):
         return build_issue(app, slug, next_period(app.settings, newsletter, now))
     return issue
+
+
+def lock_issue(session: Session, issue_id: int | None) -> Issue | None:
+    """The issue row, locked until the transaction ends (PostgreSQL; SQLite serialises writers).
+
+    Rebuilding replaces the issue's article rows: two builders (the scheduler and an editor, two
+    editors) doing it at once would insert the same rows twice, so the second one waits, then
+    reads the row afresh (its status may have changed) and rebuilds on top of the first.
+    """
+    statement = (
+        select(Issue)
+        .where(Issue.id == issue_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return session.exec(statement).first()
 
 
 def _get_or_create(session: Session, slug: str, period: datetime, now: datetime) -> Issue:

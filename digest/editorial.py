@@ -11,12 +11,12 @@ from datetime import datetime
 from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.assemble import REBUILDABLE, AssemblyError, build_issue
+from digest.assemble import REBUILDABLE, AssemblyError, build_issue, lock_issue
 from digest.models import Article, Issue, IssueArticle, IssueStatus
 
 
 def _editable(session: Session, issue_id: int) -> Issue:
-    issue = session.get(Issue, issue_id)
+    issue = lock_issue(session, issue_id)
     if issue is None:
         raise AssemblyError(f"no issue with id {issue_id}")
     if issue.status not in REBUILDABLE:
@@ -91,7 +91,7 @@ def set_intro(app: App, issue_id: int, intro: str) -> Issue:
 def approve(app: App, issue_id: int, *, by: str = "editor") -> Issue:
     """Freeze a draft for sending. A skipped issue cannot be approved."""
     with app.session() as session:
-        issue = session.get(Issue, issue_id)
+        issue = lock_issue(session, issue_id)
         if issue is None:
             raise AssemblyError(f"no issue with id {issue_id}")
         if issue.status == IssueStatus.APPROVED:
