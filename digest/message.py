@@ -160,7 +160,9 @@ def build_mime(
     Raises ValueError for an address the e-mail parser cannot use.
     """
     sender = settings.sender
-    message = EmailMessage(policy=email.policy.SMTP)
+    # Folding at 78 columns makes Python RFC 2047-encode a long URL ("=?utf-8?q?=3Chttps…"),
+    # which no client reads as List-Unsubscribe: fold only beyond RFC 5322's hard limit.
+    message = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
     message["From"] = _address(sender.from_email, sender.from_name)
     message["To"] = _address(to_email, to_name)
     if sender.reply_to:

@@ -13,6 +13,7 @@ from digest import assemble, editorial
 from digest.app import App
 from digest.assemble import AssemblyError
 from digest.cli.common import console, fail, get_app, print_json
+from digest.config import ConfigError
 from digest.models import Issue
 
 issue_app = typer.Typer(help="Build, inspect and edit issues.", no_args_is_help=True)
@@ -23,8 +24,16 @@ IssueOpt = Annotated[
 ]
 
 
+def _known(app: App, slug: str) -> None:
+    """Fail with the list of known newsletters when `slug` is not one of them."""
+    try:
+        app.settings.newsletter(slug)
+    except ConfigError as exc:
+        fail(exc.reason)
+
+
 def _target(app: App, slug: str, issue_id: int | None) -> Issue:
-    app.settings.newsletter(slug)  # unknown slugs fail with the list of known ones
+    _known(app, slug)
     if issue_id is None:
         return assemble.next_issue(app, slug)
     with app.session() as session:
@@ -197,7 +206,7 @@ def preview(
 ) -> None:
     """Write the next issue as HTML, text and a complete .eml, exactly as subscribers get it."""
     app = get_app(ctx)
-    app.settings.newsletter(slug)
+    _known(app, slug)
     files = write_preview(app, slug, out)
     for kind, path in files.items():
         console.print(f"{kind:>5}: {path}")

@@ -1,0 +1,426 @@
+"""The preview studio: editors see the next issue exactly as subscribers will, and adjust it.
+
+Server-rendered pages under `/studio` (templates in `templates/web/studio/`). Every change is a
+POST form handled by `digest.editorial`, answered with a 303 back to the issue page, so reloading
+never repeats an action. The studio is meant for localhost or editors behind an authenticating
+proxy; on top of that, each POST must carry the studio's CSRF token and, when the browser sends
+one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template errors and
+unknown names become a message on the page, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import threading
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+
+from digest import assemble, editorial
+from digest.app import App
+from digest.assemble import AssemblyError
+from digest.config import ConfigError
+from digest.models import Issue
+from digest.render import RenderError
+from digest.web import live_reload, studio_view
+from digest.web.pages import environment, render_page
+
+router = APIRouter(prefix="/studio")
+
+FLASH_COOKIE = "digest_studio_flash"
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' https: data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; "
+    "base-uri 'none'; object-src 'none'"
+)
+# The email itself: no script, no form, no fetch; only its inline styles and remote images.
+EMAIL_CSP = (
+    "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+    "frame-ancestors 'self'; form-action 'none'; base-uri 'none'"
+)
+_HEADERS = {
+    "Content-Security-Policy": PAGE_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class _Studio:
+    """Per-web-app studio state: the live reloader and the CSRF token."""
+
+    reloader: live_reload.Reloader
+    csrf_token: str
+
+
+_state_lock = threading.Lock()
+
+
+def _studio(request: Request) -> _Studio:
+    state = request.app.state
+    with _state_lock:
+        studio = getattr(state, "studio", None)
+        if studio is None:
+            app: App = state.digest
+            studio = _Studio(
+                reloader=live_reload.Reloader(live_reload.Watch.for_app(app)),
+                csrf_token=_mac(app, b"digest-studio-csrf"),
+            )
+            state.studio = studio
+    return studio  # type: ignore[no-any-return]
+
+
+def _app(request: Request) -> App:
+    """The current App, rebuilt first when a template or the config changed."""
+    return _studio(request).reloader.current(request.app.state)
+
+
+def _mac(app: App, message: bytes) -> str:
+    return hmac.new(app.signing_key(), message, hashlib.sha256).hexdigest()[:32]
+
+
+# -- pages -------------------------------------------------------------------------------------
+
+
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    studio = _studio(request)
+    flash = _take_flash(request)
+    response = render_page(
+        f"studio/{name}",
+        {
+            "csrf": studio.csrf_token,
+            "live_version": studio.reloader.version,
+            "reload_error": studio.reloader.error,
+            "flash": flash,
+            **context,
+        },
+        status_code=status_code,
+        headers=_HEADERS,
+    )
+    if flash is not None:
+        response.delete_cookie(FLASH_COOKIE, path="/studio")
+    return response
+
+
+def _problem(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
+    return _page(request, "problem.html", status_code, title=title, message=message)
+
+
+@router.get("", response_class=HTMLResponse)
+def index(request: Request) -> HTMLResponse:
+    """Every newsletter with its next issue: status, subject, article count and size."""
+    app = _app(request)
+    rows = []
+    for newsletter in app.settings.newsletters:
+        row: dict[str, Any] = {"newsletter": newsletter, "issue": None, "error": None}
+        try:
+            issue = assemble.next_issue(app, newsletter.slug)
+        except (RenderError, AssemblyError) as exc:
+            row["error"] = str(exc)
+        else:
+            row["issue"] = issue
+            row["count"] = studio_view.article_count(app, issue.id or 0)
+            row["lint_errors"] = sum(1 for f in issue.lint if f.get("level") == "error")
+        rows.append(row)
+    return _page(request, "index.html", rows=rows)
+
+
+@router.get("/live-reload.js", include_in_schema=False)
+def live_reload_script() -> Response:
+    """The studio's one script (kept as a file next to its templates)."""
+    env = environment()
+    assert env.loader is not None
+    source, _, _ = env.loader.get_source(env, "studio/live-reload.js")
+    return Response(
+        source,
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@router.get("/events", include_in_schema=False)
+async def events(request: Request, v: str = "") -> StreamingResponse:
+    """Server-sent events: `reload` once a template or the config file changes."""
+    watch = _studio(request).reloader.watch
+    return StreamingResponse(
+        live_reload.changes(watch, v, gone=request.is_disconnected),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{slug}", response_class=HTMLResponse)
+def issue_page(request: Request, slug: str) -> HTMLResponse:
+    """The next issue of a newsletter: the email at two widths, text, budgets, lint, articles."""
+    app = _app(request)
+    try:
+        app.settings.newsletter(slug)
+    except ConfigError:
+        return _problem(request, "Unknown newsletter", f"There is no newsletter {slug!r}.", 404)
+    try:
+        issue = assemble.next_issue(app, slug)
+        view = studio_view.issue_page(app, issue)
+    except (RenderError, AssemblyError) as exc:
+        return _page(
+            request,
+            "issue.html",
+            newsletter=app.settings.newsletter(slug),
+            view=None,
+            error=str(exc),
+        )
+    return _page(request, "issue.html", newsletter=view.newsletter, view=view, error=None)
+
+
+def _issue_of(app: App, slug: str, issue_id: int) -> Issue | None:
+    with app.session() as session:
+        issue = session.get(Issue, issue_id)
+    return issue if issue is not None and issue.newsletter == slug else None
+
+
+@router.get("/{slug}/issue/{issue_id}/email.html", response_class=HTMLResponse)
+def email_html(request: Request, slug: str, issue_id: int) -> Response:
+    """The stored issue's HTML personalised for a sample subscriber (shown in the iframes)."""
+    from digest.preview import sample_message
+
+    app = _app(request)
+    issue = _issue_of(app, slug, issue_id)
+    if issue is None:
+        return PlainTextResponse(f"no issue {issue_id} for {slug}", status_code=404)
+    _, html, _ = sample_message(app, issue)
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": EMAIL_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.get("/{slug}/issue/{issue_id}/message.eml")
+def email_message(request: Request, slug: str, issue_id: int) -> Response:
+    """The complete message for a sample subscriber, to open in a mail client."""
+    from digest.preview import sample_message
+
+    app = _app(request)
+    issue = _issue_of(app, slug, issue_id)
+    if issue is None:
+        return PlainTextResponse(f"no issue {issue_id} for {slug}", status_code=404)
+    message, _, _ = sample_message(app, issue)
+    return Response(
+        message.as_bytes(),
+        media_type="message/rfc822",
+        headers={
+            "Content-Disposition": f'attachment; filename="{slug}-{issue_id}.eml"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# -- actions -----------------------------------------------------------------------------------
+
+Csrf = Annotated[str, Form()]
+
+
+class _Refused(Exception):
+    """A POST that did not come from a studio page."""
+
+
+def _guard(request: Request, csrf: str) -> App:
+    """The App, once the POST carries the studio's token and no foreign origin."""
+    studio = _studio(request)
+    if not hmac.compare_digest(csrf.encode(), studio.csrf_token.encode()):
+        raise _Refused("the form's security token is missing or stale")
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if claimed and not _same_origin(claimed, str(request.base_url)):
+        raise _Refused("the form was posted from another site")
+    return _app(request)
+
+
+def _same_origin(claimed: str, base: str) -> bool:
+    a, b = urlsplit(claimed), urlsplit(base)
+    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
+
+
+def _act(request: Request, slug: str, issue_id: int, csrf: str, action: Any) -> Response:
+    """Run an editorial action and go back to the issue page with what happened."""
+    try:
+        app = _guard(request, csrf)
+    except _Refused as exc:
+        return _problem(request, "Not allowed", f"{exc}; reload the studio and try again.", 403)
+    back = RedirectResponse(f"/studio/{slug}", status_code=303)
+    if _issue_of(app, slug, issue_id) is None:
+        _set_flash(back, app, "error", f"There is no issue {issue_id} of {slug}.")
+        return back
+    try:
+        message = action(app)
+    except (AssemblyError, RenderError) as exc:
+        _set_flash(back, app, "error", str(exc))
+    else:
+        _set_flash(back, app, "ok", message)
+    return back
+
+
+@router.post("/{slug}/issue/{issue_id}/articles/{article_id}/pin")
+def pin(
+    request: Request, slug: str, issue_id: int, article_id: int, csrf: Csrf, pinned: bool = Form()
+) -> Response:
+    def action(app: App) -> str:
+        editorial.pin(app, issue_id, article_id, pinned=pinned)
+        return f"Article {article_id} {'pinned' if pinned else 'unpinned'}."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/articles/{article_id}/exclude")
+def exclude(
+    request: Request,
+    slug: str,
+    issue_id: int,
+    article_id: int,
+    csrf: Csrf,
+    excluded: bool = Form(),
+) -> Response:
+    def action(app: App) -> str:
+        editorial.exclude(app, issue_id, article_id, excluded=excluded)
+        return f"Article {article_id} {'excluded' if excluded else 'restored'}."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/articles/{article_id}/move")
+def move(
+    request: Request,
+    slug: str,
+    issue_id: int,
+    article_id: int,
+    csrf: Csrf,
+    direction: str = Form(pattern="^(up|down)$"),
+) -> Response:
+    """Swap an article with its neighbour; it and those above it become pinned in order."""
+
+    def action(app: App) -> str:
+        with app.session() as session:
+            order = [
+                link.article_id
+                for link, _ in assemble.issue_articles(session, issue_id)
+                if not link.excluded
+            ]
+        if article_id not in order:
+            raise AssemblyError(f"article {article_id} is not in issue {issue_id}")
+        index = order.index(article_id)
+        other = index - 1 if direction == "up" else index + 1
+        if not 0 <= other < len(order):
+            return "Nothing to move."
+        order[index], order[other] = order[other], order[index]
+        editorial.reorder(app, issue_id, order[: max(index, other) + 1])
+        return f"Article {article_id} moved {direction}."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/subject")
+def subject(
+    request: Request, slug: str, issue_id: int, csrf: Csrf, subject: str = Form("")
+) -> Response:
+    def action(app: App) -> str:
+        issue = editorial.set_subject(app, issue_id, subject)
+        return (
+            "Subject back to the template." if not subject.strip() else f"Subject: {issue.subject}"
+        )
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/intro")
+def intro(
+    request: Request, slug: str, issue_id: int, csrf: Csrf, intro: str = Form("")
+) -> Response:
+    def action(app: App) -> str:
+        editorial.set_intro(app, issue_id, intro)
+        return "Introduction saved."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/approve")
+def approve(request: Request, slug: str, issue_id: int, csrf: Csrf) -> Response:
+    def action(app: App) -> str:
+        editorial.approve(app, issue_id, by="studio")
+        return f"Issue {issue_id} approved: its content is now frozen."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+@router.post("/{slug}/issue/{issue_id}/test")
+def send_test(
+    request: Request, slug: str, issue_id: int, csrf: Csrf, to: str = Form("")
+) -> Response:
+    """Send the issue to one address through the configured transport, subject "[TEST] …"."""
+
+    def action(app: App) -> str:
+        from digest.sending import SendRefused
+        from digest.sending import send_test as send
+        from digest.transports import TransportError
+
+        address = to.strip()
+        if not address:
+            raise AssemblyError("enter an address to send the test to")
+        try:
+            result = send(app, issue_id, address)
+        except (SendRefused, TransportError) as exc:
+            raise AssemblyError(f"test not sent to {address}: {exc}") from exc
+        if not result.accepted:
+            reason = result.error or str(result.outcome)
+            raise AssemblyError(f"test to {address} was not accepted: {reason}")
+        transport = app.settings.delivery.transport
+        via = f"{transport}, message id {result.message_id}" if result.message_id else transport
+        return f"Test sent to {result.email} via {via}."
+
+    return _act(request, slug, issue_id, csrf, action)
+
+
+# -- flash messages ----------------------------------------------------------------------------
+
+
+def _set_flash(response: Response, app: App, kind: str, text: str) -> None:
+    """Carry one message across the redirect in a signed, short-lived cookie."""
+    payload = base64.urlsafe_b64encode(json.dumps({"kind": kind, "text": text}).encode()).decode()
+    response.set_cookie(
+        FLASH_COOKIE,
+        f"{payload}.{_mac(app, payload.encode())}",
+        max_age=60,
+        path="/studio",
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def _take_flash(request: Request) -> dict[str, str] | None:
+    raw = request.cookies.get(FLASH_COOKIE)
+    if not raw or "." not in raw:
+        return None
+    payload, _, signature = raw.rpartition(".")
+    app: App = request.app.state.digest
+    if not hmac.compare_digest(signature, _mac(app, payload.encode())):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload.encode()))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {"kind": str(data.get("kind", "ok")), "text": str(data.get("text", ""))}
