@@ -16,6 +16,7 @@ import hmac
 import json
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -132,6 +133,9 @@ def index(request: Request) -> HTMLResponse:
             row["error"] = str(exc)
         else:
             row["issue"] = issue
+            row["period_local"] = datetime.fromisoformat(issue.period).astimezone(
+                app.settings.newsletter_timezone(newsletter)
+            )
             row["count"] = studio_view.article_count(app, issue.id or 0)
             row["lint_errors"] = sum(1 for f in issue.lint if f.get("level") == "error")
         rows.append(row)
