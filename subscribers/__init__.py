@@ -3,3 +3,63 @@
 This package never imports `digest`: it is handed a database session and plain values, so it
 can be reused by any sender (and, later, by personal digests that span several newsletters).
 """
+
+from subscribers.addresses import InvalidAddress, normalize_email
+from subscribers.audience import Recipient, audience_page, blocked_among, count_audience
+from subscribers.csv_io import ImportReport, LineError, SkippedLine, export_csv, import_csv
+from subscribers.membership import (
+    AddOutcome,
+    AddResult,
+    add_subscriber,
+    find_subscriber,
+    subscriptions_of,
+    unsubscribe,
+    unsubscribe_all,
+)
+from subscribers.optin import (
+    ConfirmOutcome,
+    PreferencesChange,
+    SubscribeRequest,
+    confirm_subscription,
+    request_subscription,
+    set_preferences,
+)
+from subscribers.profile import InvalidField
+from subscribers.suppression import is_suppressed, suppress, suppression_of
+from subscribers.tokens import Purpose, TokenClaims, TokenError, make_token, verify_token
+
+__all__ = [
+    "AddOutcome",
+    "AddResult",
+    "ConfirmOutcome",
+    "ImportReport",
+    "InvalidAddress",
+    "InvalidField",
+    "LineError",
+    "PreferencesChange",
+    "Purpose",
+    "Recipient",
+    "SkippedLine",
+    "SubscribeRequest",
+    "TokenClaims",
+    "TokenError",
+    "add_subscriber",
+    "audience_page",
+    "blocked_among",
+    "confirm_subscription",
+    "count_audience",
+    "export_csv",
+    "find_subscriber",
+    "import_csv",
+    "is_suppressed",
+    "make_token",
+    "normalize_email",
+    "request_subscription",
+    "set_preferences",
+    "subscriptions_of",
+    "suppress",
+    "suppression_of",
+    "unsubscribe",
+    "unsubscribe_all",
+    "verify_token",
+]

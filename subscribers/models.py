@@ -87,6 +87,8 @@ class ConsentEvent(SQLModel, table=True):
     """Append-only audit trail of every consent change."""
 
     __tablename__ = "consent_event"
+    # Stats count unsubscribes and complaints per newsletter and per issue.
+    __table_args__ = (Index("ix_consent_event_newsletter", "newsletter", "action"),)
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int | None = Field(default=None, index=True)
@@ -97,4 +99,6 @@ class ConsentEvent(SQLModel, table=True):
     ip: str | None = Field(default=None, max_length=64)
     user_agent: str | None = Field(default=None, max_length=500)
     detail: str | None = Field(default=None, max_length=500)
+    # The issue that prompted it, when known (a webhook event, an unsubscribe link): for stats.
+    issue_id: int | None = Field(default=None, index=True)
     at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))

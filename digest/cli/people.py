@@ -1,0 +1,275 @@
+"""People: `digest subscribers add|import|export|list|unsubscribe|suppress` and `digest stats`."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from digest.app import App
+from digest.cli.common import console, err_console, fail, get_app, print_json
+from digest.config import ConfigError
+from subscribers.addresses import InvalidAddress
+from subscribers.csv_io import export_csv, import_csv
+from subscribers.directory import list_subscribers
+from subscribers.membership import (
+    AddOutcome,
+    add_subscriber,
+    find_subscriber,
+    unsubscribe,
+    unsubscribe_all,
+)
+from subscribers.models import SuppressionReason
+from subscribers.profile import InvalidField
+from subscribers.suppression import suppress
+
+subscribers_app = typer.Typer(
+    help="Subscribers: add, import, export, list, unsubscribe, suppress.", no_args_is_help=True
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def _known(app: App, slug: str) -> str:
+    try:
+        return app.settings.newsletter(slug).slug
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@subscribers_app.command("add")
+def add(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address to subscribe.")],
+    newsletter: Annotated[str, typer.Option("--newsletter", "-n", help="Newsletter slug.")],
+    name: Annotated[str | None, typer.Option(help="The subscriber's name.")] = None,
+    timezone: Annotated[str | None, typer.Option(help="Time zone, like Europe/Paris.")] = None,
+    locale: Annotated[str | None, typer.Option(help="Locale, like en or tr.")] = None,
+) -> None:
+    """Subscribe an address (never re-subscribes someone who left or is suppressed)."""
+    app = get_app(ctx)
+    slug = _known(app, newsletter)
+    try:
+        with app.session() as session:
+            result = add_subscriber(
+                session, email, slug, now=app.now(), name=name, locale=locale, timezone=timezone
+            )
+    except (InvalidAddress, InvalidField) as exc:
+        fail(f"{email!r}: {exc}")
+    if result.outcome is AddOutcome.SKIPPED:
+        fail(f"{email} not subscribed to {slug}: {result.reason}")
+    verb = "subscribed" if result.outcome is AddOutcome.CREATED else "already subscribed"
+    console.print(
+        f"{escape(email.strip())}: {verb} to {slug} ({result.status})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@subscribers_app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV with a header: email, name, newsletters, …")],
+    newsletter: Annotated[
+        str | None,
+        typer.Option("--newsletter", "-n", help="Newsletter for rows that name none."),
+    ] = None,
+) -> None:
+    """Import a CSV: every bad line is reported (line, field, reason) and the rest imported.
+
+    Idempotent: importing the same file again changes nothing, and an address that unsubscribed,
+    bounced, complained or is suppressed is skipped, never re-subscribed. Exits with 1 if any
+    line was bad (the good lines are imported all the same).
+    """
+    app = get_app(ctx)
+    default = _known(app, newsletter) if newsletter else None
+    known = {n.slug for n in app.settings.newsletters}
+    try:
+        with file.open(encoding="utf-8-sig", newline="") as handle, app.session() as session:
+            report = import_csv(
+                session,
+                handle,
+                now=app.now(),
+                default_newsletter=default,
+                known_newsletters=known,
+                file_name=file.name,
+            )
+    except FileNotFoundError:
+        fail(f"{file}: no such file")
+    except UnicodeDecodeError as exc:
+        fail(f"{file}: not UTF-8 text (byte {exc.start} of a read block); nothing imported")
+    except OSError as exc:
+        fail(f"{file}: cannot read: {exc.strerror}")
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if report.ignored_columns:
+        columns = ", ".join(repr(c) for c in report.ignored_columns)
+        console.print(
+            f"{file}: ignored columns: {escape(columns)}", highlight=False, soft_wrap=True
+        )
+    for skipped in report.skipped:
+        console.print(
+            f"{file}:{escape(str(skipped)).removeprefix('line ')}", highlight=False, soft_wrap=True
+        )
+    for error in report.errors:
+        err_console.print(
+            f"{file}:{escape(str(error)).removeprefix('line ')}", highlight=False, soft_wrap=True
+        )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@subscribers_app.command("export")
+def export(
+    ctx: typer.Context,
+    newsletter: Annotated[
+        str | None, typer.Option("--newsletter", "-n", help="Only this newsletter.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None,
+) -> None:
+    """Export mailable subscribers (active, not suppressed) as CSV that imports back."""
+    app = get_app(ctx)
+    slug = _known(app, newsletter) if newsletter else None
+    with app.session() as session:
+        if out is None:
+            count = export_csv(session, sys.stdout, newsletter=slug)
+        else:
+            with out.open("w", encoding="utf-8", newline="") as handle:
+                count = export_csv(session, handle, newsletter=slug)
+    err_console.print(f"exported {count} subscribers" + (f" to {out}" if out else ""))
+
+
+@subscribers_app.command("list")
+def list_(
+    ctx: typer.Context,
+    newsletter: Annotated[
+        str | None, typer.Option("--newsletter", "-n", help="Only people on this newsletter.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many (0 = all).", min=0)] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List subscribers with each newsletter's status and any suppression."""
+    app = get_app(ctx)
+    slug = _known(app, newsletter) if newsletter else None
+    with app.session() as session:
+        people = list_subscribers(session, newsletter=slug, limit=limit or None)
+    if as_json:
+        print_json([asdict(person) for person in people])
+        return
+    table = Table("id", "email", "name", "newsletters", "suppressed")
+    for person in people:
+        table.add_row(
+            str(person.id),
+            escape(person.email),
+            escape(person.name or ""),
+            ", ".join(f"{n} ({s})" for n, s in person.subscriptions.items()),
+            person.suppressed or "",
+        )
+    console.print(table)
+    if limit and len(people) == limit:
+        console.print(f"first {limit} shown; --limit 0 shows all")
+
+
+@subscribers_app.command("unsubscribe")
+def unsubscribe_command(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address to unsubscribe.")],
+    newsletter: Annotated[
+        str | None, typer.Option("--newsletter", "-n", help="Leave this newsletter.")
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Leave every newsletter (also suppresses the address).")
+    ] = False,
+) -> None:
+    """Unsubscribe an address from one newsletter, or from all of them."""
+    if (newsletter is None) == (not everything):
+        fail("give exactly one of --newsletter SLUG or --all")
+    app = get_app(ctx)
+    try:
+        with app.session() as session:
+            subscriber = find_subscriber(session, email)
+            if subscriber is None or subscriber.id is None:
+                fail(f"{email}: no such subscriber")
+            if everything:
+                changed = unsubscribe_all(session, subscriber.id, now=app.now(), method="cli")
+                what = "every newsletter"
+            else:
+                slug = _known(app, newsletter or "")
+                changed = unsubscribe(session, subscriber.id, slug, now=app.now(), method="cli")
+                what = slug
+    except InvalidAddress as exc:
+        fail(f"{email!r}: {exc}")
+    state = "unsubscribed from" if changed else "was already unsubscribed from"
+    console.print(f"{escape(subscriber.email)} {state} {what}", highlight=False, soft_wrap=True)
+
+
+@subscribers_app.command("suppress")
+def suppress_command(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address never to mail again.")],
+    reason: Annotated[SuppressionReason, typer.Option(help="Why.", case_sensitive=False)],
+    detail: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+) -> None:
+    """Never mail an address again, whatever list it is on."""
+    app = get_app(ctx)
+    try:
+        with app.session() as session:
+            changed = suppress(session, email, reason, now=app.now(), source="cli", detail=detail)
+    except InvalidAddress as exc:
+        fail(f"{email!r}: {exc}")
+    state = "suppressed" if changed else "was already suppressed"
+    console.print(
+        f"{escape(email.strip())} {state} ({reason.value})", highlight=False, soft_wrap=True
+    )
+
+
+def stats(
+    ctx: typer.Context,
+    newsletter: Annotated[str, typer.Argument(help="Newsletter slug.")],
+    limit: Annotated[int, typer.Option(help="Issues to show one by one.", min=1)] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Sent, delivered, opened, clicked, bounced, complained, unsubscribed: per issue, total."""
+    from digest.stats import newsletter_stats
+
+    app = get_app(ctx)
+    slug = _known(app, newsletter)
+    with app.session() as session:
+        report = newsletter_stats(session, slug, limit=limit)
+    if as_json:
+        print_json(report.as_json())
+        return
+    columns = ("sent", "delivered", "opened", "clicked", "bounced", "complained", "unsubscribed")
+    table = Table("issue", "period", "status", *columns, title=f"{slug}: per issue")
+    for issue in report.issues:
+        counts = asdict(issue.counts)
+        table.add_row(
+            f"#{issue.issue_id}",
+            issue.period[:16],
+            issue.status,
+            *(_cell(counts, c) for c in columns),
+        )
+    totals = asdict(report.totals)
+    table.add_section()
+    table.add_row("total", "", "", *(_cell(totals, c) for c in columns))
+    console.print(table)
+    people = ", ".join(f"{status} {count}" for status, count in sorted(report.subscribers.items()))
+    console.print(f"subscriptions: {people or 'none'}", highlight=False, soft_wrap=True)
+
+
+def _cell(counts: dict[str, Any], column: str) -> str:
+    """A count, with its share of `sent` (or of delivered, for opens and clicks)."""
+    value = int(counts[column])
+    base = counts["delivered"] if column in ("opened", "clicked") else counts["sent"]
+    if column == "sent" or not base:
+        return str(value)
+    return f"{value} ({100 * value / base:.1f}%)"
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(subscribers_app, name="subscribers")
+    app.command("stats")(stats)

@@ -1,0 +1,88 @@
+"""The double opt-in email: "confirm your subscription", sent through the configured transport.
+
+It is a one-off message to one address, so it goes through the same transport as the issues
+(`digest.transports.build_transport`) as a message without a delivery row (the outbox writes it
+under `<outbox>/<newsletter>/tests/`). It carries no List-Unsubscribe: it is not a list mail,
+and nothing else is sent unless the link is followed.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from digest import paths
+from digest.app import App
+from digest.config import NewsletterConfig
+from digest.transports import (
+    OutgoingBatch,
+    OutgoingMessage,
+    OutgoingRecipient,
+    TransportError,
+    build_transport,
+)
+
+
+class ConfirmationNotSent(Exception):
+    """The transport did not take the confirmation email; the visitor should try again later."""
+
+
+@cache
+def _mail_templates() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(paths.templates_dir() / "web" / "mail")),
+        autoescape=select_autoescape(["html"]),  # the .txt part is plain text, not HTML
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+def confirmation_message(
+    app: App, confirm_url: str, newsletter: NewsletterConfig
+) -> OutgoingMessage:
+    context = {
+        "lang": newsletter.language,
+        "site_name": app.settings.site.name,
+        "postal_address": app.settings.sender.postal_address,
+        "newsletter": newsletter.title,
+        "confirm_url": confirm_url,
+    }
+    env = _mail_templates()
+    return OutgoingMessage(
+        issue_id=None,
+        newsletter=newsletter,
+        subject=f"Confirm your subscription to {newsletter.title}",
+        html=env.get_template("confirm.html").render(context),
+        text=env.get_template("confirm.txt").render(context),
+    )
+
+
+def send_confirmation(
+    app: App,
+    recipient_email: str,
+    confirm_url: str,
+    newsletter_title: str,
+    *,
+    newsletter: NewsletterConfig | None = None,
+    subscriber_id: int = 0,
+) -> None:
+    """Mail the confirmation link; raises ConfirmationNotSent if the transport refuses it."""
+    if newsletter is None:
+        newsletter = next(
+            (n for n in app.settings.newsletters if n.title == newsletter_title), None
+        ) or NewsletterConfig(slug="subscribe", title=newsletter_title)
+    message = confirmation_message(app, confirm_url, newsletter)
+    recipient = OutgoingRecipient(
+        delivery_id=None, subscriber_id=subscriber_id, email=recipient_email, name=None, values={}
+    )
+    try:
+        transport = build_transport(app.settings)
+    except TransportError as exc:
+        raise ConfirmationNotSent(str(exc)) from exc
+    try:
+        (result,) = transport.send(OutgoingBatch(message=message, recipients=[recipient]))
+    finally:
+        transport.close()
+    if not result.accepted:
+        raise ConfirmationNotSent(f"{result.outcome}: {result.error or 'no reason given'}")

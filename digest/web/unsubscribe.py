@@ -1,0 +1,220 @@
+"""Unsubscribe and preferences pages behind signed links (plus the subscribe form's router).
+
+- `GET /u/{token}` says what will happen and offers a button; a GET never changes anything
+  (link scanners follow every link in an email).
+- `POST /u/{token}` is RFC 8058 one-click: the body `List-Unsubscribe=One-Click`, urlencoded or
+  multipart, no cookies, no auth. It answers 200 (never a redirect), is idempotent, and is also
+  what the page's own button posts.
+- `GET|POST /preferences/{token}`: every newsletter with a checkbox, and "unsubscribe from all".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse
+from sqlmodel import Session
+
+from digest.app import App
+from digest.stats import issue_to_credit
+from digest.web import subscribe
+from digest.web.app import app_of
+from digest.web.confirmation import send_confirmation
+from digest.web.links import (
+    absolute,
+    client_of,
+    first,
+    form_fields,
+    invalid_link,
+    newsletter_title,
+    page,
+    verified,
+)
+from subscribers.addresses import mask_email
+from subscribers.membership import subscriptions_of, unsubscribe, unsubscribe_all
+from subscribers.models import Subscriber, SubscriptionStatus, SuppressionReason
+from subscribers.optin import set_preferences
+from subscribers.suppression import MAILABLE, suppression_reason
+from subscribers.tokens import Purpose, TokenClaims, make_token
+
+__all__ = ["router", "send_confirmation"]
+
+router = APIRouter()
+router.include_router(subscribe.router)
+
+
+@router.get("/u/{token}", response_class=HTMLResponse)
+def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
+    app = app_of(request)
+    claims = verified(app, token, Purpose.UNSUBSCRIBE)
+    if claims is None:
+        return invalid_link(app)
+    with app.session() as session:
+        subscriber = session.get(Subscriber, claims.subscriber_id)
+        if subscriber is None:
+            return invalid_link(app)
+        current = subscriptions_of(session, claims.subscriber_id).get(claims.newsletter)
+        suppressed = suppression_reason(session, subscriber.email)
+    already = suppressed is not None or current is None or current.status not in MAILABLE
+    title = newsletter_title(app, claims.newsletter)
+    return page(
+        app,
+        "unsubscribe.html",
+        heading="You're unsubscribed" if already else f"Unsubscribe from {title}?",
+        already=already,
+        newsletter=title,
+        email=mask_email(subscriber.email),
+        action_url=request.url.path,
+        preferences_url=_preferences_url(app, claims),
+    )
+
+
+@router.post("/u/{token}", response_class=HTMLResponse)
+async def one_click_unsubscribe(request: Request, token: str) -> HTMLResponse:
+    fields = await form_fields(request)
+    method = "link" if first(fields, "source") == "page" else "one-click"
+    ip, user_agent = client_of(request)
+    return await run_in_threadpool(
+        _unsubscribe, app_of(request), token, method=method, ip=ip, user_agent=user_agent
+    )
+
+
+def _unsubscribe(
+    app: App, token: str, *, method: str, ip: str | None, user_agent: str | None
+) -> HTMLResponse:
+    claims = verified(app, token, Purpose.UNSUBSCRIBE)
+    if claims is None:
+        return invalid_link(app)
+    with app.session() as session:
+        subscriber = session.get(Subscriber, claims.subscriber_id)
+        if subscriber is None:
+            return invalid_link(app)
+        unsubscribe(
+            session,
+            claims.subscriber_id,
+            claims.newsletter,
+            now=app.now(),
+            method=method,
+            ip=ip,
+            user_agent=user_agent,
+            issue_id=issue_to_credit(session, claims.subscriber_id, claims.newsletter),
+        )
+        email = subscriber.email
+    return page(
+        app,
+        "unsubscribed.html",
+        heading="You're unsubscribed",
+        newsletter=newsletter_title(app, claims.newsletter),
+        email=mask_email(email),
+        preferences_url=_preferences_url(app, claims),
+    )
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+def preferences_page(request: Request, token: str) -> HTMLResponse:
+    app = app_of(request)
+    claims = verified(app, token, Purpose.PREFERENCES)
+    if claims is None:
+        return invalid_link(app)
+    with app.session() as session:
+        return _preferences(app, session, claims, request.url.path)
+
+
+@router.post("/preferences/{token}", response_class=HTMLResponse)
+async def save_preferences(request: Request, token: str) -> HTMLResponse:
+    fields = await form_fields(request)
+    ip, user_agent = client_of(request)
+    return await run_in_threadpool(
+        _save_preferences, app_of(request), token, fields, request.url.path, ip, user_agent
+    )
+
+
+def _save_preferences(
+    app: App,
+    token: str,
+    fields: dict[str, list[str]],
+    path: str,
+    ip: str | None,
+    user_agent: str | None,
+) -> HTMLResponse:
+    claims = verified(app, token, Purpose.PREFERENCES)
+    if claims is None:
+        return invalid_link(app)
+    with app.session() as session:
+        if session.get(Subscriber, claims.subscriber_id) is None:
+            return invalid_link(app)
+        now = app.now()
+        if first(fields, "action") == "unsubscribe_all":
+            unsubscribe_all(
+                session,
+                claims.subscriber_id,
+                now=now,
+                method="preferences",
+                ip=ip,
+                user_agent=user_agent,
+            )
+            message = "Done: you won't receive any of our newsletters."
+        else:
+            offered = [n.slug for n in app.settings.newsletters]
+            wanted = set(fields.get("newsletter", []))
+            change = set_preferences(
+                session,
+                claims.subscriber_id,
+                wanted,
+                offered,
+                now=now,
+                ip=ip,
+                user_agent=user_agent,
+            )
+            message = "Saved." if change.changed else "Nothing to change."
+            if change.refused:
+                message += " Some newsletters can't be sent to this address; please contact us."
+        return _preferences(app, session, claims, path, message=message)
+
+
+def _preferences(
+    app: App, session: Session, claims: TokenClaims, path: str, *, message: str = ""
+) -> HTMLResponse:
+    subscriber = session.get(Subscriber, claims.subscriber_id)
+    if subscriber is None:
+        return invalid_link(app)
+    current = subscriptions_of(session, claims.subscriber_id)
+    suppressed = suppression_reason(session, subscriber.email)
+    blocked_address = suppressed not in (None, SuppressionReason.UNSUBSCRIBED_ALL)
+    items: list[dict[str, Any]] = []
+    for newsletter in app.settings.newsletters:
+        subscription = current.get(newsletter.slug)
+        status = subscription.status if subscription else None
+        items.append(
+            {
+                "slug": newsletter.slug,
+                "title": newsletter.title,
+                "description": newsletter.description,
+                "checked": status in MAILABLE and suppressed is None,
+                "blocked": blocked_address
+                or status in (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED),
+            }
+        )
+    return page(
+        app,
+        "preferences.html",
+        heading="Your newsletters",
+        email=mask_email(subscriber.email),
+        newsletters=items,
+        action_url=path,
+        message=message,
+        message_class="ok",
+    )
+
+
+def _preferences_url(app: App, claims: TokenClaims) -> str:
+    token = make_token(
+        app.signing_key(),
+        subscriber_id=claims.subscriber_id,
+        newsletter=claims.newsletter,
+        purpose=Purpose.PREFERENCES,
+        issued_at=app.now(),
+    )
+    return absolute(app, f"/preferences/{token}")

@@ -1,0 +1,170 @@
+"""Signed, URL-safe tokens for unsubscribe, preferences and confirmation links.
+
+A token is `base64url(payload ‖ HMAC-SHA256(subkey, payload))`; the payload is
+`v1|purpose|issued_at|newsletter|subscriber_id` (UTF-8, issued_at in Unix seconds). The MAC
+covers subscriber, newsletter and purpose, so a link cannot be edited to reach someone else,
+another newsletter or another action. Verification tries the current key, then retired ones
+(rotation), comparing in constant time.
+
+Making a token is one HMAC and one base64 call, and it runs once per recipient per send: the
+HMAC's padded-key states and the payload prefix shared by a whole send are cached, so each call
+only hashes its own payload (`benchmarks/bench_tokens.py`). The MAC key is derived from the
+configured secret (`HMAC(secret, "digest subscriber token")`), so the secret used elsewhere
+never signs data that could pass for a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+_VERSION = "v1"
+_MAC_SIZE = 32
+_MAX_TOKEN_LENGTH = 600  # a real token is ~100 characters; refuse giant inputs before decoding
+_CLOCK_SKEW = timedelta(minutes=5)  # tolerated gap between the signing and verifying clocks
+
+
+class TokenError(ValueError):
+    """The token is malformed, forged, for something else, or expired."""
+
+
+class Purpose(StrEnum):
+    UNSUBSCRIBE = "unsubscribe"
+    PREFERENCES = "preferences"
+    CONFIRM = "confirm"
+
+
+# Unsubscribe links sit in old emails that people open months later: they must keep working.
+# A confirmation link is only meant for the next few days.
+DEFAULT_MAX_AGE: dict[str, timedelta] = {
+    Purpose.UNSUBSCRIBE: timedelta(days=400),
+    Purpose.PREFERENCES: timedelta(days=400),
+    Purpose.CONFIRM: timedelta(days=7),
+}
+
+
+def default_max_age(purpose: str) -> timedelta:
+    return DEFAULT_MAX_AGE.get(purpose, timedelta(days=7))
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    subscriber_id: int
+    newsletter: str
+    purpose: str
+    issued_at: datetime
+
+
+_IPAD = bytes(x ^ 0x36 for x in range(256))
+_OPAD = bytes(x ^ 0x5C for x in range(256))
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@lru_cache(maxsize=16)
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hash states for the derived key (RFC 2104), ready to copy."""
+    subkey = hmac.digest(key, b"digest subscriber token", "sha256").ljust(64, b"\0")
+    return hashlib.sha256(subkey.translate(_IPAD)), hashlib.sha256(subkey.translate(_OPAD))
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    inner, outer = _pads(key)
+    inner = inner.copy()
+    inner.update(data)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    digest: bytes = outer.digest()
+    return digest
+
+
+@lru_cache(maxsize=256)
+def _prefix(purpose: str, issued_at: datetime, newsletter: str) -> bytes:
+    """The part of the payload shared by every recipient of one send."""
+    if issued_at.tzinfo is None:
+        raise ValueError("issued_at must be timezone-aware")
+    if "|" in purpose or "|" in newsletter:
+        raise ValueError("purpose and newsletter must not contain '|'")
+    return f"{_VERSION}|{purpose}|{int(issued_at.timestamp())}|{newsletter}|".encode()
+
+
+def make_token(
+    key: bytes, *, subscriber_id: int, newsletter: str, purpose: str, issued_at: datetime
+) -> str:
+    """A URL-safe token naming this subscriber, newsletter and purpose, signed with `key`."""
+    data = _prefix(purpose, issued_at, newsletter) + b"%d" % subscriber_id
+    encoded = binascii.b2a_base64(data + _mac(key, data), newline=False)
+    return encoded.translate(_URLSAFE).rstrip(b"=").decode("ascii")
+
+
+def verify_token(
+    token: str,
+    keys: Sequence[bytes],
+    *,
+    purpose: str,
+    now: datetime,
+    max_age: timedelta | None,
+) -> TokenClaims:
+    """The claims of a token signed by one of `keys` for `purpose`, or TokenError.
+
+    `max_age=None` accepts any age (see DEFAULT_MAX_AGE for what the web pages use).
+    """
+    data, mac = _split(token)
+    if not keys:
+        raise TokenError("no verification key configured")
+    # Check every key so the time taken does not say which one matched.
+    valid = False
+    for key in keys:
+        valid |= hmac.compare_digest(mac, _mac(key, data))
+    if not valid:
+        raise TokenError("signature does not match")
+    claims = _parse(data)
+    if claims.purpose != purpose:
+        raise TokenError(f"token is for {claims.purpose!r}, not {str(purpose)!r}")
+    if claims.issued_at > now + _CLOCK_SKEW:
+        raise TokenError("token is issued in the future")
+    if max_age is not None and now - claims.issued_at > max_age:
+        raise TokenError("token has expired")
+    return claims
+
+
+def _split(token: str) -> tuple[bytes, bytes]:
+    # urlsafe_b64decode skips characters outside the alphabet: check the alphabet first.
+    if len(token) > _MAX_TOKEN_LENGTH or not _TOKEN_CHARS.fullmatch(token):
+        raise TokenError("malformed token")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError("malformed token") from exc
+    # Only the canonical spelling: unused low bits in the last character must not make a
+    # second string that passes for the same token.
+    if len(raw) <= _MAC_SIZE or base64.urlsafe_b64encode(raw).rstrip(b"=") != token.encode():
+        raise TokenError("malformed token")
+    return raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
+
+
+def _parse(data: bytes) -> TokenClaims:
+    """Parse a payload whose signature already verified (so it was written by make_token)."""
+    try:
+        version, purpose, issued, newsletter, subscriber = data.decode().split("|")
+        if version != _VERSION:
+            raise TokenError(f"unsupported token version {version!r}")
+        return TokenClaims(
+            subscriber_id=int(subscriber),
+            newsletter=newsletter,
+            purpose=purpose,
+            issued_at=datetime.fromtimestamp(int(issued), UTC),
+        )
+    except (UnicodeDecodeError, ValueError, OverflowError, OSError) as exc:
+        if isinstance(exc, TokenError):
+            raise
+        raise TokenError("malformed token") from exc
