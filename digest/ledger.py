@@ -266,20 +266,11 @@ class ClaimedBatch:
     skipped: int  # blocked since the freeze: marked skipped, not sent
 
 
-def claim(
-    session: Session,
-    *,
-    issue_id: int,
-    claimer: Claimer,
-    now: datetime,
-    max_recipients: int | None = None,
-    blocked: Callable[[list[int]], set[int]] | None = None,
-) -> ClaimedBatch | None:
-    """Take the next pending batch of the issue, or None when there is none left.
+def claim(session: Session, *, issue_id: int, claimer: Claimer, now: datetime) -> int | None:
+    """Take the next pending batch of the issue (compare-and-set); None when none is left.
 
-    `max_recipients` splits a larger batch (its tail becomes a new pending batch), for
-    `--limit`. `blocked(subscriber_ids)` names who may no longer be mailed: they are marked
-    skipped here, in the claim's transaction, just before the transport call.
+    Commit right after: the claim is the only write here, so the write lock (SQLite) or row lock
+    (PostgreSQL) is held for one statement, not while the batch is read and checked.
     """
     next_pending = (
         select(_B.c.id)
@@ -301,9 +292,24 @@ def claim(
         )
         .returning(_B.c.id)
     ).first()
-    if row is None:
-        return None
-    batch_id = int(row[0])
+    return None if row is None else int(row[0])
+
+
+def open_batch(
+    session: Session,
+    *,
+    issue_id: int,
+    batch_id: int,
+    now: datetime,
+    max_recipients: int | None = None,
+    blocked: Callable[[list[int]], set[int]] | None = None,
+) -> ClaimedBatch:
+    """The recipients of a batch just claimed, minus those who may no longer be mailed.
+
+    `max_recipients` splits a larger batch (its tail becomes a new pending batch), for
+    `--limit`. `blocked(subscriber_ids)` names who may no longer be mailed: they are marked
+    skipped here, just before the transport call.
+    """
     members = [
         ClaimedRecipient(*r)
         for r in session.execute(
@@ -312,18 +318,21 @@ def claim(
             .order_by(_D.c.id)
         )
     ]
+    resized = False
     if max_recipients is not None and len(members) > max_recipients:
         tail = members[max_recipients:]
         members = members[:max_recipients]
         _move_to_new_batch(session, issue_id, [m.delivery_id for m in tail], now)
-    stopped: set[int] = (
-        blocked([m.subscriber_id for m in members]) if blocked and members else set()
-    )
+        resized = True
+    stopped = blocked([m.subscriber_id for m in members]) if blocked and members else set()
     if stopped:
         skipped_ids = [m.delivery_id for m in members if m.subscriber_id in stopped]
         set_rows(session, skipped_ids, status=DeliveryStatus.SKIPPED, now=now)
         members = [m for m in members if m.subscriber_id not in stopped]
-    session.execute(update(_B).where(_B.c.id == batch_id).values(size=len(members) + len(stopped)))
+    if resized:
+        session.execute(
+            update(_B).where(_B.c.id == batch_id).values(size=len(members) + len(stopped))
+        )
     return ClaimedBatch(batch_id, members, len(stopped))
 
 

@@ -39,7 +39,11 @@ def one_line(value: str) -> str:
 
 def clean_name(name: str | None) -> str:
     """A subscriber's name made safe for headers and substitutions (no line breaks, no tokens)."""
-    return one_line(name or "").replace("%%", "%")
+    if not name:
+        return ""
+    if name.isprintable() and "%%" not in name and "  " not in name and name.strip() == name:
+        return name  # the common case, without the regular expression (once per recipient)
+    return one_line(name).replace("%%", "%")
 
 
 def site_host(settings: Settings) -> str:

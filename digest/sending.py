@@ -392,14 +392,25 @@ class _Run:
     def _one_batch(self, quota: int | None) -> bool:
         app = self.app
         with app.session() as session:
-            batch = ledger.claim(
-                session,
-                issue_id=self.issue_id,
-                claimer=self.claimer,
-                now=app.now(),
-                max_recipients=quota,
-                blocked=lambda ids: blocked_among(session, self.newsletter.slug, ids),
+            batch_id = ledger.claim(
+                session, issue_id=self.issue_id, claimer=self.claimer, now=app.now()
             )
+        batch = None
+        if batch_id is not None:
+            try:
+                with app.session() as session:
+                    batch = ledger.open_batch(
+                        session,
+                        issue_id=self.issue_id,
+                        batch_id=batch_id,
+                        now=app.now(),
+                        max_recipients=quota,
+                        blocked=lambda ids: blocked_among(session, self.newsletter.slug, ids),
+                    )
+            except BaseException:
+                with app.session() as session:
+                    ledger.release(session, batch_id=batch_id, claimer=self.claimer, now=app.now())
+                raise
         taken = 0 if batch is None else len(batch.recipients) + batch.skipped
         if quota is not None:
             self._give_back(quota - taken)

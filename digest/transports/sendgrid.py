@@ -1,9 +1,9 @@
 """SendGrid v3 Mail Send through the official library: one request carries a whole batch.
 
 The shared subject and bodies go once per request; each recipient is a personalization with
-`substitutions` for the tokens, its own List-Unsubscribe headers and `custom_args` naming the
-delivery, so events come back tied to the ledger row. Payloads are plain dicts (the helper
-classes cost ~10x more and reverse personalization order, see REFERENCE §3.3).
+`substitutions` for the tokens, its own List-Unsubscribe header and `custom_args` naming the
+delivery, so events come back tied to the ledger row (see `sendgrid_payload` for the body, built
+without the library's helper classes, which cost ~10x more and reverse personalization order).
 
 Failures (REFERENCE §1.3): 429 waits for Retry-After / X-RateLimit-Reset and pauses every
 thread of this transport; 5xx and connection failures back off and retry; a lost answer (read
@@ -15,7 +15,6 @@ rest is sent again.
 
 from __future__ import annotations
 
-import html
 import http.client
 import json
 import re
@@ -28,9 +27,8 @@ from typing import Any
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
-from digest import personalize
 from digest.config import Settings
-from digest.message import ONE_CLICK, clean_name, list_id, list_unsubscribe, one_line
+from digest.message import one_line
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,
@@ -40,10 +38,11 @@ from digest.transports import (
     TransportError,
 )
 from digest.transports.retry import RetryPolicy
+from digest.transports.sendgrid_payload import SharedPart, payload_json
 
+_JSON_TEXT = {"Content-Type": "application/json; charset=utf-8"}
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)(\.|$)")
 _MAX_REJECTION_ROUNDS = 5  # re-sends after per-address refusals before failing the rest
-_HTML_TWIN = "_HTML%%"  # %%NAME%% in the HTML part becomes %%NAME_HTML%%, filled escaped
 
 
 @dataclass(frozen=True)
@@ -77,52 +76,6 @@ class _PauseGate:
             self._policy.sleep(remaining)
 
 
-class _Shared:
-    """Per-message parts of the payload, built once and reused by every batch of the issue."""
-
-    def __init__(self, settings: Settings, message: OutgoingMessage) -> None:
-        sender = settings.sender
-        newsletter = message.newsletter
-        content_text = message.subject + message.text + message.html
-        self.tokens = tuple(t for t in personalize.TOKENS if t in content_text)
-        base_needs_escaping = html.escape(settings.site.base_url) != settings.site.base_url
-        self.twins = tuple(
-            t
-            for t in self.tokens
-            if t in message.html and (t == personalize.NAME or base_needs_escaping)
-        )
-        body_html = message.html
-        for token in self.twins:
-            body_html = body_html.replace(token, token[:-2] + _HTML_TWIN)
-        subject = one_line(message.subject) or one_line(newsletter.title)
-        self.body: dict[str, Any] = {
-            "from": _address(sender.from_email, sender.from_name),
-            "subject": subject,
-            "content": [
-                {"type": "text/plain", "value": message.text},
-                {"type": "text/html", "value": body_html},
-            ],
-            "categories": [newsletter.slug],
-            "custom_args": {
-                "digest_issue_id": str(message.issue_id or 0),
-                "digest_newsletter": newsletter.slug,
-            },
-            "headers": {"List-Id": list_id(settings, newsletter), **message.headers},
-            # Our own one-click headers are set per recipient: SendGrid must not add a second.
-            "tracking_settings": {"subscription_tracking": {"enable": False}},
-        }
-        if sender.reply_to:
-            self.body["reply_to"] = {"email": sender.reply_to}
-        self.one_click = settings.site.base_url.startswith("https://")
-        self.list_unsubscribe = lambda url: list_unsubscribe(settings, url)
-
-
-def _address(email_address: str, name: str | None) -> dict[str, str]:
-    # SendGrid refuses ';' and ',' in display names (REFERENCE §1.1).
-    cleaned = clean_name(name).replace(";", " ").replace(",", " ").strip()
-    return {"email": email_address, "name": cleaned} if cleaned else {"email": email_address}
-
-
 class SendGridTransport:
     name = "sendgrid"
 
@@ -142,7 +95,7 @@ class SendGridTransport:
         self.max_batch_size = min(batch_size or settings.sendgrid.batch_size, 1000)
         self._client = SendGridAPIClient(api_key=api_key, host=host or settings.sendgrid.api_url)
         self._gate = _PauseGate(self.policy)
-        self._shared: dict[int, tuple[OutgoingMessage, _Shared]] = {}
+        self._shared: dict[int, tuple[OutgoingMessage, SharedPart]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -184,10 +137,7 @@ class SendGridTransport:
         shared = self._shared_for(message)
         rounds = 0
         while indices:
-            payload = dict(shared.body)
-            personalize_one = self._personalization
-            payload["personalizations"] = [personalize_one(shared, recipients[i]) for i in indices]
-            answer = self._post(payload)
+            answer = self._post(payload_json(shared, [recipients[i] for i in indices]))
             if answer.bad and rounds < _MAX_REJECTION_ROUNDS and len(answer.bad) < len(indices):
                 rounds += 1
                 for position, reason in answer.bad.items():
@@ -203,56 +153,39 @@ class SendGridTransport:
                 )
             return
 
-    def _shared_for(self, message: OutgoingMessage) -> _Shared:
+    def _shared_for(self, message: OutgoingMessage) -> SharedPart:
         key = id(message)
         with self._lock:
             cached = self._shared.get(key)
             if cached is None or cached[0] is not message:
-                cached = (message, _Shared(self.settings, message))
+                cached = (message, SharedPart(self.settings, message))
                 self._shared[key] = cached
             return cached[1]
 
-    def _personalization(self, shared: _Shared, recipient: OutgoingRecipient) -> dict[str, Any]:
-        values = recipient.values
-        substitutions = {t: values.get(t, "") for t in shared.tokens}
-        for token in shared.twins:
-            substitutions[token[:-2] + _HTML_TWIN] = html.escape(values.get(token, ""))
-        headers: dict[str, str] = {}
-        unsubscribe = values.get(personalize.UNSUBSCRIBE_URL)
-        if unsubscribe:
-            headers["List-Unsubscribe"] = shared.list_unsubscribe(unsubscribe)
-            if shared.one_click:
-                headers["List-Unsubscribe-Post"] = ONE_CLICK
-        personalization: dict[str, Any] = {
-            "to": [_address(recipient.email, recipient.name)],
-            "substitutions": substitutions,
-            "headers": headers,
-        }
-        if recipient.delivery_id is not None:
-            delivery = str(recipient.delivery_id)
-            headers["X-Digest-Delivery"] = delivery
-            personalization["custom_args"] = {"digest_delivery_id": delivery}
-        return personalization
-
-    def _post(self, payload: dict[str, Any]) -> _Answer:
-        """One request, retried as the policy allows; never raises for provider answers."""
+    def _post(self, body: str) -> _Answer:
+        """One request (JSON text), retried as the policy allows; never raises for answers."""
         policy = self.policy
         deadline = policy.deadline()
         ambiguous = False
-        attempt = 0
+        attempt = 0  # counts failures; a 429 ("not yet") is bounded by the deadline instead
+        limited = 0
         while True:
             self._gate.wait()
             attempt += 1
             try:
+                # A Content-Type other than exactly "application/json" makes the library send
+                # our JSON text as is instead of running json.dumps over it (see module doc).
                 response = self._client.client.mail.send.post(
-                    request_body=payload, timeout=self.timeout
+                    request_body=body, request_headers=_JSON_TEXT, timeout=self.timeout
                 )
                 return _Answer(SendOutcome.ACCEPTED, response.headers.get("X-Message-Id"))
             except HTTPError as exc:
                 status = int(exc.status_code)
                 error = f"SendGrid {status}: {_error_message(exc)}"
                 if status == 429:
-                    wait = policy.requested_wait(exc.headers, attempt)
+                    limited += 1
+                    attempt -= 1
+                    wait = policy.requested_wait(exc.headers, limited)
                     self._gate.pause(wait)
                 elif status >= 500:
                     wait = policy.backoff(attempt)
@@ -272,7 +205,8 @@ class SendGridTransport:
                 wait = policy.backoff(attempt)
             if attempt >= policy.max_attempts or policy.clock() + wait > deadline:
                 outcome = SendOutcome.UNKNOWN if ambiguous else SendOutcome.FAILED
-                return _Answer(outcome, None, f"gave up after {attempt} attempts: {error}")
+                tries = attempt + limited
+                return _Answer(outcome, None, f"gave up after {tries} attempts: {error}")
             policy.sleep(wait)
 
 

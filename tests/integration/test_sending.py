@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select, update
 from sqlmodel import Session
+from sqlmodel import select as sqlmodel_select
 
 from digest import ledger
 from digest.app import App
@@ -103,7 +104,7 @@ def test_unsubscribed_mid_send_is_skipped_not_mailed(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
     app = _app(make_app, any_engine, concurrency=1)
-    first, last = add_audience(any_engine, SLUG, 20)
+    _, last = add_audience(any_engine, SLUG, 20)
     issue_id = make_issue(any_engine)
     leaver = last - 1  # in the last batch
 
@@ -118,7 +119,7 @@ def test_unsubscribed_mid_send_is_skipped_not_mailed(
     assert address(leaver) not in _recipients(app)
     assert report.issue_status == IssueStatus.SENT
     with Session(any_engine) as session:
-        row = session.exec(select(Delivery).where(Delivery.subscriber_id == leaver)).one()[0]  # type: ignore[call-overload]
+        row = session.exec(sqlmodel_select(Delivery).where(Delivery.subscriber_id == leaver)).one()
         assert row.status == "skipped"
 
 
@@ -187,16 +188,16 @@ def test_batch_left_in_flight_by_a_dead_sender_is_unknown_until_retried(
     send_issue(app, issue_id, limit=5)  # freezes all, sends the first batch
     dead = ledger.Claimer("elsewhere", "boot", 1, "1", "deadbeef")
     with app.session() as session:
-        batch = ledger.claim(session, issue_id=issue_id, claimer=dead, now=app.now())
-        assert batch is not None
+        batch_id = ledger.claim(session, issue_id=issue_id, claimer=dead, now=app.now())
+        assert batch_id is not None
         session.execute(
             update(SendBatch)
-            .where(SendBatch.id == batch.batch_id)  # type: ignore[arg-type]
+            .where(SendBatch.id == batch_id)  # type: ignore[arg-type]
             .values(claimed_at=DEFAULT_NOW.replace(year=2025))
         )
 
     report = send_issue(app, issue_id)
-    assert report.found_unknown == [batch.batch_id]
+    assert report.found_unknown == [batch_id]
     assert (report.accepted, report.unknown, report.processed) == (5, 5, 0)
     assert report.issue_status == IssueStatus.SENDING  # not sent while some are unknown
     again = send_issue(app, issue_id)

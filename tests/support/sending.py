@@ -103,13 +103,17 @@ def add_audience(
                     "INSERT INTO subscriber (id, email, name, created_at) "
                     "SELECT * FROM unnest(%(i)s::int[], %(e)s::text[], %(n)s::text[], "
                     "%(c)s::timestamp[])",
-                    dict(zip("ienc", (list(c) for c in zip(*subscribers, strict=True)), strict=True)),
+                    dict(
+                        zip("ienc", (list(c) for c in zip(*subscribers, strict=True)), strict=True)
+                    ),
                 )
                 connection.exec_driver_sql(
                     "INSERT INTO subscription (subscriber_id, newsletter, status, source, "
                     "created_at) SELECT s, n, 'active', 'test', c FROM unnest(%(s)s::int[], "
                     "%(n)s::text[], %(c)s::timestamp[]) AS t(s, n, c)",
-                    dict(zip("snc", (list(c) for c in zip(*subscriptions, strict=True)), strict=True)),
+                    dict(
+                        zip("snc", (list(c) for c in zip(*subscriptions, strict=True)), strict=True)
+                    ),
                 )
             else:
                 connection.exec_driver_sql(
@@ -134,3 +138,20 @@ def outbox_messages(outbox: Path) -> list[EmailMessage]:
         email.message_from_bytes(f.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
         for f in sorted(outbox.rglob("*.eml"))
     ]
+
+
+class FakeTime:
+    """A wall clock that only moves when something sleeps on it (for RetryPolicy in tests)."""
+
+    def __init__(self, start: float | None = None) -> None:
+        import time
+
+        self.now = time.time() if start is None else start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(seconds, 0.0)

@@ -1,0 +1,259 @@
+"""Send an issue to 10k, 100k and 1M recipients through the SendGrid transport, end to end.
+
+Run: `.venv/bin/python benchmarks/bench_send.py [--sizes 10000,100000,1000000]
+[--databases sqlite,postgresql] [--baseline 200]` (also run by `make bench`).
+
+Each measurement is `send_issue` on a fresh database holding the audience: freezing it into
+deliveries, claiming batches, signing two links per recipient, building the payloads, the
+HTTP requests to the local SendGrid-compatible server (schema rules checked, bodies dropped,
+in its own process so that it does not share the sender's GIL) and recording the results. The
+send runs in a child process so that its peak RSS is its own. The baseline is what simple tools
+do: render + inline the issue and make one API call per recipient, timed on a small sample and
+extrapolated. Target on a 2-core machine: 1M recipients in ≤ 30 s with peak RSS ≤ 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import text  # noqa: E402
+
+from digest.app import App, fixed_clock  # noqa: E402
+from digest.config import settings_from_mapping  # noqa: E402
+from digest.db import make_engine, upgrade  # noqa: E402
+from digest.render import Renderer  # noqa: E402
+from tests.support.sample_issue import PERIOD, sample_contents  # noqa: E402
+from tests.support.sending import add_audience, make_issue  # noqa: E402
+
+PG_URL = os.environ.get("DIGEST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SLUG = "turkey-unpacked"
+TARGET_SECONDS = 30.0
+TARGET_RSS_MB = 300.0
+API_KEY = "SG.bench"
+
+
+def _config(url: str, api_url: str, **delivery: Any) -> dict[str, Any]:
+    return {
+        "database": {"url": url},
+        "site": {"name": "The Meridian Post", "base_url": "https://news.meridian.example"},
+        "sender": {
+            "from_email": "newsletters@meridian.example",
+            "from_name": "The Meridian Post",
+            "unsubscribe_mailto": "unsubscribe@meridian.example",
+        },
+        "delivery": {"transport": "sendgrid", "batch_size": 1000, "concurrency": 4, **delivery},
+        "sendgrid": {"api_url": api_url, "batch_size": 1000, "timeout": 60},
+        "newsletters": [{"slug": SLUG, "title": "Turkey Unpacked", "timezone": "Europe/Istanbul"}],
+    }
+
+
+def _env() -> dict[str, str]:
+    return {"DIGEST_SECRET_KEY": "bench-secret-key-0123456789abcdef", "SENDGRID_API_KEY": API_KEY}
+
+
+@contextmanager
+def sendgrid_server() -> Iterator[str]:
+    """The test server in its own process: schema rules checked, bodies not kept."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.sendgrid_server", "--validate", "rules", "--quiet"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"the SendGrid test server did not start: {url!r}")
+        yield url
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+        summary = output.strip().splitlines()
+        if summary:
+            print(f"    server: {summary[-1]}", flush=True)
+
+
+@contextmanager
+def database(kind: str, workdir: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = make_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _rendered_issue() -> tuple[str, str, str]:
+    rendered = Renderer().render(sample_contents(12))
+    return rendered.subject, rendered.html, rendered.text
+
+
+def prepare(url: str, size: int) -> int:
+    """A migrated database with `size` subscribers and an approved, rendered issue."""
+    engine = make_engine(url)
+    upgrade(engine)
+    add_audience(engine, SLUG, size)
+    subject, html, body_text = _rendered_issue()
+    issue_id = make_issue(engine, SLUG, subject=subject, html=html, text=body_text)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ANALYZE")
+    engine.dispose()
+    return issue_id
+
+
+def child(url: str, api_url: str, issue_id: int) -> None:
+    """Runs in its own process: the measured send. Prints one JSON line."""
+    from digest.sending import send_issue
+
+    settings = settings_from_mapping(_config(url, api_url), env=_env())
+    app = App(settings=settings, clock=fixed_clock(PERIOD))
+    started = time.perf_counter()
+    report = send_issue(app, issue_id)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "accepted": report.accepted,
+                "failed": report.failed,
+                "unknown": report.unknown,
+                "errors": report.errors,
+                "peak_mb": peak_mb,
+            }
+        ),
+        flush=True,
+    )
+
+
+def measure(kind: str, size: int, api_url: str, workdir: Path) -> dict[str, Any]:
+    with database(kind, workdir) as url:
+        started = time.perf_counter()
+        issue_id = prepare(url, size)
+        setup = time.perf_counter() - started
+        output = subprocess.run(
+            [sys.executable, __file__, "--child", url, api_url, str(issue_id)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if output.returncode != 0:
+            raise RuntimeError(f"send failed on {kind} with {size}:\n{output.stderr[-3000:]}")
+        result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
+        result["setup"] = setup
+        return result
+
+
+def baseline(api_url: str, sample: int) -> float:
+    """Seconds per recipient the naive way: render + inline per recipient, one request each."""
+    from sendgrid import SendGridAPIClient
+
+    from digest import personalize
+    from digest.message import RecipientValues
+
+    settings = settings_from_mapping(_config("sqlite://", api_url), env=_env())
+    newsletter = settings.newsletters[0]
+    renderer = Renderer()
+    contents = sample_contents(12, settings=settings)
+    values = RecipientValues(settings, newsletter, b"key", PERIOD)
+    client = SendGridAPIClient(api_key=API_KEY, host=api_url)
+    started = time.perf_counter()
+    for n in range(sample):
+        rendered = renderer.render(contents)
+        token_values = values(n + 1, f"Reader {n}")
+        payload = {
+            "personalizations": [{"to": [{"email": f"naive{n}@example.com"}]}],
+            "from": {"email": settings.sender.from_email},
+            "subject": rendered.subject,
+            "content": [
+                {
+                    "type": "text/plain",
+                    "value": personalize.fill(rendered.text, token_values, html_escape=False),
+                },
+                {
+                    "type": "text/html",
+                    "value": personalize.fill(rendered.html, token_values, html_escape=True),
+                },
+            ],
+        }
+        client.client.mail.send.post(request_body=payload, timeout=30)
+    return (time.perf_counter() - started) / sample
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--baseline", type=int, default=200, help="recipients in the naive sample")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("URL", "API_URL", "ISSUE"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], int(args.child[2]))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    kinds = [k for k in args.databases.split(",") if k]
+    ok = True
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp, sendgrid_server() as api_url:
+        per_naive = baseline(api_url, args.baseline) if args.baseline else 0.0
+        if per_naive:
+            print(
+                f"naive baseline: {1 / per_naive:,.0f} recipients/s "
+                f"({per_naive * 1000:.1f} ms each, sample of {args.baseline})",
+                flush=True,
+            )
+        for kind in kinds:
+            for size in sizes:
+                result = measure(kind, size, api_url, Path(tmp))
+                rows.append((kind, size, result))
+                rate = size / result["seconds"]
+                line = (
+                    f"{kind:10} {size:>9,} recipients: {result['seconds']:6.1f} s "
+                    f"({rate:,.0f}/s), peak RSS {result['peak_mb']:.0f} MB, "
+                    f"accepted {result['accepted']:,}"
+                )
+                if per_naive:
+                    line += f", {per_naive * size / result['seconds']:,.0f}x the naive baseline"
+                print(line + f" [setup {result['setup']:.0f} s]", flush=True)
+                if result["accepted"] != size:
+                    print(f"    NOT ALL ACCEPTED: {result}", flush=True)
+                    ok = False
+                if size >= 1_000_000:
+                    met = result["seconds"] <= TARGET_SECONDS and result["peak_mb"] <= TARGET_RSS_MB
+                    print(
+                        f"    target 1M ≤ {TARGET_SECONDS:.0f} s, ≤ {TARGET_RSS_MB:.0f} MB: "
+                        f"{'ok' if met else 'MISSED'}",
+                        flush=True,
+                    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
