@@ -29,10 +29,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from digest.message import clean_name
 from digest.models import (
     BatchStatus,
     Delivery,
@@ -42,9 +54,9 @@ from digest.models import (
     SendBatch,
 )
 from digest.transports import SendOutcome, SendResult
-from subscribers import audience_page
+from subscribers.audience import audience_statement
 
-FREEZE_PAGE = 10_000  # audience rows read and inserted per statement while freezing
+FREEZE_PAGE = 20_000  # audience rows copied per INSERT … SELECT while freezing
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
@@ -190,22 +202,82 @@ def freeze(
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return None
+    per_page = batch_size * max(1, page_size // batch_size)
     total = 0
     after = 0
     while True:
-        page = audience_page(session, newsletter, after_id=after, limit=page_size)
-        if not page:
+        rows, last = _freeze_page(session, issue_id, newsletter, after, per_page, batch_size, now)
+        total += rows
+        if rows < per_page:
             return total
-        after = page[-1].subscriber_id
-        chunks = [page[i : i + batch_size] for i in range(0, len(page), batch_size)]
-        batch_ids = _insert_batches(session, issue_id, [len(c) for c in chunks], now)
-        rows = [
-            (r.subscriber_id, r.email, clean_name(r.name)[:200] or None, batch_id)
-            for chunk, batch_id in zip(chunks, batch_ids, strict=True)
-            for r in chunk
-        ]
-        _insert_deliveries(session, issue_id, rows, now)
-        total += len(page)
+        after = last
+
+
+def _freeze_page(
+    session: Session,
+    issue_id: int,
+    newsletter: str,
+    after: int,
+    page_size: int,
+    batch_size: int,
+    now: datetime,
+) -> tuple[int, int]:
+    """One keyset page of the audience, copied by INSERT … SELECT (no row passes through
+    Python: 3-4x faster than reading pages out and writing them back); returns (rows, last id).
+
+    The page's batches are created first, empty; row_number() places each recipient in one of
+    them, and their sizes are filled in (or the unused ones deleted) afterwards.
+    """
+    ids = _insert_batches(session, issue_id, [0] * (page_size // batch_size), now)
+    page = audience_statement(newsletter, after_id=after, limit=page_size).subquery("audience")
+    slot = (func.row_number().over(order_by=page.c.subscriber_id) - 1) // batch_size
+    rows = select(
+        literal(issue_id),
+        page.c.subscriber_id,
+        page.c.email,
+        page.c.name,
+        literal(str(DeliveryStatus.PENDING)),
+        case(dict(enumerate(ids)), value=slot),
+        literal(False),
+        literal(False),
+        literal(now, type_=_D.c.updated_at.type),
+    ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
+    columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "opened",
+               "clicked", "updated_at"]  # fmt: skip
+    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
+    session.execute(
+        dialect.insert(_D)
+        .from_select(columns, rows)
+        .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
+    )
+    sizes = {
+        batch_id: (int(count), int(last))
+        for batch_id, count, last in session.execute(
+            select(_D.c.batch_id, func.count(), func.max(_D.c.subscriber_id))
+            .where(_D.c.issue_id == issue_id, _D.c.batch_id.in_(ids))
+            .group_by(_D.c.batch_id)
+        )
+    }
+    used = [{"batch": b, "batch_size": sizes[b][0]} for b in ids if b in sizes]
+    if used:
+        session.execute(
+            update(_B).where(_B.c.id == bindparam("batch")).values(size=bindparam("batch_size")),
+            used,
+        )
+    unused = [b for b in ids if b not in sizes]
+    if unused:
+        session.execute(delete(_B).where(_B.c.id.in_(unused)))
+    rows_in_page = sum(count for count, _ in sizes.values())
+    last_id = max((last for _, last in sizes.values()), default=after)
+    return rows_in_page, last_id
+
+
+def checkpoint(session: Session) -> None:
+    """SQLite: fold the freeze's write-ahead log into the database before the senders start,
+    so that their reads do not search a log of a million rows (a no-op on PostgreSQL)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _insert_batches(session: Session, issue_id: int, sizes: list[int], now: datetime) -> list[int]:
@@ -216,36 +288,6 @@ def _insert_batches(session: Session, issue_id: int, sizes: list[int], now: date
         for size in sizes
     ]  # fmt: skip
     return [row[0] for row in session.execute(statement, params)]
-
-
-def _insert_deliveries(
-    session: Session, issue_id: int, rows: list[tuple[int, str, str | None, int]], now: datetime
-) -> None:
-    """Bulk INSERT … ON CONFLICT DO NOTHING through the driver: ~10x faster than ORM rows."""
-    if not rows:
-        return
-    connection = session.connection()
-    naive = now.astimezone(UTC).replace(tzinfo=None)
-    if connection.dialect.name == "postgresql":
-        subscriber_ids, emails, names, batch_ids = (list(c) for c in zip(*rows, strict=True))
-        connection.exec_driver_sql(
-            "INSERT INTO delivery (issue_id, subscriber_id, email, name, status, batch_id, "
-            "opened, clicked, updated_at) "
-            "SELECT %(issue)s, s, e, n, 'pending', b, false, false, %(now)s "
-            "FROM unnest(%(s)s::int[], %(e)s::text[], %(n)s::text[], %(b)s::int[]) "
-            "AS t(s, e, n, b) "
-            "ON CONFLICT (issue_id, subscriber_id) DO NOTHING",
-            {"issue": issue_id, "now": naive, "s": subscriber_ids, "e": emails, "n": names,
-             "b": batch_ids},
-        )  # fmt: skip
-        return
-    stamp = naive.isoformat(sep=" ", timespec="microseconds")  # SQLAlchemy's SQLite format
-    connection.exec_driver_sql(
-        "INSERT INTO delivery (issue_id, subscriber_id, email, name, status, batch_id, "
-        "opened, clicked, updated_at) VALUES (?, ?, ?, ?, 'pending', ?, 0, 0, ?) "
-        "ON CONFLICT (issue_id, subscriber_id) DO NOTHING",
-        [(issue_id, s, e, n, b, stamp) for s, e, n, b in rows],
-    )
 
 
 # -- claiming and recording batches -------------------------------------------------------------
@@ -312,7 +354,7 @@ def open_batch(
     """
     members = [
         ClaimedRecipient(*r)
-        for r in session.execute(
+        for r in session.connection().execute(
             select(_D.c.id, _D.c.subscriber_id, _D.c.email, _D.c.name)
             .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
             .order_by(_D.c.id)

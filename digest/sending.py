@@ -244,7 +244,7 @@ def _prepare(
     issue_id = issue.id or 0
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT):
         with app.session() as session:
-            ledger.freeze(
+            frozen = ledger.freeze(
                 session,
                 issue_id=issue_id,
                 newsletter=newsletter.slug,
@@ -252,6 +252,9 @@ def _prepare(
                 batch_size=batch_size,
                 now=app.now(),
             )
+        if frozen:
+            with app.session() as session:
+                ledger.checkpoint(session)
     with app.session() as session:
         report.found_unknown = ledger.release_stale(
             session, issue_id=issue_id, me=claimer, now=app.now(), lease=LEASE

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import exists, func
+from sqlalchemy import Select, exists, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -41,23 +41,35 @@ def _mailable(newsletter: str) -> list[Any]:
     ]
 
 
+def audience_statement(newsletter: str, *, after_id: int, limit: int) -> Select:  # type: ignore[type-arg]
+    """The query behind `audience_page`, columns in `Recipient` order, for callers that insert
+    its rows elsewhere in SQL (the sender freezes a million recipients with INSERT … SELECT)."""
+    return (
+        sa_select(  # sqlmodel's select is typed for up to four columns
+            col(Subscription.subscriber_id).label("subscriber_id"),
+            col(Subscriber.email).label("email"),
+            col(Subscriber.name).label("name"),
+            col(Subscriber.timezone).label("timezone"),
+            col(Subscriber.locale).label("locale"),
+        )
+        .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
+        # The bound on both sides of the join: PostgreSQL does not carry an inequality across it
+        # and would otherwise merge-join from the first subscriber on every page.
+        .where(
+            *_mailable(newsletter),
+            col(Subscription.subscriber_id) > after_id,
+            col(Subscriber.id) > after_id,
+        )
+        .order_by(col(Subscription.subscriber_id))
+        .limit(limit)
+    )
+
+
 def audience_page(
     session: Session, newsletter: str, *, after_id: int, limit: int
 ) -> list[Recipient]:
     """The next `limit` recipients with subscriber_id > after_id, in id order (one query)."""
-    statement = (
-        sa_select(  # sqlmodel's select is typed for up to four columns
-            col(Subscription.subscriber_id),
-            col(Subscriber.email),
-            col(Subscriber.name),
-            col(Subscriber.timezone),
-            col(Subscriber.locale),
-        )
-        .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
-        .where(*_mailable(newsletter), col(Subscription.subscriber_id) > after_id)
-        .order_by(col(Subscription.subscriber_id))
-        .limit(limit)
-    )
+    statement = audience_statement(newsletter, after_id=after_id, limit=limit)
     # Core execution on the session's connection: no ORM row processing on the hot path.
     return [Recipient(*row) for row in session.connection().execute(statement)]
 
