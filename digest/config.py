@@ -174,6 +174,21 @@ class SourceConfig(_Strict):
     url: str = Field(min_length=1, description="http(s) URL or a file path")
 
 
+class IngestConfig(_Strict):
+    """How `digest ingest` fetches and stores sources (digest/fetch.py, digest/ingest.py)."""
+
+    concurrency: int = Field(default=8, ge=1, le=64, description="sources fetched at once")
+    timeout: float = Field(default=20, gt=0, description="seconds to connect, or between bytes")
+    total_timeout: float = Field(default=60, gt=0, description="seconds for one whole fetch")
+    max_bytes: int = Field(default=10_000_000, ge=1024, description="response size limit")
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    user_agent: HeaderText = Field(default="", description="empty: digest/<version> (+base_url)")
+    dedupe_window: Duration = Field(default="3d", description="same-title re-publish window")
+    parse_workers: int = Field(
+        default=0, ge=0, le=64, description="0: one process per CPU for big runs; 1: in-process"
+    )
+
+
 class TopicRules(_Strict):
     tags: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
@@ -239,6 +254,7 @@ class Settings(_Strict):
     sendgrid: SendGridConfig = Field(default_factory=SendGridConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     newsletters: list[NewsletterConfig] = Field(default_factory=list)
 

@@ -51,6 +51,10 @@ class Source(SQLModel, table=True):
     last_error: str | None = Field(default=None, sa_column=_text())
     last_error_at: datetime | None = Field(default=None, sa_column=_ts())
     consecutive_failures: int = 0
+    last_http_status: int | None = None
+    last_item_count: int = 0  # items the last successful read yielded
+    # The last read worked but something was odd (not well-formed, encoding guessed, items skipped).
+    last_warning: str | None = Field(default=None, sa_column=_text())
 
 
 class Article(SQLModel, table=True):

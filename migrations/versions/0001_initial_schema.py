@@ -101,6 +101,9 @@ def upgrade() -> None:
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('last_error_at', subscribers.timestamps.UTCDateTime(), nullable=True),
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
+    sa.Column('last_http_status', sa.Integer(), nullable=True),
+    sa.Column('last_item_count', sa.Integer(), nullable=False),
+    sa.Column('last_warning', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('source', schema=None) as batch_op:

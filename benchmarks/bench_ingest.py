@@ -1,0 +1,155 @@
+"""Ingest throughput: 100 RSS feeds × 50 items from a local HTTP server into SQLite.
+
+Run: `.venv/bin/python benchmarks/bench_ingest.py [--feeds 100] [--items 50] [--db URL]`.
+Prints items/s for a cold run (everything new), a run where every server answers 304, and a
+run where every feed changed (all updates). Target: ≥ 2,000 items/s cold on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from digest.app import App, fixed_clock
+from digest.config import settings_from_mapping
+from digest.db import make_engine, upgrade
+from digest.ingest import IngestReport, run_ingest
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+WORDS = (
+    "Ankara Istanbul lira budget drought climate wildfire council market rally exporters "
+    "parliament harbour ferry school energy grid water farmers rates inflation coast"
+).split()
+
+
+def feed(number: int, items: int, edition: int) -> bytes:
+    """A realistic RSS 2.0 feed: HTML descriptions, categories, media, dates, tracking links."""
+    parts = []
+    for i in range(items):
+        words = " ".join(WORDS[(number + i + k) % len(WORDS)] for k in range(8))
+        date = format_datetime(NOW - timedelta(hours=i + number % 7))
+        parts.append(
+            f"""<item><title>{words.title()} — story {number}-{i} (edition {edition})</title>
+<link>https://news{number}.example/{2026}/story-{i}?utm_source=rss&amp;utm_medium=feed</link>
+<guid isPermaLink="false">feed{number}-item{i}</guid><pubDate>{date}</pubDate>
+<dc:creator>Reporter {i % 9}</dc:creator><category>{WORDS[i % len(WORDS)].title()}</category>
+<category>Turkey</category>
+<description><![CDATA[<p>{words}. The <b>committee</b> met on Tuesday; <a href="/more/{i}">more</a>
+about {words} in the edition {edition}.</p><p>{words} {words}.</p>]]></description>
+<media:content url="https://img{number}.example/{i}.jpg" medium="image"/></item>"""
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<rss version="2.0" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:media="http://search.yahoo.com/mrss/">'
+        f"<channel><title>Feed {number}</title><link>https://news{number}.example/</link>"
+        f"<language>en</language>{''.join(parts)}</channel></rss>"
+    ).encode()
+
+
+def serve(port_queue: Any, feeds: int, items: int, edition_path: str) -> None:
+    """The feed server: ETag per (feed, edition), 304 on a matching If-None-Match."""
+
+    cache: dict[tuple[int, int], tuple[bytes, str]] = {}
+
+    def document(number: int, edition: int) -> tuple[bytes, str]:
+        """Built once, served like a static file: the server should cost next to nothing."""
+        if (number, edition) not in cache:
+            body = feed(number, items, edition)
+            cache[(number, edition)] = body, f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+        return cache[(number, edition)]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            number = int(self.path.strip("/").split(".")[0].removeprefix("feed"))
+            body, etag = document(number, int(Path(edition_path).read_text()))
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.send_header("ETag", etag)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", etag)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    for number in range(feeds):
+        for edition in (1, 2):
+            document(number, edition)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port_queue.put(server.server_address[1])
+    server.serve_forever()
+
+
+def timed(app: App) -> tuple[float, IngestReport]:
+    start = time.perf_counter()
+    report = run_ingest(app)
+    return time.perf_counter() - start, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--feeds", type=int, default=100)
+    parser.add_argument("--items", type=int, default=50)
+    parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
+    edition = work / "edition"
+    edition.write_text("1")
+    queue: Any = multiprocessing.get_context("spawn").Queue()
+    server = multiprocessing.get_context("spawn").Process(
+        target=serve, args=(queue, args.feeds, args.items, str(edition)), daemon=True
+    )
+    server.start()
+    port = queue.get(timeout=30)
+    try:
+        url = args.db or f"sqlite:///{work / 'bench.db'}"
+        engine = make_engine(url)
+        upgrade(engine)
+        settings = settings_from_mapping(
+            {
+                "database": {"url": url},
+                "sources": [
+                    {"name": f"feed{n}", "url": f"http://127.0.0.1:{port}/feed{n}.xml"}
+                    for n in range(args.feeds)
+                ],
+                "newsletters": [
+                    {"slug": "turkey", "title": "T", "topic": {"tags": ["Turkey"], "keywords": ["Ankara", "İstanbul", "lira"]}},
+                    {"slug": "climate", "title": "C", "topic": {"keywords": ["drought", "climate", "wildfire"], "exclude_keywords": ["market"]}},
+                    {"slug": "ports", "title": "P", "topic": {"keywords": ["harbour", "ferry", "coast"]}},
+                ],
+            },
+            env={},
+        )  # fmt: skip
+        app = App(settings=settings, clock=fixed_clock(NOW), _engine=engine)
+        total = args.feeds * args.items
+        print(f"{args.feeds} feeds × {args.items} items over HTTP on 127.0.0.1 into {engine.dialect.name}")
+        for label, bump in (("cold (all new)", False), ("304 (not modified)", False), ("changed (all updated)", True)):
+            if bump:
+                edition.write_text("2")
+            seconds, report = timed(app)
+            assert report.errors == 0, [s.errors for s in report.sources if s.errors]
+            print(
+                f"  {label:<22} {seconds:6.2f} s  {total / seconds:8.0f} items/s  "
+                f"(new {report.new}, updated {report.updated}, unchanged {report.unchanged}, "
+                f"not modified {sum(s.not_modified for s in report.sources)})"
+            )
+    finally:
+        server.terminate()
+
+
+if __name__ == "__main__":
+    main()

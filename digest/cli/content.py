@@ -1,0 +1,305 @@
+"""`digest ingest`, `digest articles list`, `digest sources status`, `digest topics reclassify`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
+from rich.table import Table
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from digest.app import App
+from digest.cli.common import console, err_console, fail, get_app, print_json
+from digest.config import ConfigError, parse_duration
+from digest.ingest import IngestReport, UnknownSourceError, run_ingest
+from digest.models import Article, ArticleTopic, Source
+from digest.topics import reclassify
+
+articles_app = typer.Typer(help="Stored articles.", no_args_is_help=True)
+sources_app = typer.Typer(help="Content sources and their health.", no_args_is_help=True)
+topics_app = typer.Typer(
+    help="Newsletter topics (which articles belong where).", no_args_is_help=True
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+_FINAL = ("fetching", "parsing")
+
+
+def ingest(
+    ctx: typer.Context,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Only this source (its name in the config).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fetch every source (or one), store new and updated articles, classify them into topics.
+
+    Exits 0 when a source fails (its error is printed and recorded); 1 only for bad usage.
+    """
+    app = get_app(ctx)
+    try:
+        report = _ingest_with_progress(app, source, show=not as_json)
+    except UnknownSourceError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(_report_document(report))
+        return
+    _print_report(report)
+
+
+def _ingest_with_progress(app: App, source: str | None, *, show: bool) -> IngestReport:
+    if not show:
+        return run_ingest(app, source=source)
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
+    ) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def update(name: str, message: str) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=1)
+            done = message not in _FINAL
+            progress.update(tasks[name], description=f"{name}: {message}", completed=int(done))
+
+        return run_ingest(app, source=source, progress=update)
+
+
+def _print_report(report: IngestReport) -> None:
+    table = Table("source", "fetched", "new", "updated", "unchanged", "errors", title="Ingest")
+    for s in report.sources:
+        fetched = "not modified" if s.not_modified else ("failed" if s.failed else str(s.fetched))
+        style = "red" if s.failed else None
+        table.add_row(
+            s.name, fetched, str(s.new), str(s.updated), str(s.unchanged), str(len(s.errors)),
+            style=style,
+        )  # fmt: skip
+    table.add_row(
+        "total", str(report.fetched), str(report.new), str(report.updated),
+        str(report.unchanged), str(report.errors), style="bold",
+    )  # fmt: skip
+    console.print(table)
+    for s in report.sources:
+        for error in s.errors:
+            console.print(f"[red]error[/] {s.name}: {error}", highlight=False)
+        for warning in s.warnings:
+            console.print(f"[yellow]warning[/] {s.name}: {warning}", highlight=False)
+
+
+def _report_document(report: IngestReport) -> dict[str, Any]:
+    return {
+        "sources": [
+            {
+                "name": s.name,
+                "fetched": s.fetched,
+                "new": s.new,
+                "updated": s.updated,
+                "unchanged": s.unchanged,
+                "not_modified": s.not_modified,
+                "failed": s.failed,
+                "errors": s.errors,
+                "warnings": s.warnings,
+            }
+            for s in report.sources
+        ],
+        "totals": {
+            "fetched": report.fetched,
+            "new": report.new,
+            "updated": report.updated,
+            "unchanged": report.unchanged,
+            "errors": report.errors,
+        },
+    }
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """'7d' / '36h' (ago), '2026-11-20' or '2026-11-20T08:00:00+03:00' → aware UTC."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--since: not a duration like '7d' or an ISO 8601 date: {text!r}")
+    return moment if moment.tzinfo else moment.replace(tzinfo=now.tzinfo)
+
+
+@articles_app.command("list")
+def list_articles(
+    ctx: typer.Context,
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="Only this newsletter's topic.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Published after: '7d', '36h' or an ISO date.")
+    ] = None,
+    source: Annotated[str | None, typer.Option("--source", help="Only this source.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List stored articles, newest first, with their topics."""
+    app = get_app(ctx)
+    if topic is not None:
+        try:
+            app.settings.newsletter(topic)
+        except ConfigError as exc:
+            fail(exc.reason)
+    start = parse_when(since, app.now()) if since else None
+    with app.session() as session:
+        documents = article_documents(session, topic=topic, since=start, source=source, limit=limit)
+    if as_json:
+        print_json(documents)
+        return
+    table = Table("id", "published", "source", "title", "topics")
+    for a in documents:
+        table.add_row(
+            str(a["id"]), a["published_at"][:16].replace("T", " "), a["source"], a["title"],
+            ", ".join(a["topics"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{len(documents)} article(s)")
+
+
+def article_documents(
+    session: Session,
+    *,
+    topic: str | None = None,
+    since: datetime | None = None,
+    source: str | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Articles as JSON-ready dicts, newest first; `topics` lists newsletter slugs."""
+    statement = select(Article)
+    if topic is not None:
+        statement = statement.join(
+            ArticleTopic, col(ArticleTopic.article_id) == col(Article.id)
+        ).where(ArticleTopic.newsletter == topic)
+    if since is not None:
+        statement = statement.where(col(Article.published_at) >= since)
+    if source is not None:
+        statement = statement.where(Article.source == source)
+    statement = statement.order_by(col(Article.published_at).desc(), col(Article.id).desc())
+    articles = session.exec(statement.limit(limit)).all()
+    links: dict[int, dict[str, list[str]]] = {}
+    ids = [a.id for a in articles]
+    for link in session.exec(select(ArticleTopic).where(col(ArticleTopic.article_id).in_(ids))):
+        links.setdefault(link.article_id, {})[link.newsletter] = list(link.reasons or [])
+    return [_article_document(a, links.get(a.id or 0, {})) for a in articles]
+
+
+def _article_document(article: Article, topics: dict[str, list[str]]) -> dict[str, Any]:
+    return {
+        "id": article.id,
+        "title": article.title,
+        "url": article.url,
+        "published_at": article.published_at.isoformat(),
+        "date_source": article.date_source,
+        "source": article.source,
+        "guid": article.guid,
+        "author": article.author,
+        "language": article.language,
+        "tags": list(article.tags or []),
+        "topics": sorted(topics),
+        "reasons": dict(sorted(topics.items())),
+        "summary_text": article.summary_text,
+        "image_url": article.image_url,
+        "first_seen_at": article.first_seen_at.isoformat(),
+        "updated_at": article.updated_at.isoformat(),
+    }
+
+
+@sources_app.command("status")
+def sources_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Each source's health: last success, last error, failures in a row, articles stored."""
+    app = get_app(ctx)
+    with app.session() as session:
+        documents = source_documents(session, [s.name for s in app.settings.sources])
+    if as_json:
+        print_json(documents)
+        return
+    table = Table("source", "state", "last success", "failures", "articles", "last error / warning")
+    for s in documents:
+        colour = {"ok": "green", "failing": "red", "warning": "yellow"}.get(s["state"], "dim")
+        note = s["last_error"] if s["state"] == "failing" else (s["last_warning"] or "")
+        table.add_row(
+            s["name"], f"[{colour}]{s['state']}[/]", _short(s["last_success_at"]),
+            str(s["consecutive_failures"]), str(s["articles"]), note or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+def source_documents(session: Session, configured: list[str]) -> list[dict[str, Any]]:
+    """Configured sources first (in config order), then sources only seen in the database."""
+    rows = {s.name: s for s in session.exec(select(Source)).all()}
+    counts = dict(
+        session.execute(select(Article.source, func.count()).group_by(col(Article.source))).all()  # type: ignore[arg-type]
+    )
+    names = configured + sorted(set(rows) - set(configured))
+    return [_source_document(n, rows.get(n), counts.get(n, 0), n in configured) for n in names]
+
+
+def _source_document(
+    name: str, row: Source | None, articles: int, configured: bool
+) -> dict[str, Any]:
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    if row is None or row.last_fetched_at is None:
+        state = "never fetched"
+    elif row.consecutive_failures:
+        state = "failing"
+    else:
+        state = "warning" if row.last_warning else "ok"
+    return {
+        "name": name,
+        "configured": configured,
+        "kind": row.kind if row else None,
+        "url": row.url if row else None,
+        "state": state,
+        "articles": articles,
+        "last_fetched_at": iso(row.last_fetched_at) if row else None,
+        "last_success_at": iso(row.last_success_at) if row else None,
+        "last_error": row.last_error if row else None,
+        "last_error_at": iso(row.last_error_at) if row else None,
+        "last_warning": row.last_warning if row else None,
+        "last_http_status": row.last_http_status if row else None,
+        "last_item_count": row.last_item_count if row else 0,
+        "consecutive_failures": row.consecutive_failures if row else 0,
+        "etag": row.etag if row else None,
+        "last_modified": row.last_modified if row else None,
+    }
+
+
+def _short(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else "never"
+
+
+@topics_app.command("reclassify")
+def topics_reclassify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Re-apply the newsletters' current topic rules to every stored article."""
+    app = get_app(ctx)
+    with app.session() as session:
+        report = reclassify(session, app.settings, now=app.now())
+    document = {
+        "articles": report.articles,
+        "added": report.added,
+        "removed": report.removed,
+        "changed": report.changed,
+    }
+    if as_json:
+        print_json(document)
+        return
+    console.print(
+        f"Reclassified {report.articles} article(s): {report.added} topic link(s) added, "
+        f"{report.removed} removed, {report.changed} with new reasons."
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest)
+    app.add_typer(articles_app, name="articles")
+    app.add_typer(sources_app, name="sources")
+    app.add_typer(topics_app, name="topics")
