@@ -84,6 +84,8 @@ def test_names_lose_line_breaks_and_token_syntax(raw: str | None, clean: str) ->
 def test_mime_structure_and_headers(settings: Settings) -> None:
     raw = _build(settings).as_bytes()
     assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b"")  # SMTP line endings
+    # On the wire as a plain <https://…> list, not RFC 2047-encoded by line folding.
+    assert b"\r\nList-Unsubscribe: <https://news.example.com/u/" in raw
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert message.get_content_type() == "multipart/alternative"
     assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]

@@ -1,0 +1,190 @@
+"""Real `digest send` processes, killed with SIGKILL at random moments, then resumed.
+
+The promise: every recipient is mailed exactly once, or reported unknown (in flight when its
+sender died) and then mailed at most once; and two `digest send` of the same issue running at
+the same time split the work without mailing anyone twice. The SendGrid test server counts
+what really arrived; it answers slowly so that kills land mid-send.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+
+from digest import assemble
+from digest.config import Settings
+from digest.ledger import delivery_counts
+from digest.models import BatchStatus, Delivery, SendBatch
+from tests.conftest import DEFAULT_NOW, REPO_ROOT, TEST_SECRET, make_settings
+from tests.support.sendgrid_server import SendGridServer
+from tests.support.sending import add_audience, address, make_issue
+
+pytestmark = pytest.mark.slow
+
+SLUG = "turkey-unpacked"
+KEY = "SG.crash-test"
+AUDIENCE = 400
+
+
+@pytest.fixture
+def server() -> Iterator[SendGridServer]:
+    with SendGridServer(api_key=KEY, validate="rules") as running:
+        running.delay_next(10_000, seconds=0.04)  # every answer a little late
+        yield running
+
+
+def _config(tmp_path: Path, engine: Engine, server: SendGridServer) -> tuple[Path, Settings]:
+    url = engine.url.render_as_string(hide_password=False)
+    lines = [
+        "[database]",
+        f'url = "{url}"',
+        "[site]",
+        'base_url = "https://news.example.com"',
+        "[sender]",
+        'from_email = "news@example.com"',
+        "[delivery]",
+        'transport = "sendgrid"',
+        "batch_size = 10",
+        "concurrency = 3",
+        "[sendgrid]",
+        f'api_url = "{server.url}"',
+        "timeout = 20",
+        "[[newsletters]]",
+        f'slug = "{SLUG}"',
+        'title = "Turkey Unpacked"',
+        'schedule = "0 8 * * *"',
+        'timezone = "Europe/Istanbul"',
+    ]
+    path = tmp_path / "digest.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    settings = make_settings(
+        tmp_path,
+        url,
+        {"newsletters": [{"slug": SLUG, "title": "Turkey Unpacked", "schedule": "0 8 * * *",
+                          "timezone": "Europe/Istanbul"}]},
+    )  # fmt: skip
+    return path, settings
+
+
+def _current_issue(engine: Engine, settings: Settings) -> int:
+    newsletter = settings.newsletter(SLUG)
+    period = assemble.current_period(settings, newsletter, DEFAULT_NOW)
+    return make_issue(engine, SLUG, period=assemble.period_key(period))
+
+
+def _start(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "DIGEST_SECRET_KEY": TEST_SECRET, "SENDGRID_API_KEY": KEY}
+    return subprocess.Popen(
+        [sys.executable, "-m", "digest", "--config", str(config), "--now",
+         DEFAULT_NOW.isoformat(), "send", SLUG, *extra],
+        cwd=REPO_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def _finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+    out, err = process.communicate(timeout=180)
+    return process.returncode, " ".join((out + err).decode("utf-8", "replace").split())
+
+
+def _wait_for_request(process: subprocess.Popen[bytes], server: SendGridServer, seen: int) -> None:
+    """Until the process has sent something (or ended): the server counts every request."""
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if server.attempts > seen:
+            return
+        time.sleep(0.01)
+
+
+def _ledger(engine: Engine, issue_id: int) -> tuple[dict[str, int], set[str]]:
+    """Counts per state, and the addresses whose delivery is unknown."""
+    from sqlmodel import Session
+
+    deliveries, batches = Delivery.__table__.c, SendBatch.__table__.c  # type: ignore[attr-defined]
+    unknown_batches = select(batches.id).where(batches.status == BatchStatus.UNKNOWN)
+    with Session(engine) as session:
+        counts = delivery_counts(session, issue_id)
+        rows = session.execute(
+            select(deliveries.email).where(
+                deliveries.issue_id == issue_id,
+                (deliveries.status == "unknown") | deliveries.batch_id.in_(unknown_batches),
+            )
+        )
+        return counts, {row[0] for row in rows}
+
+
+def test_killed_at_random_moments_then_resumed_mails_everyone_once_or_reports_unknown(
+    any_engine: Engine, server: SendGridServer, tmp_path: Path
+) -> None:
+    config, settings = _config(tmp_path, any_engine, server)
+    first, last = add_audience(any_engine, SLUG, AUDIENCE)
+    issue_id = _current_issue(any_engine, settings)
+    seed = random.randrange(1 << 30)
+    chooser = random.Random(seed)
+    kills = 0
+    for attempt in range(4):
+        process = _start(config)
+        if attempt == 0:  # any moment: start-up, the freeze, or the first batches
+            time.sleep(chooser.uniform(0.2, 3.0))
+        else:  # a moment while it is sending: after its first request reached the server
+            _wait_for_request(process, server, server.attempts)
+            time.sleep(chooser.uniform(0.0, 0.6))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        _finish(process)
+
+    code, output = _finish(_start(config))
+    assert code in (0, 2), output
+    _, again = _finish(_start(config))
+    assert "nothing left to send" in again, again
+
+    counts, unknown = _ledger(any_engine, issue_id)
+    received = Counter(server.recipients())
+    everyone = {address(i) for i in range(first, last + 1)}
+    context = f"seed={seed} kills={kills} counts={counts}"
+    assert set(received) <= everyone, context
+    assert max(received.values()) == 1, f"someone was mailed twice: {context}"
+    assert counts["pending"] == counts["sending"] == counts["failed"] == 0, context
+    assert counts["accepted"] + counts["unknown"] == AUDIENCE, context
+    assert everyone - unknown <= set(received), f"an accepted recipient was not mailed: {context}"
+    server.assert_all_valid()
+
+    code, output = _finish(_start(config, "--retry-unknown"))
+    assert code == 0, output
+    received = Counter(server.recipients())
+    assert set(received) == everyone, context
+    # Only the operator's resend of an unknown batch can mail someone a second time.
+    assert {a for a, n in received.items() if n > 1} <= unknown, context
+    counts, _ = _ledger(any_engine, issue_id)
+    assert counts["accepted"] == AUDIENCE, context
+
+
+def test_two_processes_sending_one_issue_mail_everyone_once(
+    any_engine: Engine, server: SendGridServer, tmp_path: Path
+) -> None:
+    config, settings = _config(tmp_path, any_engine, server)
+    first, last = add_audience(any_engine, SLUG, AUDIENCE)
+    issue_id = _current_issue(any_engine, settings)
+
+    processes = [_start(config), _start(config)]
+    results = [_finish(p) for p in processes]
+
+    assert all(code == 0 for code, _ in results), results
+    received = Counter(server.recipients())
+    assert received == Counter({address(i): 1 for i in range(first, last + 1)})
+    counts, unknown = _ledger(any_engine, issue_id)
+    assert counts["accepted"] == AUDIENCE and not unknown
+    server.assert_all_valid()

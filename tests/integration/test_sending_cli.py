@@ -1,0 +1,98 @@
+"""`digest send` and `digest deliveries` through the CLI, with the outbox transport."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from digest import assemble
+from digest.cli import app as cli_app
+from digest.config import load_settings
+from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.support.sending import add_audience, make_issue, outbox_messages
+
+SLUG = "turkey-unpacked"
+
+
+@pytest.fixture
+def config(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DIGEST_SECRET_KEY", TEST_SECRET)
+    monkeypatch.delenv("DIGEST_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    path = tmp_path / "digest.toml"
+    path.write_text(
+        f"""
+[database]
+url = "{engine.url.render_as_string(hide_password=False)}"
+[site]
+base_url = "https://news.example.com"
+[sender]
+from_email = "news@example.com"
+[delivery]
+outbox_dir = "{tmp_path / "outbox"}"
+batch_size = 4
+[[newsletters]]
+slug = "{SLUG}"
+title = "Turkey Unpacked"
+schedule = "0 8 * * *"
+timezone = "Europe/Istanbul"
+""",
+        encoding="utf-8",
+    )
+    settings = load_settings(path)
+    period = assemble.current_period(settings, settings.newsletter(SLUG), DEFAULT_NOW)
+    make_issue(engine, SLUG, period=assemble.period_key(period))
+    add_audience(engine, SLUG, 10)
+    return path
+
+
+def _run(config: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        cli_app, ["--config", str(config), "--now", DEFAULT_NOW.isoformat(), *args]
+    )
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_send_then_nothing_left_then_counts(config: Path, tmp_path: Path) -> None:
+    code, dry = _run(config, "send", SLUG, "--dry-run")
+    assert code == 0 and "would send to 10 recipients via outbox" in dry
+    assert not (tmp_path / "outbox").exists()
+
+    code, output = _run(config, "send", SLUG, "--limit", "6")
+    assert code == 0, output
+    assert "accepted 6" in output and "pending 4" in output and "issue sending" in output
+    code, output = _run(config, "send", SLUG)
+    assert code == 0 and "accepted 10" in output and "issue sent" in output
+    assert len(outbox_messages(tmp_path / "outbox")) == 10
+
+    code, output = _run(config, "send", SLUG)
+    assert code == 0 and "nothing left to send" in output
+
+    code, output = _run(config, "deliveries", SLUG, "--json")
+    document = json.loads(output)
+    assert document["status"] == "sent" and document["total"] == 10
+    assert document["counts"]["accepted"] == 10 and document["counts"]["failed"] == 0
+    code, table = _run(config, "deliveries", SLUG)
+    assert code == 0 and "accepted 10" in table and "total 10" in table
+
+
+def test_send_to_one_address_is_a_test_copy(config: Path, tmp_path: Path) -> None:
+    code, output = _run(config, "send", SLUG, "--to", "editor@example.com")
+    assert code == 0 and "test copy" in output and "editor@example.com" in output
+    (message,) = outbox_messages(tmp_path / "outbox" / SLUG / "tests")
+    assert str(message["Subject"]).startswith("[TEST] ")
+    code, output = _run(config, "deliveries", SLUG, "--json")
+    assert json.loads(output)["total"] == 0
+
+
+def test_errors_are_clear(config: Path) -> None:
+    code, output = _run(config, "send", "no-such-letter")
+    assert code == 1 and "no-such-letter" in output and SLUG in output
+    code, output = _run(config, "send", SLUG, "--to", "not an address")
+    assert code == 1 and "not a usable address" in output
