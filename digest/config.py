@@ -208,6 +208,10 @@ class NewsletterConfig(_Strict):
     template: str = "digest"
     language: str = "en"
     requires_approval: bool = False
+    # Overrides `[scheduler] approval_deadline` for this newsletter.
+    approval_deadline: Duration | None = None
+    # Send at the scheduled local time in each subscriber's own time zone (theirs if set).
+    send_in_subscriber_timezone: bool = False
     section_by: str = Field(default="source", description="'source' or 'tag'")
     topic: TopicRules = Field(default_factory=TopicRules)
 
@@ -246,6 +250,28 @@ class ApiConfig(_Strict):
     enabled: bool = True
 
 
+class SchedulerConfig(_Strict):
+    """`digest scheduler` and `digest run-due`: how often, how late, and who leads."""
+
+    ingest_every: Duration = "15m"
+    tick_every: Duration = Field(default="1m", description="approvals, resumes, local times")
+    catch_up_grace: Duration = "6h"
+    approval_deadline: Duration | None = None
+    heartbeat_every: Duration = "10s"
+    standby_retry: Duration = "10s"
+    lock_file: str | None = Field(default=None, description="SQLite only; default: next to the DB")
+
+
+class LogFormat(StrEnum):
+    HUMAN = "human"
+    JSON = "json"
+
+
+class LoggingConfig(_Strict):
+    format: LogFormat = LogFormat.HUMAN
+    level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+
+
 class Settings(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -255,6 +281,8 @@ class Settings(_Strict):
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     sources: list[SourceConfig] = Field(default_factory=list)
     newsletters: list[NewsletterConfig] = Field(default_factory=list)
 

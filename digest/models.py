@@ -222,3 +222,63 @@ class SendBatch(SQLModel, table=True):
     provider_message_id: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=_text())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class RunOutcome(StrEnum):
+    """What the scheduler did with one (newsletter, period)."""
+
+    RUNNING = "running"  # fired: building, sending, or waiting for subscribers' local times
+    AWAITING_APPROVAL = "awaiting_approval"  # the draft is built; an editor must approve it
+    SENT = "sent"  # the issue went out (per-recipient failures are in its deliveries)
+    SKIPPED = "skipped"  # too few articles: nothing sent, the reason recorded
+    MISSED = "missed"  # not fired: past the catch-up grace, coalesced, or not approved in time
+    FAILED = "failed"  # an error; retried on the next ticks while within the catch-up grace
+
+
+class ScheduleRun(SQLModel, table=True):
+    """The scheduler's record of one period: unique per (newsletter, period), so a period
+    fires once whatever the number of schedulers, restarts or catch-ups."""
+
+    __tablename__ = "schedule_run"
+    __table_args__ = (
+        UniqueConstraint("newsletter", "period", name="uq_schedule_run_period"),
+        Index("ix_schedule_run_outcome", "outcome", "newsletter"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    newsletter: str = Field(max_length=64)
+    # Same key as Issue.period: the scheduled moment, ISO 8601 in UTC.
+    period: str = Field(max_length=40)
+    outcome: str = Field(default=RunOutcome.RUNNING, max_length=24)
+    issue_id: int | None = Field(default=None, foreign_key="issue.id", ondelete="SET NULL")
+    detail: str | None = Field(default=None, sa_column=_text())
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
+class SchedulerJob(SQLModel, table=True):
+    """When a periodic scheduler job (ingest, tick, housekeeping) last ran, and how."""
+
+    __tablename__ = "scheduler_job"
+
+    name: str = Field(max_length=64, primary_key=True)
+    last_started_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_finished_at: datetime | None = Field(default=None, sa_column=_ts())
+    last_outcome: str | None = Field(default=None, max_length=24)
+    detail: str | None = Field(default=None, sa_column=_text())
+
+
+class SchedulerLeader(SQLModel, table=True):
+    """Who leads the schedulers, for people to see; the lock itself is elsewhere (an advisory
+    lock on PostgreSQL, a lock file on SQLite)."""
+
+    __tablename__ = "scheduler_leader"
+
+    name: str = Field(default="scheduler", max_length=64, primary_key=True)
+    holder: str = Field(max_length=200)
+    host: str = Field(default="", max_length=200)
+    pid: int = 0
+    acquired_at: datetime = Field(sa_column=_ts(nullable=False))
+    heartbeat_at: datetime = Field(sa_column=_ts(nullable=False))
+    released_at: datetime | None = Field(default=None, sa_column=_ts())

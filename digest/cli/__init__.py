@@ -47,7 +47,7 @@ def _global_options(
     ctx.obj = common.LazyApp(config_path=config, clock=clock)
 
 
-AREAS = ("db", "content", "issues", "sending", "people", "ops")
+AREAS = ("db", "content", "issues", "sending", "people", "ops", "schedule")
 
 
 def _register() -> None:

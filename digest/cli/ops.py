@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -15,34 +15,85 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Newsletters with their next run and last issue; sources with their health."""
+    """Newsletters (next run, last issue, scheduler outcome, failures), sources, the leader."""
     from digest.status import status_report
 
     report = status_report(get_app(ctx))
     if as_json:
         print_json(report)
         return
-    table = Table("newsletter", "next run", "last issue", "state", "deliveries")
+    console.print(f"[bold]Status at[/] {_moment(report['now'])}")
+    table = Table("newsletter", "next run (local)", "last issue", "deliveries", "scheduler")
+    table.columns[0].no_wrap = True
+    notes: list[str] = []
     for item in report["newsletters"]:
         last = item["last_issue"] or {}
+        issue = f"#{last['id']} {_moment(last['period'])} {last['status']}" if last else "-"
         deliveries = ", ".join(f"{k} {v}" for k, v in sorted(last.get("deliveries", {}).items()))
+        run = item["last_run"] or {}
         table.add_row(
             item["slug"],
-            item["next_run"],
-            last.get("period", "-"),
-            last.get("status", "-"),
-            deliveries,
+            f"{_moment(item['next_run_local'])} {item['timezone']}",
+            issue,
+            deliveries or "-",
+            f"{run['outcome']} {_moment(run['period'])}" if run else "never ran",
         )
+        for open_run in item["open_runs"]:
+            notes.append(
+                f"{item['slug']} {_moment(open_run['period'])}: {open_run['outcome']}: "
+                f"{open_run['detail']}"
+            )
+        for failure in item["failures"]:
+            notes.append(
+                f"[red]{item['slug']} {_moment(failure['period'])}: {failure['outcome']}[/]: "
+                f"{failure['detail']}"
+            )
+        if last.get("skip_reason") and last.get("status") == "skipped":
+            notes.append(f"{item['slug']} #{last['id']} skipped: {last['skip_reason']}")
     console.print(table)
-    sources = Table("source", "last success", "failures", "last error")
+    for note in notes:
+        console.print("  " + note, highlight=False)
+    sources = Table("source", "health", "last success", "failures", "last error")
     for source in report["sources"]:
         sources.add_row(
             source["name"],
-            source["last_success_at"] or "never",
+            source["health"],
+            _moment(source["last_success_at"]),
             str(source["consecutive_failures"]),
             source["last_error"] or "",
         )
     console.print(sources)
+    console.print(_scheduler_line(report["scheduler"]), highlight=False)
+
+
+def _moment(iso: str | None) -> str:
+    """'2026-12-01T08:00:00+03:00' → '2026-12-01 08:00+03:00' (compact, still unambiguous)."""
+    if not iso:
+        return "never"
+    text = iso.replace("T", " ")
+    return text[:16] + text[19:].replace("+00:00", "Z") if len(text) >= 19 else text
+
+
+def _scheduler_line(scheduler: dict[str, Any]) -> str:
+    leader = scheduler["leader"]
+    if leader is None:
+        text = "Scheduler: no scheduler has run yet"
+    elif leader["state"] == "released":
+        released = _moment(leader["released_at"])
+        text = f"Scheduler: no leader now (last: {leader['holder']}, released {released})"
+    else:
+        age = leader["heartbeat_age_seconds"]
+        text = f"Scheduler: {leader['holder']} {leader['state']}, heartbeat {age:.0f}s ago"
+    text += f"; last tick {_moment(scheduler['last_tick_at'])}"
+    ingest = scheduler["last_ingest"]
+    if ingest:
+        text += (
+            f"; last ingest {_moment(ingest['started_at'])} "
+            f"({ingest['outcome']}: {ingest['detail']})"
+        )
+    if scheduler["awaiting_approval"]:
+        text += f"; {scheduler['awaiting_approval']} issue(s) awaiting approval"
+    return text
 
 
 def serve(

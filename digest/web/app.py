@@ -20,7 +20,7 @@ def _routers() -> list:  # type: ignore[type-arg]
 
     routers = [health.router]
     # Areas are optional until their module exists; see each module's docstring.
-    for name in ("unsubscribe", "webhooks", "studio", "api"):
+    for name in ("unsubscribe", "webhooks", "studio", "api", "metrics"):
         try:
             module = __import__(f"digest.web.{name}", fromlist=["router"])
         except ModuleNotFoundError as exc:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:08:57.245140
+Create Date: 2026-11-25 13:57:14.457451
 """
 from alembic import op
 import sqlalchemy as sa
@@ -54,12 +54,34 @@ def upgrade() -> None:
     sa.Column('ip', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('user_agent', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
     sa.Column('detail', sqlmodel.sql.sqltypes.AutoString(length=500), nullable=True),
+    sa.Column('issue_id', sa.Integer(), nullable=True),
     sa.Column('at', subscribers.timestamps.UTCDateTime(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('consent_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consent_event_at'), ['at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_consent_event_issue_id'), ['issue_id'], unique=False)
+        batch_op.create_index('ix_consent_event_newsletter', ['newsletter', 'action'], unique=False)
         batch_op.create_index(batch_op.f('ix_consent_event_subscriber_id'), ['subscriber_id'], unique=False)
+
+    op.create_table('delivery',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('issue_id', sa.Integer(), nullable=False),
+    sa.Column('subscriber_id', sa.Integer(), nullable=False),
+    sa.Column('email', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('batch_id', sa.Integer(), nullable=True),
+    sa.Column('provider_message_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
+    sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('opened', sa.Boolean(), nullable=False),
+    sa.Column('clicked', sa.Boolean(), nullable=False),
+    sa.Column('updated_at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('issue_id', 'subscriber_id', name='uq_delivery_recipient')
+    )
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_delivery_batch_id'), ['batch_id'], unique=False)
 
     op.create_table('issue',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -89,6 +111,24 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_issue_newsletter'), ['newsletter'], unique=False)
         batch_op.create_index(batch_op.f('ix_issue_status'), ['status'], unique=False)
 
+    op.create_table('scheduler_job',
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('last_started_at', subscribers.timestamps.UTCDateTime(), nullable=True),
+    sa.Column('last_finished_at', subscribers.timestamps.UTCDateTime(), nullable=True),
+    sa.Column('last_outcome', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=True),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.PrimaryKeyConstraint('name')
+    )
+    op.create_table('scheduler_leader',
+    sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('holder', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('host', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('pid', sa.Integer(), nullable=False),
+    sa.Column('acquired_at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.Column('heartbeat_at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.Column('released_at', subscribers.timestamps.UTCDateTime(), nullable=True),
+    sa.PrimaryKeyConstraint('name')
+    )
     op.create_table('source',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
@@ -144,26 +184,6 @@ def upgrade() -> None:
     with op.batch_alter_table('article_topic', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_article_topic_newsletter'), ['newsletter'], unique=False)
 
-    op.create_table('delivery',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('issue_id', sa.Integer(), nullable=False),
-    sa.Column('subscriber_id', sa.Integer(), nullable=False),
-    sa.Column('email', sqlmodel.sql.sqltypes.AutoString(length=320), nullable=False),
-    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
-    sa.Column('batch_id', sa.Integer(), nullable=True),
-    sa.Column('provider_message_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
-    sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('opened', sa.Boolean(), nullable=False),
-    sa.Column('clicked', sa.Boolean(), nullable=False),
-    sa.Column('updated_at', subscribers.timestamps.UTCDateTime(), nullable=False),
-    sa.ForeignKeyConstraint(['issue_id'], ['issue.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('issue_id', 'subscriber_id', name='uq_delivery_recipient')
-    )
-    with op.batch_alter_table('delivery', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_delivery_batch_id'), ['batch_id'], unique=False)
-        batch_op.create_index('ix_delivery_issue_status', ['issue_id', 'status', 'id'], unique=False)
-
     op.create_table('issue_article',
     sa.Column('issue_id', sa.Integer(), nullable=False),
     sa.Column('article_id', sa.Integer(), nullable=False),
@@ -175,6 +195,23 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['issue_id'], ['issue.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('issue_id', 'article_id')
     )
+    op.create_table('schedule_run',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('newsletter', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+    sa.Column('period', sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=False),
+    sa.Column('issue_id', sa.Integer(), nullable=True),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('created_at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.Column('at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(['issue_id'], ['issue.id'], ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('newsletter', 'period', name='uq_schedule_run_period')
+    )
+    with op.batch_alter_table('schedule_run', schema=None) as batch_op:
+        batch_op.create_index('ix_schedule_run_outcome', ['outcome', 'newsletter'], unique=False)
+
     op.create_table('send_batch',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('issue_id', sa.Integer(), nullable=False),
@@ -221,12 +258,11 @@ def downgrade() -> None:
         batch_op.drop_index('ix_send_batch_issue_status')
 
     op.drop_table('send_batch')
-    op.drop_table('issue_article')
-    with op.batch_alter_table('delivery', schema=None) as batch_op:
-        batch_op.drop_index('ix_delivery_issue_status')
-        batch_op.drop_index(batch_op.f('ix_delivery_batch_id'))
+    with op.batch_alter_table('schedule_run', schema=None) as batch_op:
+        batch_op.drop_index('ix_schedule_run_outcome')
 
-    op.drop_table('delivery')
+    op.drop_table('schedule_run')
+    op.drop_table('issue_article')
     with op.batch_alter_table('article_topic', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_article_topic_newsletter'))
 
@@ -243,13 +279,21 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_source_name'))
 
     op.drop_table('source')
+    op.drop_table('scheduler_leader')
+    op.drop_table('scheduler_job')
     with op.batch_alter_table('issue', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_issue_status'))
         batch_op.drop_index(batch_op.f('ix_issue_newsletter'))
 
     op.drop_table('issue')
+    with op.batch_alter_table('delivery', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_delivery_batch_id'))
+
+    op.drop_table('delivery')
     with op.batch_alter_table('consent_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consent_event_subscriber_id'))
+        batch_op.drop_index('ix_consent_event_newsletter')
+        batch_op.drop_index(batch_op.f('ix_consent_event_issue_id'))
         batch_op.drop_index(batch_op.f('ix_consent_event_at'))
 
     op.drop_table('consent_event')
