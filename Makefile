@@ -1,5 +1,7 @@
 # The two commands (see README): `make demo` and `make test`. Both set up .venv first.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first Python 3.11+ that actually runs (pyenv shims may exist for versions not selected).
+PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -11,6 +13,7 @@ PYTEST_WORKERS ?= 2
 .PHONY: setup demo test lint typecheck unit bench clean
 
 $(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "digest needs Python 3.11 or newer on PATH" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
