@@ -57,6 +57,7 @@ from digest.transports import SendOutcome, SendResult
 from subscribers.audience import audience_statement
 
 FREEZE_PAGE = 20_000  # audience rows copied per INSERT … SELECT while freezing
+MAX_BATCHES_PER_PAGE = 40  # batches created ahead of each page (a CASE branch each)
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
@@ -202,7 +203,7 @@ def freeze(
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return None
-    per_page = batch_size * max(1, page_size // batch_size)
+    per_page = batch_size * min(max(1, page_size // batch_size), MAX_BATCHES_PER_PAGE)
     total = 0
     after = 0
     while True:

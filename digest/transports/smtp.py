@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import smtplib
+import socket
 import ssl
 import threading
 from typing import Any
@@ -28,16 +29,24 @@ from digest.transports import (
 from digest.transports.retry import RetryPolicy
 
 
+def _text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return one_line(text)[:300]
+
+
 class _Refused(Exception):
     def __init__(self, code: int, reply: bytes | str, step: str) -> None:
-        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
         self.code = code
-        self.message = f"SMTP {code} at {step}: {one_line(text)[:300]}"
+        self.message = f"SMTP {code} at {step}: {_text(reply)}"
         super().__init__(self.message)
 
     @property
     def temporary(self) -> bool:
         return 400 <= self.code < 500
+
+
+class _Unusable(Exception):
+    """The server refuses us whatever the message (authentication): fail the rest of the batch."""
 
 
 class _CutDuringData(Exception):
@@ -79,12 +88,18 @@ class SmtpTransport:
         config = self.config
         context = self._ssl_context or ssl.create_default_context()
         connection: smtplib.SMTP
+        # EHLO with the host name as is: smtplib's default, socket.getfqdn(), can spend
+        # seconds in reverse DNS on every connection.
+        name = socket.gethostname() or "localhost"
         if config.security == SmtpSecurity.SSL:
             connection = smtplib.SMTP_SSL(
-                config.host, config.port, timeout=config.timeout, context=context
-            )
+                config.host, config.port, local_hostname=name, timeout=config.timeout,
+                context=context,
+            )  # fmt: skip
         else:
-            connection = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+            connection = smtplib.SMTP(
+                config.host, config.port, local_hostname=name, timeout=config.timeout
+            )
         try:
             connection.ehlo()
             if config.security == SmtpSecurity.STARTTLS:
@@ -92,7 +107,15 @@ class SmtpTransport:
                 connection.ehlo()
             if config.username:
                 password = config.password.get_secret_value() if config.password else ""
-                connection.login(config.username, password)
+                try:
+                    connection.login(config.username, password)
+                except smtplib.SMTPAuthenticationError as exc:
+                    raise _Unusable(
+                        f"SMTP authentication as {config.username!r} at {config.host}:"
+                        f"{config.port} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+                    ) from exc
+                except smtplib.SMTPNotSupportedError as exc:
+                    raise _Unusable(f"SMTP server {config.host} offers no AUTH: {exc}") from exc
         except BaseException:
             _quietly_close(connection)
             raise
@@ -124,7 +147,17 @@ class SmtpTransport:
     # -- sending --------------------------------------------------------------------------------
 
     def send(self, batch: OutgoingBatch) -> list[SendResult]:
-        return [self._send_one(batch.message, r) for r in batch.recipients]
+        results: list[SendResult] = []
+        for recipient in batch.recipients:
+            try:
+                results.append(self._send_one(batch.message, recipient))
+            except _Unusable as exc:  # the same for everyone: do not try each recipient
+                results += [
+                    SendResult(r.email, SendOutcome.FAILED, None, str(exc))
+                    for r in batch.recipients[len(results) :]
+                ]
+                break
+        return results
 
     def _send_one(self, message: OutgoingMessage, recipient: OutgoingRecipient) -> SendResult:
         try:
