@@ -7,6 +7,7 @@ can be reused by any sender (and, later, by personal digests that span several n
 from subscribers.addresses import InvalidAddress, normalize_email
 from subscribers.audience import Recipient, audience_page, blocked_among, count_audience
 from subscribers.csv_io import ImportReport, LineError, SkippedLine, export_csv, import_csv
+from subscribers.directory import SubscriberSummary, list_subscribers
 from subscribers.membership import (
     AddOutcome,
     AddResult,
@@ -41,6 +42,7 @@ __all__ = [
     "Recipient",
     "SkippedLine",
     "SubscribeRequest",
+    "SubscriberSummary",
     "TokenClaims",
     "TokenError",
     "add_subscriber",
@@ -52,6 +54,7 @@ __all__ = [
     "find_subscriber",
     "import_csv",
     "is_suppressed",
+    "list_subscribers",
     "make_token",
     "normalize_email",
     "request_subscription",

@@ -100,5 +100,5 @@ class ConsentEvent(SQLModel, table=True):
     user_agent: str | None = Field(default=None, max_length=500)
     detail: str | None = Field(default=None, max_length=500)
     # The issue that prompted it, when known (a webhook event, an unsubscribe link): for stats.
-    issue_id: int | None = Field(default=None, index=True)
+    issue_id: int | None = None
     at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))

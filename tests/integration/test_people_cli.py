@@ -12,6 +12,7 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from digest.cli import app as cli_app
+from digest.cli import common
 from digest.models import Delivery, Issue
 from subscribers import count_audience, find_subscriber, is_suppressed
 from subscribers.models import ConsentEvent
@@ -25,7 +26,9 @@ def config(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     monkeypatch.setenv("DIGEST_SECRET_KEY", TEST_SECRET)
     monkeypatch.delenv("DIGEST_DATABASE_URL", raising=False)
     monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    monkeypatch.setenv("COLUMNS", "300")  # rich wraps error lines at the terminal width
+    # Rich wraps and truncates at the terminal width, fixed when the console was made.
+    monkeypatch.setattr(common.console, "width", 300)
+    monkeypatch.setattr(common.err_console, "width", 300)
     path = tmp_path / "digest.toml"
     path.write_text(
         f"""

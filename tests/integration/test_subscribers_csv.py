@@ -6,11 +6,13 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, func
+import pytest
+from sqlalchemy import Engine, func, text
 from sqlmodel import Session, select
 
 from subscribers import (
     count_audience,
+    csv_io,
     export_csv,
     find_subscriber,
     import_csv,
@@ -207,3 +209,25 @@ def test_export_round_trips_and_leaves_out_the_unmailable(
         odd = find_subscriber(session, "=cmd@example.com")
         assert odd and odd.name == '=HYPERLINK("http://evil")'
     fresh.dispose()
+
+
+def test_big_import_leaves_planner_statistics_behind(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without statistics PostgreSQL plans IN-list lookups as full scans (see bulk.py)."""
+    monkeypatch.setattr(csv_io, "ANALYZE_AFTER", 3)
+    lines = ["email"] + [f"stat{i}@example.com" for i in range(5)]
+    with Session(pg_engine) as session:
+        run(session, "\n".join(lines) + "\n", default_newsletter="climate-weekly")
+        session.commit()
+        reltuples = (
+            session.connection()
+            .execute(
+                text(
+                    "SELECT reltuples FROM pg_class WHERE relname = 'subscription' AND relnamespace"
+                    " = (SELECT oid FROM pg_namespace WHERE nspname = current_schema())"
+                )
+            )
+            .scalar_one()
+        )
+        assert reltuples == 5
