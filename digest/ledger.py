@@ -3,14 +3,15 @@
 Rules that make a send exactly-once and resumable (listmonk advances its checkpoint when a batch
 is *fetched*, so a crash skips people; we only move a batch forward after the transport said):
 
-1. `freeze` writes one Delivery row per recipient, cut into SendBatch rows, in the same
+1. `digest.freeze` writes one Delivery row per recipient, cut into SendBatch rows, in the
    transaction that moves the issue to `sending` (a compare-and-set on the issue's status), so
    the audience is frozen exactly once, completely or not at all.
 2. `claim` moves one batch `pending → sending` with a compare-and-set (`FOR UPDATE SKIP
    LOCKED` on PostgreSQL), so two senders, on one host or several, never get the same batch.
 3. `record` moves it `sending → accepted | failed | unknown` after the transport answered.
-   A batch left `sending` by a sender that died is not resent: `release_stale` marks it
-   `unknown`, and only `requeue(..., UNKNOWN)` (the operator's `--retry-unknown`) sends it again.
+   A batch left `sending` by a sender that died (`digest.claimer`) is not resent:
+   `release_stale` marks it `unknown`, and only `requeue(..., UNKNOWN)` (the operator's
+   `--retry-unknown`) sends it again.
 
 Per-recipient facts (skipped, failed alone, provider events) go on the Delivery row; otherwise
 the batch speaks for its rows (see DeliveryStatus), which keeps a million-recipient send to a
@@ -19,32 +20,16 @@ million inserts and a thousand batch updates.
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    bindparam,
-    case,
-    delete,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    true,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlmodel import Session
 
+from digest.claimer import Claimer
+from digest.freeze import insert_batches
 from digest.models import (
     BatchStatus,
     Delivery,
@@ -54,10 +39,7 @@ from digest.models import (
     SendBatch,
 )
 from digest.transports import SendOutcome, SendResult
-from subscribers.audience import audience_statement
 
-FREEZE_PAGE = 20_000  # audience rows copied per INSERT … SELECT while freezing
-MAX_BATCHES_PER_PAGE = 40  # batches created ahead of each page (a CASE branch each)
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
@@ -77,218 +59,6 @@ _OUTCOME_TO_STATUS = {
     SendOutcome.FAILED: DeliveryStatus.FAILED,
     SendOutcome.UNKNOWN: DeliveryStatus.UNKNOWN,
 }
-
-
-# -- who holds a claim --------------------------------------------------------------------------
-
-_ACTIVE_RUNS: set[str] = set()  # runs of this process that are still sending
-_ACTIVE_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Claimer:
-    """A sender's identity, stored in `send_batch.claimed_by`: `host/boot/pid/start/run`.
-
-    On the same machine (same host name and boot id) a claimer is alive while its process is
-    (the start time guards against a reused pid, and a zombie counts as dead); a run of this
-    very process is alive until it ends. On another machine only the heartbeat tells: a claim
-    not refreshed within the lease is stale.
-    """
-
-    host: str
-    boot: str
-    pid: int
-    start: str
-    run: str
-
-    def __str__(self) -> str:
-        return f"{self.host}/{self.boot}/{self.pid}/{self.start}/{self.run}"
-
-    @classmethod
-    def new(cls) -> Claimer:
-        pid = os.getpid()
-        return cls(_hostname(), _boot_id(), pid, _process_start(pid) or "?", uuid.uuid4().hex[:8])
-
-    @classmethod
-    def parse(cls, text: str | None) -> Claimer | None:
-        parts = (text or "").split("/")
-        if len(parts) != 5 or not parts[2].isdigit():
-            return None
-        return cls(parts[0], parts[1], int(parts[2]), parts[3], parts[4])
-
-    def activate(self) -> None:
-        with _ACTIVE_LOCK:
-            _ACTIVE_RUNS.add(self.run)
-
-    def deactivate(self) -> None:
-        with _ACTIVE_LOCK:
-            _ACTIVE_RUNS.discard(self.run)
-
-    def judges_alive(
-        self, other: Claimer | None, claimed_at: datetime | None, now: datetime, lease: timedelta
-    ) -> bool:
-        """Whether `other`, holding a claim stamped `claimed_at`, may still be sending it."""
-        if other is not None and (other.host, other.boot) == (self.host, self.boot):
-            if (other.pid, other.start) == (self.pid, self.start):
-                with _ACTIVE_LOCK:
-                    return other.run in _ACTIVE_RUNS
-            return _process_alive(other.pid, other.start)
-        return claimed_at is not None and now - claimed_at < lease
-
-
-def _hostname() -> str:
-    return socket.gethostname().replace("/", "_")[:60] or "localhost"
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        return "noboot"
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the last ')'.
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def _process_start(pid: int) -> str | None:
-    fields = _proc_stat(pid)
-    return fields[19] if fields and len(fields) > 19 else None  # field 22: starttime
-
-
-def _process_alive(pid: int, start: str) -> bool:
-    fields = _proc_stat(pid)
-    if fields is None:
-        if Path("/proc/self/stat").exists():
-            return False  # /proc works here and has no such process
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    if fields[0] in ("Z", "X"):  # zombie or dead: killed, not yet reaped
-        return False
-    return start == "?" or (len(fields) > 19 and fields[19] == start)
-
-
-# -- freezing the audience ----------------------------------------------------------------------
-
-
-def freeze(
-    session: Session,
-    *,
-    issue_id: int,
-    newsletter: str,
-    from_statuses: Sequence[str],
-    batch_size: int,
-    now: datetime,
-    page_size: int = FREEZE_PAGE,
-) -> int | None:
-    """Move the issue to `sending` and write its audience as pending deliveries and batches.
-
-    Returns the number of deliveries, or None when the issue was not in `from_statuses` (someone
-    else froze it first, or it is not sendable). All in the caller's transaction.
-    """
-    moved = session.execute(
-        update(_I)
-        .where(_I.c.id == issue_id, _I.c.status.in_(list(from_statuses)))
-        .values(status=IssueStatus.SENDING, sending_at=now, updated_at=now)
-    )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
-        return None
-    per_page = batch_size * min(max(1, page_size // batch_size), MAX_BATCHES_PER_PAGE)
-    total = 0
-    after = 0
-    while True:
-        rows, last = _freeze_page(session, issue_id, newsletter, after, per_page, batch_size, now)
-        total += rows
-        if rows < per_page:
-            return total
-        after = last
-
-
-def _freeze_page(
-    session: Session,
-    issue_id: int,
-    newsletter: str,
-    after: int,
-    page_size: int,
-    batch_size: int,
-    now: datetime,
-) -> tuple[int, int]:
-    """One keyset page of the audience, copied by INSERT … SELECT (no row passes through
-    Python: 3-4x faster than reading pages out and writing them back); returns (rows, last id).
-
-    The page's batches are created first, empty; row_number() places each recipient in one of
-    them, and their sizes are filled in (or the unused ones deleted) afterwards.
-    """
-    ids = _insert_batches(session, issue_id, [0] * (page_size // batch_size), now)
-    page = audience_statement(newsletter, after_id=after, limit=page_size).subquery("audience")
-    slot = (func.row_number().over(order_by=page.c.subscriber_id) - 1) // batch_size
-    rows = select(
-        literal(issue_id),
-        page.c.subscriber_id,
-        page.c.email,
-        page.c.name,
-        literal(str(DeliveryStatus.PENDING)),
-        case(dict(enumerate(ids)), value=slot),
-        literal(False),
-        literal(False),
-        literal(now, type_=_D.c.updated_at.type),
-    ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
-    columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "opened",
-               "clicked", "updated_at"]  # fmt: skip
-    dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
-    session.execute(
-        dialect.insert(_D)
-        .from_select(columns, rows)
-        .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
-    )
-    sizes = {
-        batch_id: (int(count), int(last))
-        for batch_id, count, last in session.execute(
-            select(_D.c.batch_id, func.count(), func.max(_D.c.subscriber_id))
-            .where(_D.c.issue_id == issue_id, _D.c.batch_id.in_(ids))
-            .group_by(_D.c.batch_id)
-        )
-    }
-    used = [{"batch": b, "batch_size": sizes[b][0]} for b in ids if b in sizes]
-    if used:
-        session.execute(
-            update(_B).where(_B.c.id == bindparam("batch")).values(size=bindparam("batch_size")),
-            used,
-        )
-    unused = [b for b in ids if b not in sizes]
-    if unused:
-        session.execute(delete(_B).where(_B.c.id.in_(unused)))
-    rows_in_page = sum(count for count, _ in sizes.values())
-    last_id = max((last for _, last in sizes.values()), default=after)
-    return rows_in_page, last_id
-
-
-def checkpoint(session: Session) -> None:
-    """SQLite: fold the freeze's write-ahead log into the database before the senders start,
-    so that their reads do not search a log of a million rows (a no-op on PostgreSQL)."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-
-def _insert_batches(session: Session, issue_id: int, sizes: list[int], now: datetime) -> list[int]:
-    statement = insert(_B).returning(_B.c.id, sort_by_parameter_order=True)
-    params = [
-        {"issue_id": issue_id, "status": BatchStatus.PENDING, "size": size, "attempts": 0,
-         "updated_at": now}
-        for size in sizes
-    ]  # fmt: skip
-    return [row[0] for row in session.execute(statement, params)]
 
 
 # -- claiming and recording batches -------------------------------------------------------------
@@ -482,7 +252,7 @@ def set_rows(session: Session, delivery_ids: Iterable[int], *, status: str, now:
 def _move_to_new_batch(
     session: Session, issue_id: int, delivery_ids: list[int], now: datetime
 ) -> int:
-    (batch_id,) = _insert_batches(session, issue_id, [len(delivery_ids)], now)
+    (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now)
     for start in range(0, len(delivery_ids), 1000):
         session.execute(
             update(_D)
@@ -636,20 +406,3 @@ def finish_if_done(session: Session, *, issue_id: int, now: datetime) -> bool:
         .values(status=IssueStatus.SENT, sent_at=now, updated_at=now)
     )
     return True
-
-
-__all__ = [
-    "ClaimedBatch",
-    "ClaimedRecipient",
-    "Claimer",
-    "LostClaim",
-    "claim",
-    "delivery_counts",
-    "finish_if_done",
-    "freeze",
-    "heartbeat",
-    "record",
-    "release",
-    "release_stale",
-    "requeue",
-]

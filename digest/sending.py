@@ -9,19 +9,17 @@ several on different hosts sharing PostgreSQL, split the batches between them.
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
-from digest import ledger, lint
+from digest import freeze, ledger, lint
 from digest.app import App
+from digest.claimer import Claimer
 from digest.config import NewsletterConfig
-from digest.ledger import Claimer, delivery_counts
-from digest.message import RecipientValues, recipient_values
+from digest.ledger import delivery_counts
+from digest.message import recipient_values
 from digest.models import DeliveryStatus, Issue, IssueStatus
+from digest.send_threads import LEASE, Progress, RateLimiter, SendRun, outgoing_message
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,
@@ -31,7 +29,7 @@ from digest.transports import (
     Transport,
     build_transport,
 )
-from subscribers import blocked_among, count_audience, normalize_email
+from subscribers import count_audience, normalize_email
 
 __all__ = [
     "RateLimiter",
@@ -42,13 +40,7 @@ __all__ = [
     "send_test",
 ]
 
-log = logging.getLogger(__name__)
-
-HEARTBEAT_SECONDS = 15.0  # how often a sender refreshes its claims
-LEASE = timedelta(minutes=2)  # a claim from another host not refreshed for this long is stale
 TEST_PREFIX = "[TEST] "
-
-Progress = Callable[[int, int], None]
 
 
 class SendRefused(Exception):
@@ -93,36 +85,6 @@ class SendReport:
         }
 
 
-class RateLimiter:
-    """At most `rate` messages per second across every sending thread (0 = no limit).
-
-    Paces whole batches: a batch of n waits until n/rate seconds after the previous one.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.rate = rate
-        self._clock = clock
-        self._sleep = sleep
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def acquire(self, messages: int) -> None:
-        if self.rate <= 0 or messages <= 0:
-            return
-        with self._lock:
-            now = self._clock()
-            start = max(now, self._next)
-            self._next = start + messages / self.rate
-        if start > now:
-            self._sleep(start - now)
-
-
 def _sendable_statuses(newsletter: NewsletterConfig) -> list[str]:
     if newsletter.requires_approval:
         return [IssueStatus.APPROVED]
@@ -155,18 +117,6 @@ def check_sendable(issue: Issue, newsletter: NewsletterConfig, *, force: bool) -
     if errors:
         found = "; ".join(f"{f.get('code')}: {f.get('message')}" for f in errors[:3])
         raise SendRefused(f"{name} has lint errors ({found}); fix them or use --force")
-
-
-def _outgoing_message(app: App, issue: Issue, newsletter: NewsletterConfig) -> OutgoingMessage:
-    return OutgoingMessage(
-        issue_id=issue.id,
-        newsletter=newsletter,
-        subject=issue.subject or newsletter.title,
-        html=issue.html,
-        text=issue.text,
-        headers={"X-Digest-Issue": str(issue.id)},
-        date=app.now(),
-    )
 
 
 def send_issue(
@@ -212,7 +162,7 @@ def send_issue(
         report.already_done = todo == 0
         if todo:
             total = todo if limit is None else min(todo, max(limit, 0))
-            run = _Run(
+            run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size,
             )  # fmt: skip
@@ -244,7 +194,7 @@ def _prepare(
     issue_id = issue.id or 0
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT):
         with app.session() as session:
-            frozen = ledger.freeze(
+            frozen = freeze.freeze(
                 session,
                 issue_id=issue_id,
                 newsletter=newsletter.slug,
@@ -254,7 +204,7 @@ def _prepare(
             )
         if frozen:
             with app.session() as session:
-                ledger.checkpoint(session)
+                freeze.checkpoint(session)
     with app.session() as session:
         report.found_unknown = ledger.release_stale(
             session, issue_id=issue_id, me=claimer, now=app.now(), lease=LEASE
@@ -308,174 +258,6 @@ def _dry_run(app: App, issue: Issue, newsletter: NewsletterConfig, started: floa
     return report
 
 
-class _Run:
-    """The sending threads of one run, sharing a quota (`limit`), a rate limiter and progress."""
-
-    def __init__(
-        self,
-        app: App,
-        issue: Issue,
-        newsletter: NewsletterConfig,
-        transport: Transport,
-        claimer: Claimer,
-        policy: RetryPolicy,
-        limit: int | None,
-        progress: Progress | None,
-        total: int,
-        batch_size: int,
-    ) -> None:
-        self.app = app
-        self.batch_size = batch_size
-        self.issue_id = issue.id or 0
-        self.newsletter = newsletter
-        self.transport = transport
-        self.claimer = claimer
-        self.message = _outgoing_message(app, issue, newsletter)
-        self.values = RecipientValues(app.settings, newsletter, app.signing_key(), app.now())
-        self.limiter = RateLimiter(
-            app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
-        )
-        self.quota = limit
-        self.progress = progress
-        self.total = total
-        self.processed = 0
-        self.batches = 0
-        self.errors: list[str] = []
-        self.failure: BaseException | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-
-    def execute(self) -> None:
-        workers = [
-            threading.Thread(target=self._work, name=f"digest-send-{i}", daemon=True)
-            for i in range(max(1, self.app.settings.delivery.concurrency))
-        ]
-        beat = threading.Thread(target=self._heartbeat, name="digest-heartbeat", daemon=True)
-        beat.start()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        self._stop.set()
-        beat.join()
-        if self.failure is not None:
-            raise self.failure
-
-    def _reserve(self) -> int | bool | None:
-        """Reserve what the next claim may take from the quota: None = any, False = stop."""
-        with self._lock:
-            if self._stop.is_set():
-                return False
-            if self.quota is None:
-                return None
-            if self.quota <= 0:
-                return False
-            reserved = min(self.quota, self.batch_size)
-            self.quota -= reserved
-            return reserved
-
-    def _give_back(self, unused: int) -> None:
-        with self._lock:
-            if self.quota is not None:
-                self.quota += unused
-
-    def _work(self) -> None:
-        try:
-            while True:
-                reserved = self._reserve()
-                if reserved is False:
-                    return
-                if not self._one_batch(None if reserved is None else int(reserved)):
-                    return
-        except BaseException as exc:  # a bug or a database outage: stop every thread, re-raise
-            with self._lock:
-                self.failure = self.failure or exc
-            self._stop.set()
-
-    def _one_batch(self, quota: int | None) -> bool:
-        app = self.app
-        with app.session() as session:
-            batch_id = ledger.claim(
-                session, issue_id=self.issue_id, claimer=self.claimer, now=app.now()
-            )
-        batch = None
-        if batch_id is not None:
-            try:
-                with app.session() as session:
-                    batch = ledger.open_batch(
-                        session,
-                        issue_id=self.issue_id,
-                        batch_id=batch_id,
-                        now=app.now(),
-                        max_recipients=quota,
-                        blocked=lambda ids: blocked_among(session, self.newsletter.slug, ids),
-                    )
-            except BaseException:
-                with app.session() as session:
-                    ledger.release(session, batch_id=batch_id, claimer=self.claimer, now=app.now())
-                raise
-        taken = 0 if batch is None else len(batch.recipients) + batch.skipped
-        if quota is not None:
-            self._give_back(quota - taken)
-        if batch is None:
-            return False
-        sent_to_transport = False
-        try:
-            results: list[SendResult] = []
-            if batch.recipients:
-                outgoing = self._outgoing(batch)
-                self.limiter.acquire(len(batch.recipients))
-                sent_to_transport = True
-                results = self.transport.send(outgoing)
-            with app.session() as session:
-                ledger.record(
-                    session, batch=batch, results=results, claimer=self.claimer, now=app.now()
-                )
-        except BaseException:
-            if not sent_to_transport:
-                with app.session() as session:
-                    ledger.release(
-                        session, batch_id=batch.batch_id, claimer=self.claimer, now=app.now()
-                    )
-            raise  # after the transport, the batch stays in flight: the next run says unknown
-        self._note(batch, results, taken)
-        return True
-
-    def _outgoing(self, batch: ledger.ClaimedBatch) -> OutgoingBatch:
-        make_values = self.values
-        recipients = [
-            OutgoingRecipient(
-                r.delivery_id,
-                r.subscriber_id,
-                r.email,
-                r.name,
-                make_values(r.subscriber_id, r.name),
-            )
-            for r in batch.recipients
-        ]
-        return OutgoingBatch(self.message, recipients, batch.batch_id)
-
-    def _note(self, batch: ledger.ClaimedBatch, results: list[SendResult], taken: int) -> None:
-        with self._lock:
-            self.processed += taken
-            self.batches += 1
-            fresh = {r.error for r in results if r.error and not r.accepted} - set(self.errors)
-            self.errors.extend(sorted(fresh)[: max(0, 5 - len(self.errors))])
-            done = self.processed
-        if self.progress is not None:
-            self.progress(min(done, self.total), self.total)
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            try:
-                with self.app.session() as session:
-                    ledger.heartbeat(
-                        session, issue_id=self.issue_id, claimer=self.claimer, now=self.app.now()
-                    )
-            except Exception as exc:  # a missed beat only makes other hosts wait longer
-                log.warning("heartbeat failed: %s", exc)
-
-
 def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
     """Send the issue to one address for an editor to look at: "[TEST] " subject, sample links.
 
@@ -495,7 +277,7 @@ def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
     if not issue.html.strip():
         raise SendRefused(f"issue {issue_id} has not been rendered")
     values = recipient_values(settings, newsletter.slug, 0, None, app.signing_key(), app.now())
-    base = _outgoing_message(app, issue, newsletter)
+    base = outgoing_message(app, issue, newsletter)
     message = OutgoingMessage(
         issue_id=None,
         newsletter=newsletter,

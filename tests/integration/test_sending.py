@@ -14,6 +14,7 @@ from sqlmodel import select as sqlmodel_select
 
 from digest import ledger
 from digest.app import App
+from digest.claimer import Claimer
 from digest.models import BatchStatus, Delivery, Issue, IssueStatus, SendBatch
 from digest.personalize import leaks
 from digest.sending import SendRefused, delivery_counts, send_issue, send_test
@@ -186,7 +187,7 @@ def test_batch_left_in_flight_by_a_dead_sender_is_unknown_until_retried(
     add_audience(any_engine, SLUG, 10)
     issue_id = make_issue(any_engine)
     send_issue(app, issue_id, limit=5)  # freezes all, sends the first batch
-    dead = ledger.Claimer("elsewhere", "boot", 1, "1", "deadbeef")
+    dead = Claimer("elsewhere", "boot", 1, "1", "deadbeef")
     with app.session() as session:
         batch_id = ledger.claim(session, issue_id=issue_id, claimer=dead, now=app.now())
         assert batch_id is not None
