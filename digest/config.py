@@ -208,6 +208,8 @@ class NewsletterConfig(_Strict):
     template: str = "digest"
     language: str = "en"
     requires_approval: bool = False
+    # The public subscribe form mails a confirmation link first (double opt-in).
+    double_opt_in: bool = True
     # Overrides `[scheduler] approval_deadline` for this newsletter.
     approval_deadline: Duration | None = None
     # Send at the scheduled local time in each subscriber's own time zone (theirs if set).

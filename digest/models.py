@@ -224,6 +224,20 @@ class SendBatch(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+class WebhookEvent(SQLModel, table=True):
+    """A provider event already applied: providers retry and duplicate, so each counts once."""
+
+    __tablename__ = "webhook_event"
+    __table_args__ = (UniqueConstraint("provider", "event_id", name="uq_webhook_event"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=32)
+    event_id: str = Field(max_length=200)  # SendGrid sg_event_id (≤100 characters)
+    event: str = Field(max_length=32)
+    delivery_id: int | None = None
+    received_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False, index=True))
+
+
 class RunOutcome(StrEnum):
     """What the scheduler did with one (newsletter, period)."""
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:57:14.457451
+Create Date: 2026-11-25 14:06:54.290535
 """
 from alembic import op
 import sqlalchemy as sa
@@ -60,7 +60,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('consent_event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_consent_event_at'), ['at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_consent_event_issue_id'), ['issue_id'], unique=False)
         batch_op.create_index('ix_consent_event_newsletter', ['newsletter', 'action'], unique=False)
         batch_op.create_index(batch_op.f('ix_consent_event_subscriber_id'), ['subscriber_id'], unique=False)
 
@@ -173,6 +172,19 @@ def upgrade() -> None:
     with op.batch_alter_table('suppression', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_suppression_email'), ['email'], unique=True)
 
+    op.create_table('webhook_event',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('provider', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('event_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+    sa.Column('event', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('delivery_id', sa.Integer(), nullable=True),
+    sa.Column('received_at', subscribers.timestamps.UTCDateTime(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('provider', 'event_id', name='uq_webhook_event')
+    )
+    with op.batch_alter_table('webhook_event', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webhook_event_received_at'), ['received_at'], unique=False)
+
     op.create_table('article_topic',
     sa.Column('article_id', sa.Integer(), nullable=False),
     sa.Column('newsletter', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
@@ -267,6 +279,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_article_topic_newsletter'))
 
     op.drop_table('article_topic')
+    with op.batch_alter_table('webhook_event', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webhook_event_received_at'))
+
+    op.drop_table('webhook_event')
     with op.batch_alter_table('suppression', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_suppression_email'))
 
@@ -293,7 +309,6 @@ def downgrade() -> None:
     with op.batch_alter_table('consent_event', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_consent_event_subscriber_id'))
         batch_op.drop_index('ix_consent_event_newsletter')
-        batch_op.drop_index(batch_op.f('ix_consent_event_issue_id'))
         batch_op.drop_index(batch_op.f('ix_consent_event_at'))
 
     op.drop_table('consent_event')
