@@ -19,9 +19,13 @@ from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,
     OutgoingRecipient,
+    RetryPolicy,
     TransportError,
     build_transport,
 )
+
+# Someone is waiting on the page: one quick retry, then tell them to try again later.
+VISITOR_WAITING = RetryPolicy(max_attempts=2, base_delay=0.5, max_wait=2.0, give_up_after=10.0)
 
 
 class ConfirmationNotSent(Exception):
@@ -77,7 +81,7 @@ def send_confirmation(
         delivery_id=None, subscriber_id=subscriber_id, email=recipient_email, name=None, values={}
     )
     try:
-        transport = build_transport(app.settings)
+        transport = build_transport(app.settings, policy=VISITOR_WAITING)
     except TransportError as exc:
         raise ConfirmationNotSent(str(exc)) from exc
     try:
