@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
 from sqlmodel import Session, SQLModel
 
 from digest.config import NewsletterConfig, parse_duration
@@ -29,7 +29,7 @@ from digest.topics import FoldedArticle, classify_compiled, compile_newsletters,
 
 FUTURE_TOLERANCE = timedelta(days=1)  # clocks and time zones are often a few hours off
 SIMILAR_SUMMARY = 0.5  # word overlap (Jaccard) above which same-titled items are one article
-CHUNK = 500  # bound parameters per IN (...) lookup
+CHUNK = 300  # items per lookup: three IN (...) lists of this size stay under bind limits
 ARTICLE: Table = SQLModel.metadata.tables[Article.__tablename__]
 _WORD = re.compile(r"\w+")
 _DATE_RANK = {DateSource.FIRST_SEEN: 0, DateSource.UPDATED: 1, DateSource.PUBLISHED: 2}
@@ -159,35 +159,40 @@ class _Index:
 
 
 def _load(session: Session, source: str, items: Sequence[Prepared], window: timedelta) -> _Index:
+    """The stored articles any item may be: one indexed OR query per chunk of items."""
     table = ARTICLE
     columns = [
         table.c.id, table.c.source, table.c.guid, table.c.url, table.c.title_key,
-        table.c.fingerprint, table.c.published_at, table.c.date_source, table.c.summary_text,
+        table.c.fingerprint, table.c.published_at, table.c.date_source,
+        func.substr(table.c.summary_text, 1, 400),  # enough to compare summaries
     ]  # fmt: skip
-    guids = sorted({i.data.guid for i in items})
-    urls = sorted({i.data.url for i in items})
-    keys = sorted({i.title_key for i in items if i.title_key})
     since = min(i.published_at for i in items) - window
     same_source = table.c.source == source
-    queries = [select(*columns).where(same_source, table.c.guid.in_(p)) for p in _chunks(guids)]
-    queries += [select(*columns).where(table.c.url.in_(p)) for p in _chunks(urls)]
-    queries += [
-        select(*columns).where(same_source, table.c.title_key.in_(p), table.c.published_at >= since)
-        for p in _chunks(keys)
-    ]
     # Core on the session's connection: the ORM layer would double the cost of these lookups.
     connection = session.connection()
-    rows = {row.id: row for query in queries for row in connection.execute(query)}
+    rows: dict[int, Any] = {}
+    for part in _chunks(items):
+        guids = sorted({i.data.guid for i in part})
+        urls = sorted({i.data.url for i in part})
+        keys = sorted({i.title_key for i in part if i.title_key})
+        matches = or_(
+            and_(same_source, table.c.guid.in_(guids)),
+            table.c.url.in_(urls),
+            and_(same_source, table.c.title_key.in_(keys), table.c.published_at >= since),
+        )
+        rows.update(
+            (row[0], row) for row in connection.execute(select(*columns).where(matches)).all()
+        )
     index = _Index(window)
     # Same-source rows first, so a syndicated copy elsewhere never shadows our own.
-    for row in sorted(rows.values(), key=lambda r: (r.source != source, r.id)):
-        index.add(_Stored(*row))
+    for row in sorted(rows.values(), key=lambda r: (r[1] != source, r[0])):
+        index.add(_Stored(*tuple(row)))
     return index
 
 
-def _chunks(values: list[str]) -> Iterable[list[str]]:
-    for start in range(0, len(values), CHUNK):
-        yield values[start : start + CHUNK]
+def _chunks(items: Sequence[Prepared]) -> Iterable[Sequence[Prepared]]:
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
 
 
 def store_articles(
@@ -291,8 +296,11 @@ def _insert(session: Session, source: str, items: list[Prepared], now: datetime)
         }
         for item in items
     ]
-    statement = insert(ARTICLE).returning(ARTICLE.c.id, sort_by_parameter_order=True)
-    return [row[0] for row in session.connection().execute(statement, rows)]
+    # RETURNING with sort_by_parameter_order makes SQLAlchemy insert row by row on SQLite;
+    # unordered, it batches. Guids are unique within a source and a batch, so they map back.
+    statement = insert(ARTICLE).returning(ARTICLE.c.id, ARTICLE.c.guid)
+    ids = {guid: article_id for article_id, guid in session.connection().execute(statement, rows)}
+    return [ids[item.data.guid] for item in items]
 
 
 def _update(

@@ -218,7 +218,8 @@ def test_missing_dates_fall_back_and_are_flagged(
     path.write_text(
         path.read_text(encoding="utf-8").replace(
             "<link>https://undated.example/one</link>",
-            "<link>https://undated.example/one</link><pubDate>Mon, 23 Nov 2026 08:00:00 +0000</pubDate>",
+            "<link>https://undated.example/one</link>"
+            "<pubDate>Mon, 23 Nov 2026 08:00:00 +0000</pubDate>",
         ),
         encoding="utf-8",
     )
@@ -334,7 +335,7 @@ def test_one_source_only(any_engine: Engine, make_app: Callable[..., App]) -> No
     report = run_ingest(app, source="climate")
     assert [s.name for s in report.sources] == ["climate"] and report.new == 10
     with pytest.raises(
-        UnknownSourceError, match="no source 'sports'.*known: world, climate, business"
+        UnknownSourceError, match=r"no source 'sports'.*known: world, climate, business"
     ):
         run_ingest(app, source="sports")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from digest.feeds import detect_charset, parse_csv, parse_feed
+from digest.charsets import detect_charset
+from digest.feeds import parse_csv, parse_feed
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
 
