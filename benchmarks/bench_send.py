@@ -66,8 +66,17 @@ def _env() -> dict[str, str]:
     return {"DIGEST_SECRET_KEY": "bench-secret-key-0123456789abcdef", "SENDGRID_API_KEY": API_KEY}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far (Linux /proc), to tell sender from server cost."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def sendgrid_server() -> Iterator[str]:
+def sendgrid_server() -> Iterator[tuple[str, int]]:
     """The test server in its own process: schema rules checked, bodies not kept."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.support.sendgrid_server", "--validate", "rules", "--quiet"],
@@ -80,7 +89,7 @@ def sendgrid_server() -> Iterator[str]:
         url = process.stdout.readline().strip()
         if not url.startswith("http"):
             raise RuntimeError(f"the SendGrid test server did not start: {url!r}")
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         output, _ = process.communicate(timeout=30)
@@ -134,11 +143,14 @@ def child(url: str, api_url: str, issue_id: int) -> None:
     started = time.perf_counter()
     report = send_issue(app, issue_id)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = usage.ru_maxrss / 1024
     print(
         json.dumps(
             {
                 "seconds": seconds,
+                "cpu": usage.ru_utime + usage.ru_stime,
+                "freeze": report.freeze_seconds,
                 "accepted": report.accepted,
                 "failed": report.failed,
                 "unknown": report.unknown,
@@ -150,11 +162,12 @@ def child(url: str, api_url: str, issue_id: int) -> None:
     )
 
 
-def measure(kind: str, size: int, api_url: str, workdir: Path) -> dict[str, Any]:
+def measure(kind: str, size: int, api_url: str, server_pid: int, workdir: Path) -> dict[str, Any]:
     with database(kind, workdir) as url:
         started = time.perf_counter()
         issue_id = prepare(url, size)
         setup = time.perf_counter() - started
+        server_before = cpu_seconds(server_pid)
         output = subprocess.run(
             [sys.executable, __file__, "--child", url, api_url, str(issue_id)],
             cwd=ROOT,
@@ -166,6 +179,7 @@ def measure(kind: str, size: int, api_url: str, workdir: Path) -> dict[str, Any]
             raise RuntimeError(f"send failed on {kind} with {size}:\n{output.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(output.stdout.strip().splitlines()[-1])
         result["setup"] = setup
+        result["server_cpu"] = cpu_seconds(server_pid) - server_before
         return result
 
 
@@ -221,7 +235,8 @@ def main() -> int:
     kinds = [k for k in args.databases.split(",") if k]
     ok = True
     rows: list[tuple[str, int, dict[str, Any]]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp, sendgrid_server() as api_url:
+    with tempfile.TemporaryDirectory(prefix="bench-send-") as tmp, sendgrid_server() as server:
+        api_url, server_pid = server
         per_naive = baseline(api_url, args.baseline) if args.baseline else 0.0
         if per_naive:
             print(
@@ -231,7 +246,7 @@ def main() -> int:
             )
         for kind in kinds:
             for size in sizes:
-                result = measure(kind, size, api_url, Path(tmp))
+                result = measure(kind, size, api_url, server_pid, Path(tmp))
                 rows.append((kind, size, result))
                 rate = size / result["seconds"]
                 line = (
@@ -242,6 +257,13 @@ def main() -> int:
                 if per_naive:
                     line += f", {per_naive * size / result['seconds']:,.0f}x the naive baseline"
                 print(line + f" [setup {result['setup']:.0f} s]", flush=True)
+                print(
+                    f"    CPU: sender {result['cpu']:.1f} s "
+                    f"({result['cpu'] / size * 1e6:.0f} µs/recipient), local SendGrid server "
+                    f"{result['server_cpu']:.1f} s; freeze {result['freeze']:.1f} s of the total; "
+                    f"load average {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
                 if result["accepted"] != size:
                     print(f"    NOT ALL ACCEPTED: {result}", flush=True)
                     ok = False

@@ -393,9 +393,21 @@ def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
     return counts
 
 
-def finish_if_done(session: Session, *, issue_id: int, now: datetime) -> bool:
+def pending_recipients(session: Session, issue_id: int) -> int:
+    """How many deliveries wait in pending batches (from batch sizes: no scan of deliveries)."""
+    total = session.execute(
+        select(func.coalesce(func.sum(_B.c.size), 0)).where(
+            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def finish_if_done(
+    session: Session, *, issue_id: int, now: datetime, counts: dict[str, int] | None = None
+) -> bool:
     """Move the issue to `sent` once nothing is pending, in flight or unknown."""
-    counts = delivery_counts(session, issue_id)
+    counts = counts if counts is not None else delivery_counts(session, issue_id)
     if counts[DeliveryStatus.PENDING] or counts[DeliveryStatus.SENDING]:
         return False
     if counts[DeliveryStatus.UNKNOWN]:

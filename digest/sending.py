@@ -66,6 +66,7 @@ class SendReport:
     batches: int = 0  # batches this run sent
     found_unknown: list[int] = field(default_factory=list)  # batches left in flight by dead senders
     requeued: int = 0  # deliveries put back by retry_failed / retry_unknown
+    freeze_seconds: float = 0.0  # of `seconds`, the time spent freezing the audience
     issue_status: str = ""
     transport: str = ""
     errors: list[str] = field(default_factory=list)  # distinct provider messages, a few
@@ -158,7 +159,7 @@ def send_issue(
         batch_size = max(1, min(settings.delivery.batch_size, transport.max_batch_size))
         _prepare(app, issue, newsletter, claimer, batch_size, report, retry_failed, retry_unknown)
         with app.session() as session:
-            todo = delivery_counts(session, issue_id)[DeliveryStatus.PENDING]
+            todo = ledger.pending_recipients(session, issue_id)
         report.already_done = todo == 0
         if todo:
             total = todo if limit is None else min(todo, max(limit, 0))
@@ -174,8 +175,9 @@ def send_issue(
         if own_transport:
             transport.close()
     with app.session() as session:
-        ledger.finish_if_done(session, issue_id=issue_id, now=app.now())
-    _fill_counts(app, report)
+        counts = delivery_counts(session, issue_id)  # one scan of the deliveries, at the end
+        ledger.finish_if_done(session, issue_id=issue_id, now=app.now(), counts=counts)
+    _fill_counts(app, report, counts)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -193,6 +195,7 @@ def _prepare(
     """Freeze the audience if nobody has, mark dead senders' batches unknown, requeue on request."""
     issue_id = issue.id or 0
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT):
+        started = time.perf_counter()
         with app.session() as session:
             frozen = freeze.freeze(
                 session,
@@ -205,6 +208,7 @@ def _prepare(
         if frozen:
             with app.session() as session:
                 freeze.checkpoint(session)
+        report.freeze_seconds = time.perf_counter() - started
     with app.session() as session:
         report.found_unknown = ledger.release_stale(
             session, issue_id=issue_id, me=claimer, now=app.now(), lease=LEASE
@@ -220,9 +224,9 @@ def _prepare(
                 )
 
 
-def _fill_counts(app: App, report: SendReport) -> None:
+def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = None) -> None:
     with app.session() as session:
-        counts = delivery_counts(session, report.issue_id)
+        counts = counts if counts is not None else delivery_counts(session, report.issue_id)
         issue = session.get(Issue, report.issue_id)
     report.accepted = counts[DeliveryStatus.ACCEPTED] + sum(
         counts.get(s, 0)
