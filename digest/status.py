@@ -18,7 +18,7 @@ from digest.models import Issue, RunOutcome, SchedulerJob, ScheduleRun, Source
 
 # Failed and missed periods younger than this are listed as failures.
 FAILURE_WINDOW = timedelta(days=30)
-# An ingestion this old, or a source failing this many times in a row, is worth a look.
+# A source failing this many times in a row is `failing`; fewer, `degraded`.
 SOURCE_FAILING_AFTER = 3
 
 

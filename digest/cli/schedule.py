@@ -8,15 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
 from digest.app import App, fixed_clock, system_clock
 from digest.cli.common import LazyApp, console, fail, get_app, print_json
 from digest.config import LogFormat
 from digest.logs import configure_logging
+
+if TYPE_CHECKING:
+    from digest.schedule import TickReport
 
 LogFormatOption = Annotated[
     LogFormat | None,
@@ -92,24 +94,20 @@ def run_due_command(
         raise typer.Exit(1)
 
 
-def _print_tick(report: object) -> None:
-    from digest.schedule import TickReport
-
-    assert isinstance(report, TickReport)
-    console.print(f"[bold]Tick at[/] {report.now.isoformat()}  ingest: {report.ingest}")
-    if report.results:
-        table = Table("newsletter", "period", "action", "outcome", "issue", "detail")
-        for r in report.results:
-            table.add_row(
-                r.newsletter, r.period, r.action, r.outcome, str(r.issue_id or "-"), r.detail
-            )
-        console.print(table)
-    else:
-        console.print("Nothing due.")
+def _print_tick(report: TickReport) -> None:
+    """One line per fact: cron mails it and journald keeps it; a table would wrap."""
+    out = [f"Tick at {report.now.isoformat()}; ingest: {report.ingest}"]
+    for r in report.results:
+        issue = f" issue {r.issue_id}" if r.issue_id else ""
+        out.append(f"{r.newsletter} {r.period}: {r.action}, {r.outcome}{issue}: {r.detail}")
+    if not report.results:
+        out.append("Nothing due.")
     if report.busy:
-        console.print(f"Busy in another job: {', '.join(report.busy)}")
+        out.append(f"Busy in another job: {', '.join(report.busy)}")
     if report.stopped:
-        console.print("Stopped before the end: the next run resumes.")
+        out.append("Stopped before the end: the next run resumes.")
+    for line in out:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def scheduler_command(ctx: typer.Context, log_format: LogFormatOption = None) -> None:

@@ -213,6 +213,10 @@ def test_a_killed_leader_is_replaced_and_the_period_still_fires_once(
         assert second in by_pid and by_pid[int(str(second))].poll() is None
         # The new leader's catch-up tick has run once it heartbeats; the period is not refired.
         _wait_for(lambda: _heartbeats_after_takeover(engine), "the new leader's heartbeat")
+        # SIGHUP reloads the configuration; the reload's catch-up tick shows it happened.
+        ticked = _last_tick(engine)
+        by_pid[int(str(second))].send_signal(signal.SIGHUP)
+        _wait_for(lambda: _last_tick(engine) != ticked, "the tick after a reload")
     finally:
         for process in processes:
             if process.poll() is None:
@@ -220,9 +224,17 @@ def test_a_killed_leader_is_replaced_and_the_period_still_fires_once(
         outputs = [_finish(p) for p in processes]
     survivors = [out for p, out in zip(processes, outputs, strict=True) if p.returncode == 0]
     assert len(survivors) == 1, outputs  # the killed one died of SIGKILL, the other exited 0
+    assert "configuration reloaded" in survivors[0] and "scheduler stopped" in survivors[0]
     assert len(issues_of(engine, "turkey-unpacked")) == 1
     assert [r.outcome for r in runs_of(engine)] == ["sent"]
     engine.dispose()
+
+
+def _last_tick(engine: Engine) -> object:
+    with engine.connect() as connection:
+        return connection.execute(
+            text("SELECT last_finished_at FROM scheduler_job WHERE name = 'tick'")
+        ).scalar()
 
 
 def _heartbeats_after_takeover(engine: Engine) -> bool:

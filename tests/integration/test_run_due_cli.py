@@ -151,7 +151,7 @@ def test_sigterm_during_a_send_leaves_a_state_the_next_run_resumes(
     upgrade(engine)
     app = make_app(engine, now=MONDAY)
     seed_articles(app)
-    audience = 300
+    audience = 150
     add_audience(engine, TURKEY, audience)
     outbox = tmp_path / "outbox"
     delivery = {"transport": "outbox", "outbox_dir": str(outbox), "batch_size": 10,
