@@ -61,7 +61,11 @@ def test_demo_pipeline_end_to_end(
         url = unsubscribe[1 : unsubscribe.index(">")]
         token = url.rsplit("/", 1)[1]
         claims = verify_token(
-            token, app.settings.verification_keys(), purpose=Purpose.UNSUBSCRIBE, now=NOW, max_age=None
+            token,
+            app.settings.verification_keys(),
+            purpose=Purpose.UNSUBSCRIBE,
+            now=NOW,
+            max_age=None,
         )
         assert claims.newsletter in outcomes
         body_html = message.get_body(("html",))
