@@ -351,7 +351,7 @@ def test_subscriber_local_delivery_sends_each_zone_at_its_own_eight_oclock(
 
     # Sydney's Monday 08:00 is Sunday 21:00 UTC: the period opens then; Chicago's comes last.
     assert sent[0] == (datetime(2026, 11, 29, 21, 0, tzinfo=UTC), frozenset({"Australia/Sydney"}))
-    first_seen = {}
+    first_seen: dict[str, datetime] = {}
     for moment, zones in sent:
         for zone in zones:
             first_seen.setdefault(zone, moment)

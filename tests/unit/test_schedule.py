@@ -29,7 +29,7 @@ GRACE = timedelta(hours=6)
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*args, tzinfo=UTC)  # type: ignore[misc,arg-type]
 
 
 def hours(moments: list[datetime]) -> list[str]:
