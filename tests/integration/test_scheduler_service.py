@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from digest.app import App
 from digest.cron import CrontabTrigger
-from digest.models import RunOutcome
+from digest.models import RunOutcome, ScheduleRun
 from digest.scheduler import SchedulerService
 from tests.support.scheduling import (
     RecordingPipeline,
@@ -206,3 +206,16 @@ def test_the_service_leads_catches_up_hands_over_reloads_and_stops(
     threads[1].join(timeout=20)
     assert not threads[1].is_alive()
     assert len(issues_of(any_engine, TURKEY)) == 1
+
+
+def test_housekeeping_forgets_run_records_older_than_400_days(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = make_app(any_engine, now=datetime(2026, 11, 30, tzinfo=UTC))
+    with app.session() as session:
+        for period in ("2025-10-01T05:00:00+00:00", "2025-11-01T05:00:00+00:00"):
+            session.add(ScheduleRun(newsletter=TURKEY, period=period, outcome=RunOutcome.SENT))
+    service = SchedulerService(lambda: app, app=app, pipeline_factory=RecordingPipeline().pipeline)
+    service.begin_term()
+    service.housekeeping()
+    assert [r.period[:7] for r in runs_of(any_engine)] == ["2025-11"]
