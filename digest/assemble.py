@@ -54,6 +54,12 @@ def get_issue(session: Session, newsletter: str, period: datetime) -> Issue | No
     return session.exec(statement).first()
 
 
+def issues_of(session: Session, newsletter: str) -> list[Issue]:
+    """Every issue of a newsletter, oldest period first."""
+    statement = select(Issue).where(Issue.newsletter == newsletter).order_by(col(Issue.period))
+    return list(session.exec(statement).all())
+
+
 def latest_issue(session: Session, newsletter: str) -> Issue | None:
     statement = (
         select(Issue).where(Issue.newsletter == newsletter).order_by(col(Issue.period).desc())

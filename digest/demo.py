@@ -14,6 +14,7 @@ from digest.db import upgrade
 from digest.ingest import IngestReport, run_ingest
 from digest.models import IssueStatus
 from digest.paths import config_dir
+from digest.preview import write_preview
 from digest.sending import SendReport, send_issue
 from subscribers import import_csv
 from subscribers.models import Subscriber
@@ -40,8 +41,6 @@ class DemoReport:
 
 def run_demo(app: App, preview_dir: Path) -> DemoReport:
     """Upgrade the schema, load sample subscribers once, ingest, then build, preview and send."""
-    from digest.cli.issues import write_preview
-
     upgrade(app.engine)
     imported = _load_sample_subscribers(app)
     ingest_report = run_ingest(app)
@@ -55,7 +54,7 @@ def run_demo(app: App, preview_dir: Path) -> DemoReport:
         if issue.status == IssueStatus.SKIPPED:
             outcome.note = issue.skip_reason or "skipped"
         else:
-            outcome.preview = write_preview(app, newsletter.slug, preview_dir)
+            outcome.preview = write_preview(app, newsletter.slug, preview_dir, issue)
             outcome.send = send_issue(app, issue.id or 0)
             with app.session() as session:
                 refreshed = assemble.get_issue(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
+from pathlib import Path
 
-from digest import personalize
+from digest import assemble, personalize
 from digest.app import App
 from digest.message import build_mime, recipient_values
 from digest.models import Issue
@@ -36,3 +37,18 @@ def sample_message(
         values=values,
     )
     return message, html, text
+
+
+def write_preview(app: App, slug: str, out: Path, issue: Issue | None = None) -> dict[str, Path]:
+    """Write SLUG.html, SLUG.txt and SLUG.eml (for a sample recipient) into `out`.
+
+    Without `issue`, the newsletter's next issue (built as a draft when needed).
+    """
+    issue = issue or assemble.next_issue(app, slug)
+    out.mkdir(parents=True, exist_ok=True)
+    message, html, text = sample_message(app, issue)
+    files = {"html": out / f"{slug}.html", "text": out / f"{slug}.txt", "eml": out / f"{slug}.eml"}
+    files["html"].write_text(html, encoding="utf-8")
+    files["text"].write_text(text, encoding="utf-8")
+    files["eml"].write_bytes(message.as_bytes())
+    return files

@@ -15,6 +15,7 @@ from digest.assemble import AssemblyError
 from digest.cli.common import console, fail, get_app, print_json
 from digest.config import ConfigError
 from digest.models import Issue
+from digest.preview import write_preview
 
 issue_app = typer.Typer(help="Build, inspect and edit issues.", no_args_is_help=True)
 
@@ -178,20 +179,6 @@ def intro(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -
 def approve(ctx: typer.Context, slug: str, issue_id: IssueOpt = None) -> None:
     """Approve the next issue for sending (needed when the newsletter requires approval)."""
     _edit(ctx, slug, issue_id, editorial.approve)
-
-
-def write_preview(app: App, slug: str, out: Path) -> dict[str, Path]:
-    """Write SLUG.html, SLUG.txt and SLUG.eml (for a sample recipient) into `out`."""
-    from digest.preview import sample_message
-
-    issue = assemble.next_issue(app, slug)
-    out.mkdir(parents=True, exist_ok=True)
-    message, html, text = sample_message(app, issue)
-    files = {"html": out / f"{slug}.html", "text": out / f"{slug}.txt", "eml": out / f"{slug}.eml"}
-    files["html"].write_text(html, encoding="utf-8")
-    files["text"].write_text(text, encoding="utf-8")
-    files["eml"].write_bytes(message.as_bytes())
-    return files
 
 
 def preview(
