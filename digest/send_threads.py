@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
+from typing import Any
 
 from digest import ledger
 from digest.app import App
@@ -117,6 +119,10 @@ class SendRun:
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # SQLite takes one writer at a time and makes the others poll with growing sleeps
+        # (1, 2, 5, 10… ms); queueing this run's threads on a lock hands the turn over at once.
+        sqlite = app.engine.dialect.name == "sqlite"
+        self._writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
 
     def execute(self) -> None:
         workers = [
@@ -167,7 +173,7 @@ class SendRun:
 
     def _one_batch(self, quota: int | None) -> bool:
         app = self.app
-        with app.session() as session:
+        with self._writing, app.session() as session:
             batch_id = ledger.claim(
                 session, issue_id=self.issue_id, claimer=self.claimer, now=app.now()
             )
@@ -200,7 +206,7 @@ class SendRun:
                 self.limiter.acquire(len(batch.recipients))
                 sent_to_transport = True
                 results = self.transport.send(outgoing)
-            with app.session() as session:
+            with self._writing, app.session() as session:
                 ledger.record(
                     session, batch=batch, results=results, claimer=self.claimer, now=app.now()
                 )

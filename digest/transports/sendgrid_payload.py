@@ -112,27 +112,29 @@ def personalization(shared: SharedPart, recipient: OutgoingRecipient) -> dict[st
     return item
 
 
+def _html_escape(value: str) -> str:
+    if "&" in value or "<" in value or ">" in value or '"' in value or "'" in value:
+        return html.escape(value)
+    return value  # most names: skip five str.replace calls
+
+
 def personalization_json(shared: SharedPart, recipient: OutgoingRecipient) -> str:
     """`json.dumps(personalization(shared, recipient))`, compacted, several times faster."""
     values = recipient.values
     name = display_name(recipient.name)
-    to = _esc(recipient.email)
-    parts = ['{"to":[{"email":', to, ',"name":', _esc(name), '}],"substitutions":{']
-    if not name:
-        parts[2:4] = []
-    fields = [key + _esc(values.get(t, "")) for t, key in shared.json_keys]
-    fields += [key + _esc(html.escape(values.get(t, ""))) for t, key in shared.json_twin_keys]
-    parts.append(",".join(fields))
-    parts.append("}")
+    email = _esc(recipient.email)
+    to = f'{{"email":{email},"name":{_esc(name)}}}' if name else f'{{"email":{email}}}'
+    get = values.get
+    fields = [key + _esc(get(t, "")) for t, key in shared.json_keys]
+    if shared.json_twin_keys:
+        fields += [key + _esc(_html_escape(get(t, ""))) for t, key in shared.json_twin_keys]
+    item = f'{{"to":[{to}],"substitutions":{{{",".join(fields)}}}'
     unsubscribe = shared.list_unsubscribe(values)
     if unsubscribe:
-        parts.append(',"headers":{"List-Unsubscribe":')
-        parts.append(_esc(unsubscribe))
-        parts.append("}")
+        item += f',"headers":{{"List-Unsubscribe":{_esc(unsubscribe)}}}'
     if recipient.delivery_id is not None:
-        parts.append(f',"custom_args":{{"digest_delivery_id":"{recipient.delivery_id:d}"}}')
-    parts.append("}")
-    return "".join(parts)
+        item += f',"custom_args":{{"digest_delivery_id":"{recipient.delivery_id:d}"}}'
+    return item + "}"
 
 
 def payload(shared: SharedPart, recipients: Sequence[OutgoingRecipient]) -> dict[str, Any]:
