@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
@@ -68,7 +68,9 @@ def _ingest_with_progress(app: App, source: str | None, *, show: bool) -> Ingest
 
 
 def _print_report(report: IngestReport) -> None:
-    table = Table("source", "fetched", "new", "updated", "unchanged", "errors", title="Ingest")
+    table = Table(
+        Column("source", no_wrap=True), "fetched", "new", "updated", "unchanged", "errors"
+    )
     for s in report.sources:
         fetched = "not modified" if s.not_modified else ("failed" if s.failed else str(s.fetched))
         style = "red" if s.failed else None
@@ -153,7 +155,7 @@ def list_articles(
     if as_json:
         print_json(documents)
         return
-    table = Table("id", "published", "source", "title", "topics")
+    table = Table("id", Column("published", no_wrap=True), "source", "title", "topics")
     for a in documents:
         table.add_row(
             str(a["id"]), a["published_at"][:16].replace("T", " "), a["source"], a["title"],
@@ -220,7 +222,10 @@ def sources_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(documents)
         return
-    table = Table("source", "state", "last success", "failures", "articles", "last error / warning")
+    table = Table(
+        Column("source", no_wrap=True), Column("state", no_wrap=True),
+        Column("last success", no_wrap=True), "failures", "articles", "last error / warning",
+    )  # fmt: skip
     for s in documents:
         colour = {"ok": "green", "failing": "red", "warning": "yellow"}.get(s["state"], "dim")
         note = s["last_error"] if s["state"] == "failing" else (s["last_warning"] or "")

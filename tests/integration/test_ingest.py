@@ -358,3 +358,22 @@ def test_worker_processes_give_the_same_result(
     assert report.failed == ["not-a-feed"]
     assert ("rich-metadata", "3 items: 3 new, 0 updated") in seen
     assert ("not-a-feed", "failed: not an RSS or Atom feed") in seen
+
+
+def test_worker_processes_start_safely_when_threads_are_running(
+    engine: Engine, make_app: Callable[..., App], feed_dir: Path
+) -> None:
+    """A server or scheduler has threads: the workers then come from a fork server, not fork."""
+    import threading
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        names = ["rich-metadata.xml", "atom-xml-base.atom", "duplicates.xml", "tr-utf8-bom.xml"]
+        sources = [{"name": n.split(".")[0], "url": str(feed_dir / n)} for n in names]
+        app = make_app(engine, now=NOW, sources=sources, ingest={"parse_workers": 2})
+        report = run_ingest(app)
+    finally:
+        stop.set()
+    assert [s.new for s in report.sources] == [3, 2, 3, 2]
