@@ -1,6 +1,7 @@
 """Ingest throughput: 100 RSS feeds × 50 items from a local HTTP server into SQLite.
 
-Run: `.venv/bin/python benchmarks/bench_ingest.py [--feeds 100] [--items 50] [--db URL]`.
+Run: `.venv/bin/python benchmarks/bench_ingest.py [--feeds 100] [--items 50] [--db URL]
+[--parse-workers N]`.
 Prints items/s for a cold run (everything new), a run where every server answers 304, and a
 run where every feed changed (all updates). Target: ≥ 2,000 items/s cold on 2 cores.
 """
@@ -125,6 +126,7 @@ def main() -> None:
     parser.add_argument("--feeds", type=int, default=100)
     parser.add_argument("--items", type=int, default=50)
     parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument("--parse-workers", type=int, default=0, help="ingest.parse_workers")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
@@ -148,6 +150,7 @@ def main() -> None:
                     for n in range(args.feeds)
                 ],
                 "newsletters": NEWSLETTERS,
+                "ingest": {"parse_workers": args.parse_workers},
             },
             env={},
         )

@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Literal
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
@@ -112,18 +113,7 @@ def sanitize_html(fragment: str, base_url: str | None = None) -> str:
     """The allow-listed subset of `fragment`, relative links resolved against `base_url`."""
     if not fragment:
         return ""
-    relative: Literal["deny"] | tuple[Literal["rewrite_with_base"], str] = "deny"
-    if base_url and _is_http(base_url):
-        relative = ("rewrite_with_base", base_url)
-    cleaned = nh3.clean(
-        fragment,
-        tags=set(SUMMARY_TAGS),
-        attributes={tag: set(attrs) for tag, attrs in SUMMARY_ATTRIBUTES.items()},
-        url_schemes=set(URL_SCHEMES),
-        link_rel=LINK_REL,
-        strip_comments=True,
-        url_relative=relative,
-    )
+    cleaned = _cleaner(base_url if base_url and _is_http(base_url) else None).clean(fragment)
     if "<pre" not in cleaned:  # whitespace is insignificant everywhere else
         cleaned = " ".join(cleaned.split())
     cleaned = _EMPTY_BLOCK.sub("", cleaned).strip()
@@ -131,6 +121,22 @@ def sanitize_html(fragment: str, base_url: str | None = None) -> str:
         text = truncate(html_to_text(cleaned), MAX_TEXT)
         return "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n"))
     return cleaned
+
+
+@lru_cache(maxsize=64)
+def _cleaner(base_url: str | None) -> nh3.Cleaner:
+    """One sanitizer per base URL: building it costs more than cleaning a summary."""
+    relative: Literal["deny"] | tuple[Literal["rewrite_with_base"], str] = "deny"
+    if base_url:
+        relative = ("rewrite_with_base", base_url)
+    return nh3.Cleaner(
+        tags=set(SUMMARY_TAGS),
+        attributes={tag: set(attrs) for tag, attrs in SUMMARY_ATTRIBUTES.items()},
+        url_schemes=set(URL_SCHEMES),
+        link_rel=LINK_REL,
+        strip_comments=True,
+        url_relative=relative,
+    )
 
 
 def summary_parts(fragment: str, base_url: str | None = None) -> tuple[str, str]:
@@ -214,7 +220,7 @@ def canonical_url(value: str | None, base: str | None = None) -> str | None:
     url = absolute_url(value, base)
     if url is None:
         return None
-    parts = urlsplit(url)
+    parts = urlsplit(url)  # cached by urllib: absolute_url just split the same string
     try:
         host = (parts.hostname or "").rstrip(".")
         port = parts.port

@@ -25,7 +25,7 @@ DC = "{http://purl.org/dc/elements/1.1/}"
 CONTENT = "{http://purl.org/rss/1.0/modules/content/}"
 MEDIA = "{http://search.yahoo.com/mrss/}"
 FEEDBURNER = "{http://rssnamespace.org/feedburner/ext/1.0}"
-_DECLINE = re.compile(rb"<!DOCTYPE|<!ENTITY|xml:base", re.IGNORECASE)
+_DECLINE = re.compile(rb"<!(?i:doctype|entity)|xml:base")  # a literal prefix: a fast scan
 _DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 
