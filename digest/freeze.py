@@ -99,8 +99,10 @@ def _freeze_page(
     sizes = {
         batch_id: (int(count), int(last))
         for batch_id, count, last in session.execute(
+            # The page is the range after `after` in the (issue, subscriber) index: filtering on
+            # batch_id instead let SQLite walk every earlier delivery of the issue, per page.
             select(_D.c.batch_id, func.count(), func.max(_D.c.subscriber_id))
-            .where(_D.c.issue_id == issue_id, _D.c.batch_id.in_(ids))
+            .where(_D.c.issue_id == issue_id, _D.c.subscriber_id > after)
             .group_by(_D.c.batch_id)
         )
     }
