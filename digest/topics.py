@@ -25,6 +25,7 @@ from digest.normalize import fold
 from subscribers.timestamps import utcnow
 
 ARTICLE_TOPIC: Table = SQLModel.metadata.tables[ArticleTopic.__tablename__]
+_INSERT_LINKS = insert(ARTICLE_TOPIC)
 _WORD = re.compile(r"\w+")
 
 
@@ -235,7 +236,7 @@ def link_topics(
         if k not in existing
     ]
     if rows:
-        connection.execute(insert(table), rows)
+        connection.execute(_INSERT_LINKS, rows)
     report.added, report.removed, report.changed = len(rows), len(gone), len(changed)
     return report
 

@@ -158,31 +158,46 @@ class _Index:
         return None, False
 
 
+def _lookup_statement() -> Any:
+    """Built once: constructing this SELECT per source cost more than running it."""
+    t = ARTICLE
+    same_source = t.c.source == bindparam("source")
+    return select(
+        t.c.id, t.c.source, t.c.guid, t.c.url, t.c.title_key, t.c.fingerprint,
+        t.c.published_at, t.c.date_source,
+        func.substr(t.c.summary_text, 1, 400),  # enough to compare summaries
+    ).where(
+        or_(
+            and_(same_source, t.c.guid.in_(bindparam("guids", expanding=True))),
+            t.c.url.in_(bindparam("urls", expanding=True)),
+            and_(
+                same_source,
+                t.c.title_key.in_(bindparam("keys", expanding=True)),
+                t.c.published_at >= bindparam("since"),
+            ),
+        )
+    )  # fmt: skip
+
+
+_LOOKUP = _lookup_statement()
+_INSERT = insert(ARTICLE).returning(ARTICLE.c.id, ARTICLE.c.guid)
+
+
 def _load(session: Session, source: str, items: Sequence[Prepared], window: timedelta) -> _Index:
     """The stored articles any item may be: one indexed OR query per chunk of items."""
-    table = ARTICLE
-    columns = [
-        table.c.id, table.c.source, table.c.guid, table.c.url, table.c.title_key,
-        table.c.fingerprint, table.c.published_at, table.c.date_source,
-        func.substr(table.c.summary_text, 1, 400),  # enough to compare summaries
-    ]  # fmt: skip
     since = min(i.published_at for i in items) - window
-    same_source = table.c.source == source
     # Core on the session's connection: the ORM layer would double the cost of these lookups.
     connection = session.connection()
     rows: dict[int, Any] = {}
     for part in _chunks(items):
-        guids = sorted({i.data.guid for i in part})
-        urls = sorted({i.data.url for i in part})
-        keys = sorted({i.title_key for i in part if i.title_key})
-        matches = or_(
-            and_(same_source, table.c.guid.in_(guids)),
-            table.c.url.in_(urls),
-            and_(same_source, table.c.title_key.in_(keys), table.c.published_at >= since),
-        )
-        rows.update(
-            (row[0], row) for row in connection.execute(select(*columns).where(matches)).all()
-        )
+        params = {
+            "source": source,
+            "guids": sorted({i.data.guid for i in part}),
+            "urls": sorted({i.data.url for i in part}),
+            "keys": sorted({i.title_key for i in part if i.title_key}),
+            "since": since,
+        }
+        rows.update((row[0], row) for row in connection.execute(_LOOKUP, params).all())
     index = _Index(window)
     # Same-source rows first, so a syndicated copy elsewhere never shadows our own.
     for row in sorted(rows.values(), key=lambda r: (r[1] != source, r[0])):
@@ -298,8 +313,7 @@ def _insert(session: Session, source: str, items: list[Prepared], now: datetime)
     ]
     # RETURNING with sort_by_parameter_order makes SQLAlchemy insert row by row on SQLite;
     # unordered, it batches. Guids are unique within a source and a batch, so they map back.
-    statement = insert(ARTICLE).returning(ARTICLE.c.id, ARTICLE.c.guid)
-    ids = {guid: article_id for article_id, guid in session.connection().execute(statement, rows)}
+    ids = {guid: article_id for article_id, guid in session.connection().execute(_INSERT, rows)}
     return [ids[item.data.guid] for item in items]
 
 
