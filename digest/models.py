@@ -174,9 +174,7 @@ class Delivery(SQLModel, table=True):
     """
 
     __tablename__ = "delivery"
-    __table_args__ = (
-        UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_recipient"),
-    )
+    __table_args__ = (UniqueConstraint("issue_id", "subscriber_id", name="uq_delivery_recipient"),)
 
     id: int | None = Field(default=None, primary_key=True)
     # No foreign key: PostgreSQL checks one per inserted row, which more than doubled the time to
