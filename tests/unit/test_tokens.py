@@ -158,3 +158,16 @@ def test_time_zone_of_issue_time_does_not_matter() -> None:
 
     local = NOW.astimezone(ZoneInfo("Europe/Istanbul"))
     assert token(issued_at=local) == token(issued_at=NOW)
+
+
+def test_cached_pad_mac_equals_the_standard_library_hmac() -> None:
+    """tokens._mac reuses HMAC's padded-key states for speed; it must be exactly HMAC-SHA256."""
+    import hashlib
+    import hmac as std_hmac
+
+    from subscribers.tokens import _mac
+
+    for key in (b"k", b"x" * 64, b"y" * 200, "ключ-😀".encode()):
+        subkey = std_hmac.digest(key, b"digest subscriber token", "sha256")
+        for data in (b"", b"v1|unsubscribe|1764000000|turkey-unpacked|42", bytes(range(256))):
+            assert _mac(key, data) == std_hmac.new(subkey, data, hashlib.sha256).digest()
