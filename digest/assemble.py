@@ -300,25 +300,39 @@ def section_title(article: Article, newsletter: NewsletterConfig) -> str:
     return ""
 
 
-def contents_of(session: Session, settings: Settings, issue: Issue) -> IssueContents:
-    """The issue's selection as the renderer's input, grouped into sections."""
-    newsletter = settings.newsletter(issue.newsletter)
+def issue_rows(
+    session: Session, issue_id: int, newsletter: str, *, with_excluded: bool = False
+) -> list[tuple[IssueArticle, Article, list[str]]]:
+    """The issue's articles in order, each with the topic rules that matched it.
+
+    With `with_excluded`, the editor's exclusions come too, after the others.
+    """
     statement = (
         select(IssueArticle, Article, ArticleTopic.reasons)
         .join(Article, col(Article.id) == col(IssueArticle.article_id))
         .join(
             ArticleTopic,
             (col(ArticleTopic.article_id) == col(Article.id))
-            & (ArticleTopic.newsletter == issue.newsletter),
+            & (ArticleTopic.newsletter == newsletter),
             isouter=True,
         )
-        .where(IssueArticle.issue_id == issue.id, col(IssueArticle.excluded).is_(False))
-        .order_by(col(IssueArticle.position))
+        .where(IssueArticle.issue_id == issue_id)
+        .order_by(col(IssueArticle.excluded), col(IssueArticle.position), col(Article.id))
     )
-    rows = session.exec(statement).all()
+    if not with_excluded:
+        statement = statement.where(col(IssueArticle.excluded).is_(False))
+    return [
+        (link, article, list(reasons or [])) for link, article, reasons in session.exec(statement)
+    ]
+
+
+def contents_of(session: Session, settings: Settings, issue: Issue) -> IssueContents:
+    """The issue's selection as the renderer's input, grouped into sections."""
+    newsletter = settings.newsletter(issue.newsletter)
+    rows = issue_rows(session, issue.id or 0, issue.newsletter)
     sections: dict[str, list[ArticleView]] = {}
     for link, article, reasons in rows:
-        view = _article_view(article, list(reasons or []), link.pinned)
+        view = _article_view(article, reasons, link.pinned)
         sections.setdefault(link.section, []).append(view)
     return IssueContents(
         settings=settings,

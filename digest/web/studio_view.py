@@ -114,20 +114,10 @@ def issue_page(app: App, issue: Issue) -> IssuePage:
 
 def article_rows(session: Session, issue_id: int, newsletter: NewsletterConfig) -> list[ArticleRow]:
     """The issue's articles in order (excluded last) with the topic rules that matched them."""
-    statement = (
-        select(IssueArticle, Article, ArticleTopic.reasons)
-        .join(Article, col(Article.id) == col(IssueArticle.article_id))
-        .join(
-            ArticleTopic,
-            (col(ArticleTopic.article_id) == col(Article.id))
-            & (ArticleTopic.newsletter == newsletter.slug),
-            isouter=True,
-        )
-        .where(IssueArticle.issue_id == issue_id)
-        .order_by(col(IssueArticle.excluded), col(IssueArticle.position), col(Article.id))
-    )
     rows = []
-    for link, article, reasons in session.exec(statement).all():
+    for link, article, reasons in assemble.issue_rows(
+        session, issue_id, newsletter.slug, with_excluded=True
+    ):
         rows.append(
             _row(article, reasons, link.section, pinned=link.pinned, excluded=link.excluded)
         )
