@@ -47,21 +47,12 @@ def _global_options(
     ctx.obj = common.LazyApp(config_path=config, clock=clock)
 
 
-AREAS = ("db", "content", "issues", "sending", "people", "ops", "schedule")
-
-
 def _register() -> None:
-    # Imported here so each area module can import `app` helpers without cycles.
-    import importlib
+    # Imported here: the area modules import helpers from `digest.cli.common`.
+    from digest.cli import content, db, issues, ops, people, schedule, sending
 
-    for name in AREAS:
-        try:
-            module = importlib.import_module(f"digest.cli.{name}")
-        except ModuleNotFoundError as exc:  # an area still being written
-            if exc.name != f"digest.cli.{name}":
-                raise
-            continue
-        module.register(app)
+    for area in (db, content, issues, sending, people, ops, schedule):
+        area.register(app)
 
 
 _register()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 
 from digest.app import App
 
@@ -15,20 +15,18 @@ def create_app(digest_app: App) -> FastAPI:
     return web
 
 
-def _routers() -> list:  # type: ignore[type-arg]
-    from digest.web import health
+def _routers() -> list[APIRouter]:
+    # Imported here: the area modules import `app_of` from this module.
+    from digest.web import api, health, metrics, studio, unsubscribe, webhooks
 
-    routers = [health.router]
-    # Areas are optional until their module exists; see each module's docstring.
-    for name in ("unsubscribe", "webhooks", "studio", "api", "metrics"):
-        try:
-            module = __import__(f"digest.web.{name}", fromlist=["router"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"digest.web.{name}":
-                raise
-            continue
-        routers.append(module.router)
-    return routers
+    return [
+        health.router,
+        unsubscribe.router,
+        webhooks.router,
+        studio.router,
+        api.router,
+        metrics.router,
+    ]
 
 
 def app_of(request: Request) -> App:
