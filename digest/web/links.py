@@ -13,9 +13,11 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
+from sqlmodel import Session
 
 from digest.app import App
 from digest.web.pages import render_page
+from subscribers.models import Subscriber
 from subscribers.tokens import TokenClaims, TokenError, default_max_age, verify_token
 
 log = logging.getLogger(__name__)
@@ -115,3 +117,14 @@ def newsletter_title(app: App, slug: str) -> str:
 
 def absolute(app: App, path: str) -> str:
     return app.settings.site.base_url + path
+
+
+def link_owner(
+    app: App, session: Session, token: str, purpose: str
+) -> tuple[TokenClaims, Subscriber] | None:
+    """The claims of a valid link and the subscriber it names; None for any bad link."""
+    claims = verified(app, token, purpose)
+    if claims is None:
+        return None
+    subscriber = session.get(Subscriber, claims.subscriber_id)
+    return None if subscriber is None else (claims, subscriber)

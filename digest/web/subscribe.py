@@ -29,13 +29,13 @@ from digest.web.links import (
     first,
     form_fields,
     invalid_link,
+    link_owner,
     message_page,
     newsletter_title,
     page,
     verified,
 )
 from subscribers.addresses import InvalidAddress, mask_email, normalize_email
-from subscribers.models import Subscriber
 from subscribers.optin import ConfirmOutcome, confirm_subscription, request_subscription
 from subscribers.profile import InvalidField
 from subscribers.tokens import Purpose, make_token
@@ -141,13 +141,11 @@ def _subscribe(
 @router.get("/confirm/{token}", response_class=HTMLResponse)
 def confirm_page(request: Request, token: str) -> HTMLResponse:
     app = app_of(request)
-    claims = verified(app, token, Purpose.CONFIRM)
-    if claims is None:
-        return invalid_link(app)
     with app.session() as session:
-        subscriber = session.get(Subscriber, claims.subscriber_id)
-        if subscriber is None:
+        owner = link_owner(app, session, token, Purpose.CONFIRM)
+        if owner is None:
             return invalid_link(app)
+        claims, subscriber = owner
         email = subscriber.email
     title = newsletter_title(app, claims.newsletter)
     return page(

@@ -28,6 +28,7 @@ from digest.web.links import (
     first,
     form_fields,
     invalid_link,
+    link_owner,
     newsletter_title,
     page,
     verified,
@@ -48,13 +49,11 @@ router.include_router(subscribe.router)
 @router.get("/u/{token}", response_class=HTMLResponse)
 def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     app = app_of(request)
-    claims = verified(app, token, Purpose.UNSUBSCRIBE)
-    if claims is None:
-        return invalid_link(app)
     with app.session() as session:
-        subscriber = session.get(Subscriber, claims.subscriber_id)
-        if subscriber is None:
+        owner = link_owner(app, session, token, Purpose.UNSUBSCRIBE)
+        if owner is None:
             return invalid_link(app)
+        claims, subscriber = owner
         current = subscriptions_of(session, claims.subscriber_id).get(claims.newsletter)
         suppressed = suppression_reason(session, subscriber.email)
     already = suppressed is not None or current is None or current.status not in MAILABLE
@@ -84,13 +83,11 @@ async def one_click_unsubscribe(request: Request, token: str) -> HTMLResponse:
 def _unsubscribe(
     app: App, token: str, *, method: str, ip: str | None, user_agent: str | None
 ) -> HTMLResponse:
-    claims = verified(app, token, Purpose.UNSUBSCRIBE)
-    if claims is None:
-        return invalid_link(app)
     with app.session() as session:
-        subscriber = session.get(Subscriber, claims.subscriber_id)
-        if subscriber is None:
+        owner = link_owner(app, session, token, Purpose.UNSUBSCRIBE)
+        if owner is None:
             return invalid_link(app)
+        claims, subscriber = owner
         unsubscribe(
             session,
             claims.subscriber_id,
