@@ -5,14 +5,31 @@ audience, so the audience is frozen exactly once, completely or not at all; a se
 blocked on that row finds the issue already `sending` and goes straight to claiming batches.
 The copy runs in keyset pages of INSERT … SELECT, so no recipient passes through Python (and
 memory stays flat whatever the audience).
+
+For subscriber-local delivery the freeze is given each subscriber's effective time zone
+(`zones`, from the time zone they gave to the one we send by) and cuts batches per zone, so that
+a tick can claim only the batches whose local time has come.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, literal, select, true, update
+from sqlalchemy import (
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
@@ -35,11 +52,13 @@ def freeze(
     batch_size: int,
     now: datetime,
     page_size: int = FREEZE_PAGE,
+    zones: Zoning | None = None,
 ) -> int | None:
     """Move the issue to `sending` and write its audience as pending deliveries and batches.
 
     Returns the number of deliveries, or None when the issue was not in `from_statuses` (someone
-    else froze it first, or it is not sendable). All in the caller's transaction.
+    else froze it first, or it is not sendable). All in the caller's transaction. With `zones`
+    every batch holds recipients of one time zone and records it.
     """
     moved = session.execute(
         update(_I)
@@ -52,7 +71,14 @@ def freeze(
     total = 0
     after = 0
     while True:
-        rows, last = _freeze_page(session, issue_id, newsletter, after, per_page, batch_size, now)
+        if zones is None:
+            rows, last = _freeze_page(
+                session, issue_id, newsletter, after, per_page, batch_size, now
+            )
+        else:
+            rows, last = _freeze_zoned_page(
+                session, issue_id, newsletter, after, per_page, batch_size, now, zones
+            )
         total += rows
         if rows < per_page:
             return total
@@ -88,6 +114,60 @@ def _freeze_page(
         literal(False),
         literal(now, type_=_D.c.updated_at.type),
     ).where(true())  # SQLite needs a WHERE to parse INSERT … SELECT … ON CONFLICT
+    _insert_deliveries(session, rows)
+    return _settle_batches(session, issue_id, after, ids)
+
+
+def _freeze_zoned_page(
+    session: Session,
+    issue_id: int,
+    newsletter: str,
+    after: int,
+    page_size: int,
+    batch_size: int,
+    now: datetime,
+    zones: Zoning,
+) -> tuple[int, int]:
+    """`_freeze_page` cutting batches per time zone: the page's recipients are counted per zone,
+    each zone gets its own batches, and row_number() within the zone places each recipient."""
+    page = audience_statement(newsletter, after_id=after, limit=page_size).subquery("audience")
+    zone = zones.expression(page.c.timezone).label("zone")
+    counts = session.execute(select(zone, func.count()).group_by(zone)).all()
+    slots: list[tuple[str, int]] = []
+    for name, count in sorted(counts):
+        slots += [(name, n) for n in range(-(-int(count) // batch_size))]
+    if not slots:
+        return 0, after
+    ids = insert_batches(session, issue_id, [0] * len(slots), now, [z for z, _ in slots])
+    zoned = select(page, zone).subquery("zoned")
+    ranked = select(
+        zoned,
+        ((func.row_number().over(partition_by=zoned.c.zone, order_by=zoned.c.subscriber_id) - 1)
+         // batch_size).label("slot"),
+    ).subquery("ranked")  # fmt: skip
+    batch = case(
+        *[
+            (and_(ranked.c.zone == z, ranked.c.slot == n), i)
+            for (z, n), i in zip(slots, ids, strict=True)
+        ]
+    )
+    rows = select(
+        literal(issue_id),
+        ranked.c.subscriber_id,
+        ranked.c.email,
+        ranked.c.name,
+        literal(str(DeliveryStatus.PENDING)),
+        batch,
+        literal(False),
+        literal(False),
+        literal(now, type_=_D.c.updated_at.type),
+    ).where(true())
+    _insert_deliveries(session, rows)
+    return _settle_batches(session, issue_id, after, ids)
+
+
+def _insert_deliveries(session: Session, rows: Any) -> None:
+    """INSERT … SELECT `rows` (columns in the order below) as deliveries, once per recipient."""
     columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "opened",
                "clicked", "updated_at"]  # fmt: skip
     dialect = sqlite if session.get_bind().dialect.name == "sqlite" else postgresql
@@ -96,6 +176,10 @@ def _freeze_page(
         .from_select(columns, rows)
         .on_conflict_do_nothing(index_elements=["issue_id", "subscriber_id"])
     )
+
+
+def _settle_batches(session: Session, issue_id: int, after: int, ids: list[int]) -> tuple[int, int]:
+    """Give the page's batches their sizes and delete the unused; returns (rows, last id)."""
     sizes = {
         batch_id: (int(count), int(last))
         for batch_id, count, last in session.execute(
@@ -120,6 +204,21 @@ def _freeze_page(
     return rows_in_page, last_id
 
 
+class Zoning:
+    """Which time zone each recipient is sent in: `effective[given]` for the zone a subscriber
+    gave (validated by the caller), `default` for none or one not in the mapping."""
+
+    def __init__(self, effective: Mapping[str | None, str], default: str) -> None:
+        self.effective = {k: v for k, v in effective.items() if k is not None and v != default}
+        self.default = default
+
+    def expression(self, given: Any) -> Any:
+        """SQL for the effective zone of the column `given`."""
+        if not self.effective:
+            return literal(self.default, type_=String)
+        return case(self.effective, value=given, else_=literal(self.default, type_=String))
+
+
 def checkpoint(session: Session) -> None:
     """SQLite: fold the freeze's write-ahead log into the database before the senders start,
     so that their reads do not search a log of a million rows (a no-op on PostgreSQL)."""
@@ -128,11 +227,18 @@ def checkpoint(session: Session) -> None:
         connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-def insert_batches(session: Session, issue_id: int, sizes: list[int], now: datetime) -> list[int]:
+def insert_batches(
+    session: Session,
+    issue_id: int,
+    sizes: list[int],
+    now: datetime,
+    zones: Sequence[str | None] | None = None,
+) -> list[int]:
+    """New pending batches of the given sizes (and time zones), their ids in the same order."""
     statement = insert(_B).returning(_B.c.id, sort_by_parameter_order=True)
     params = [
         {"issue_id": issue_id, "status": BatchStatus.PENDING, "size": size, "attempts": 0,
-         "updated_at": now}
-        for size in sizes
+         "updated_at": now, "zone": zones[i] if zones else None}
+        for i, size in enumerate(sizes)
     ]  # fmt: skip
     return [row[0] for row in session.execute(statement, params)]

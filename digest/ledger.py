@@ -20,12 +20,12 @@ million inserts and a thousand batch updates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, false, func, or_, select, true, update
 from sqlmodel import Session
 
 from digest.claimer import Claimer
@@ -79,15 +79,34 @@ class ClaimedBatch:
     skipped: int  # blocked since the freeze: marked skipped, not sent
 
 
-def claim(session: Session, *, issue_id: int, claimer: Claimer, now: datetime) -> int | None:
+def in_zones(zones: Collection[str | None] | None) -> ColumnElement[bool]:
+    """Batches of these time zones (None in `zones`: batches cut without one); all if None."""
+    if zones is None:
+        return true()
+    named = sorted(z for z in zones if z is not None)
+    clauses = [_B.c.zone.in_(named)] if named else []
+    if None in zones:
+        clauses.append(_B.c.zone.is_(None))
+    return or_(*clauses) if clauses else false()
+
+
+def claim(
+    session: Session,
+    *,
+    issue_id: int,
+    claimer: Claimer,
+    now: datetime,
+    zones: Collection[str | None] | None = None,
+) -> int | None:
     """Take the next pending batch of the issue (compare-and-set); None when none is left.
+    `zones` limits it to batches of those time zones (subscriber-local delivery).
 
     Commit right after: the claim is the only write here, so the write lock (SQLite) or row lock
     (PostgreSQL) is held for one statement, not while the batch is read and checked.
     """
     next_pending = (
         select(_B.c.id)
-        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING)
+        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones))
         .order_by(_B.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
@@ -135,7 +154,8 @@ def open_batch(
     if max_recipients is not None and len(members) > max_recipients:
         tail = members[max_recipients:]
         members = members[:max_recipients]
-        _move_to_new_batch(session, issue_id, [m.delivery_id for m in tail], now)
+        zone = session.execute(select(_B.c.zone).where(_B.c.id == batch_id)).scalar()
+        _move_to_new_batch(session, issue_id, [m.delivery_id for m in tail], now, zone)
         resized = True
     stopped = blocked([m.subscriber_id for m in members]) if blocked and members else set()
     if stopped:
@@ -250,9 +270,9 @@ def set_rows(session: Session, delivery_ids: Iterable[int], *, status: str, now:
 
 
 def _move_to_new_batch(
-    session: Session, issue_id: int, delivery_ids: list[int], now: datetime
+    session: Session, issue_id: int, delivery_ids: list[int], now: datetime, zone: str | None
 ) -> int:
-    (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now)
+    (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now, [zone])
     for start in range(0, len(delivery_ids), 1000):
         session.execute(
             update(_D)
@@ -324,30 +344,32 @@ def requeue(
         DeliveryStatus.FAILED: BatchStatus.FAILED,
         DeliveryStatus.UNKNOWN: BatchStatus.UNKNOWN,
     }[status]
+    waiting = or_(
+        _D.c.status == status,
+        and_(_D.c.status == DeliveryStatus.PENDING, _B.c.status == batch_status),
+    )
+    source = _D.outerjoin(_B, _B.c.id == _D.c.batch_id)
+    zones = session.execute(
+        select(_B.c.zone).select_from(source).where(_D.c.issue_id == issue_id, waiting).distinct()
+    ).scalars()
     moved = 0
-    after = 0
-    while True:
-        ids = list(
-            session.execute(
-                select(_D.c.id)
-                .select_from(_D.outerjoin(_B, _B.c.id == _D.c.batch_id))
-                .where(
-                    _D.c.issue_id == issue_id,
-                    _D.c.id > after,
-                    or_(
-                        _D.c.status == status,
-                        and_(_D.c.status == DeliveryStatus.PENDING, _B.c.status == batch_status),
-                    ),
-                )
-                .order_by(_D.c.id)
-                .limit(batch_size)
-            ).scalars()
-        )
-        if not ids:
-            break
-        _move_to_new_batch(session, issue_id, ids, now)
-        moved += len(ids)
-        after = ids[-1]
+    for zone in sorted(zones, key=lambda z: z or ""):  # new batches keep their time zone
+        after = 0
+        while True:
+            ids = list(
+                session.execute(
+                    select(_D.c.id)
+                    .select_from(source)
+                    .where(_D.c.issue_id == issue_id, _D.c.id > after, waiting, in_zones({zone}))
+                    .order_by(_D.c.id)
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if not ids:
+                break
+            _move_to_new_batch(session, issue_id, ids, now, zone)
+            moved += len(ids)
+            after = ids[-1]
     session.execute(
         update(_B)
         .where(_B.c.issue_id == issue_id, _B.c.status == batch_status)
@@ -393,14 +415,27 @@ def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
     return counts
 
 
-def pending_recipients(session: Session, issue_id: int) -> int:
-    """How many deliveries wait in pending batches (from batch sizes: no scan of deliveries)."""
+def pending_recipients(
+    session: Session, issue_id: int, zones: Collection[str | None] | None = None
+) -> int:
+    """How many deliveries wait in pending batches (from batch sizes: no scan of deliveries),
+    of the given time zones (see `in_zones`)."""
     total = session.execute(
         select(func.coalesce(func.sum(_B.c.size), 0)).where(
-            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING
+            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones)
         )
     ).scalar()
     return int(total or 0)
+
+
+def pending_zones(session: Session, issue_id: int) -> set[str | None]:
+    """The time zones of the issue's pending batches (None: batches cut without one)."""
+    statement = (
+        select(_B.c.zone)
+        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING)
+        .distinct()
+    )
+    return set(session.execute(statement).scalars())
 
 
 def finish_if_done(

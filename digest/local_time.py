@@ -7,8 +7,9 @@ or after the period. The period opens at the earliest local moment of its audien
 then sends to the zones whose local moment has come. A subscriber without a time zone, or with
 one we cannot read, counts in the newsletter's zone.
 
-The sending side filters its deliveries with the same rule: `effective_zone(subscriber.timezone,
-newsletter_zone)` must be in the set it is given.
+The sending side uses the same rule: the freeze cuts the audience into batches per
+`effective_zone(subscriber.timezone, newsletter_zone)` and records the zone on each batch, and a
+send given a set of zones claims only their batches.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from datetime import datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session
 
+from digest import ledger
 from digest.cron import place
-from digest.models import BatchStatus, Delivery, DeliveryStatus, SendBatch
-from subscribers.models import Subscriber, Subscription, SubscriptionStatus
+from digest.freeze import Zoning
+from subscribers import audience_timezones
 
 # UTC-12 to UTC+14: a wall-clock time happens at most 26 hours apart around the world.
 MAX_LEAD = timedelta(hours=26)
@@ -62,35 +64,27 @@ def due_zones(
 
 
 def audience_zones(session: Session, newsletter: str, default: str) -> frozenset[str]:
-    """The zones of the newsletter's active subscribers (theirs, or the newsletter's)."""
-    statement = (
-        select(Subscriber.timezone)
-        .join(Subscription, col(Subscription.subscriber_id) == col(Subscriber.id))
-        .where(
-            Subscription.newsletter == newsletter,
-            Subscription.status == SubscriptionStatus.ACTIVE,
-        )
-        .distinct()
+    """The zones of the newsletter's audience (theirs, or the newsletter's)."""
+    return frozenset(
+        effective_zone(name, default) for name in audience_timezones(session, newsletter)
     )
-    return frozenset(effective_zone(name, default) for name in session.exec(statement).all())
+
+
+def zoning(session: Session, newsletter: str, default: str) -> Zoning:
+    """How the freeze places the audience in zones: each zone subscribers gave, validated."""
+    given = audience_timezones(session, newsletter)
+    return Zoning({name: effective_zone(name, default) for name in given}, default)
 
 
 def pending_zones(session: Session, issue_id: int, default: str) -> frozenset[str]:
-    """The zones of an issue's deliveries not yet handed to the transport.
+    """The zones of an issue's batches not yet handed to the transport (a batch cut without a
+    zone, before the newsletter sent in local time, counts in the newsletter's)."""
+    return frozenset(default if z is None else z for z in ledger.pending_zones(session, issue_id))
 
-    A delivery row stays `pending` while its batch speaks for it (digest.ledger), so pending
-    means: the row is pending and its batch is too (or it has none yet).
-    """
-    waiting = [BatchStatus.PENDING, BatchStatus.RETRIED]
-    statement = (
-        select(Subscriber.timezone)
-        .join(Delivery, col(Delivery.subscriber_id) == col(Subscriber.id))
-        .outerjoin(SendBatch, col(SendBatch.id) == col(Delivery.batch_id))
-        .where(
-            Delivery.issue_id == issue_id,
-            Delivery.status == DeliveryStatus.PENDING,
-            or_(col(SendBatch.id).is_(None), col(SendBatch.status).in_(waiting)),
-        )
-        .distinct()
-    )
-    return frozenset(effective_zone(name, default) for name in session.exec(statement).all())
+
+def claimable(timezones: Iterable[str], default: str) -> frozenset[str | None]:
+    """The batch zones `ledger.claim` may take when sending to `timezones`."""
+    zones: set[str | None] = set(timezones)
+    if default in zones:
+        zones.add(None)
+    return frozenset(zones)

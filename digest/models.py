@@ -214,6 +214,9 @@ class SendBatch(SQLModel, table=True):
     status: str = Field(default=BatchStatus.PENDING, max_length=16)
     size: int = 0
     attempts: int = 0
+    # Subscriber-local delivery: the time zone all of the batch's recipients are in, so a tick
+    # can claim just the zones whose local time has come (None: the newsletter's own zone).
+    zone: str | None = Field(default=None, max_length=64)
     # "host/boot/pid/start/run" of the sender holding the claim; see ledger.Claimer.
     claimed_by: str | None = Field(default=None, max_length=200)
     claimed_at: datetime | None = Field(default=None, sa_column=_ts())  # refreshed as heartbeat

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -98,8 +98,13 @@ class SendRun:
         progress: Progress | None,
         total: int,
         batch_size: int,
+        *,
+        zones: Collection[str | None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.app = app
+        self.zones = zones  # claim only batches of these time zones (None: any)
+        self.requested_stop = stop  # the caller's: checked before each claim
         self.batch_size = batch_size
         self.issue_id = issue.id or 0
         self.newsletter = newsletter
@@ -145,6 +150,8 @@ class SendRun:
         with self._lock:
             if self._stop.is_set():
                 return False
+            if self.requested_stop is not None and self.requested_stop.is_set():
+                return False
             if self.quota is None:
                 return None
             if self.quota <= 0:
@@ -175,8 +182,9 @@ class SendRun:
         app = self.app
         with self._writing, app.session() as session:
             batch_id = ledger.claim(
-                session, issue_id=self.issue_id, claimer=self.claimer, now=app.now()
-            )
+                session, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
+                zones=self.zones,
+            )  # fmt: skip
         batch = None
         if batch_id is not None:
             try:

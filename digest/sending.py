@@ -9,10 +9,12 @@ several on different hosts sharing PostgreSQL, split the batches between them.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from digest import freeze, ledger, lint
+from digest import freeze, ledger, lint, local_time
 from digest.app import App
 from digest.claimer import Claimer
 from digest.config import NewsletterConfig
@@ -132,10 +134,14 @@ def send_issue(
     progress: Progress | None = None,
     transport: Transport | None = None,
     policy: RetryPolicy | None = None,
+    timezones: Collection[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> SendReport:
     """Send (or resume sending) an issue to its frozen audience; see the module docstring.
 
-    `limit` caps the recipients this run sends (a canary); `transport` and `policy` replace the
+    `limit` caps the recipients this run sends (a canary); `timezones` sends only to recipients
+    in those zones (subscriber-local delivery; the rest stay pending); `stop`, once set, ends the
+    run after the batches in flight (the next run resumes). `transport` and `policy` replace the
     configured ones (tests, benchmarks). Raises SendRefused when the issue may not be sent.
     """
     started = time.perf_counter()
@@ -158,14 +164,17 @@ def send_issue(
     try:
         batch_size = max(1, min(settings.delivery.batch_size, transport.max_batch_size))
         _prepare(app, issue, newsletter, claimer, batch_size, report, retry_failed, retry_unknown)
+        zones = None
+        if timezones is not None:
+            zones = local_time.claimable(timezones, str(settings.newsletter_timezone(newsletter)))
         with app.session() as session:
-            todo = ledger.pending_recipients(session, issue_id)
-        report.already_done = todo == 0
-        if todo:
+            todo = ledger.pending_recipients(session, issue_id, zones)
+        report.already_done = todo == 0  # (in the zones asked for)
+        if todo and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
-                batch_size,
+                batch_size, zones=zones, stop=stop,
             )  # fmt: skip
             run.execute()
             report.processed, report.batches = run.processed, run.batches
@@ -197,6 +206,10 @@ def _prepare(
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT):
         started = time.perf_counter()
         with app.session() as session:
+            zones = None
+            if newsletter.send_in_subscriber_timezone:  # batches per zone, whoever sends now
+                default = str(app.settings.newsletter_timezone(newsletter))
+                zones = local_time.zoning(session, newsletter.slug, default)
             frozen = freeze.freeze(
                 session,
                 issue_id=issue_id,
@@ -204,6 +217,7 @@ def _prepare(
                 from_statuses=_sendable_statuses(newsletter),
                 batch_size=batch_size,
                 now=app.now(),
+                zones=zones,
             )
         if frozen:
             with app.session() as session:

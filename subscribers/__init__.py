@@ -5,7 +5,13 @@ can be reused by any sender (and, later, by personal digests that span several n
 """
 
 from subscribers.addresses import InvalidAddress, normalize_email
-from subscribers.audience import Recipient, audience_page, blocked_among, count_audience
+from subscribers.audience import (
+    Recipient,
+    audience_page,
+    audience_timezones,
+    blocked_among,
+    count_audience,
+)
 from subscribers.csv_io import ImportReport, LineError, SkippedLine, export_csv, import_csv
 from subscribers.directory import SubscriberSummary, list_subscribers
 from subscribers.membership import (
@@ -47,6 +53,7 @@ __all__ = [
     "TokenError",
     "add_subscriber",
     "audience_page",
+    "audience_timezones",
     "blocked_among",
     "confirm_subscription",
     "count_audience",

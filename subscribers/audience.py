@@ -84,6 +84,18 @@ def count_audience(session: Session, newsletter: str) -> int:
     return session.exec(statement).one()
 
 
+def audience_timezones(session: Session, newsletter: str) -> set[str | None]:
+    """The distinct time zones of the audience, as subscribers gave them (None: not given)."""
+    statement = (
+        sa_select(col(Subscriber.timezone))
+        .select_from(Subscription)
+        .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
+        .where(*_mailable(newsletter))
+        .distinct()
+    )
+    return set(session.connection().execute(statement).scalars())
+
+
 def blocked_among(session: Session, newsletter: str, subscriber_ids: Sequence[int]) -> set[int]:
     """Those of `subscriber_ids` that must not be mailed `newsletter` now.
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 14:06:54.290535
+Create Date: 2026-11-25 15:37:13.676039
 """
 from alembic import op
 import sqlalchemy as sa
@@ -230,6 +230,7 @@ def upgrade() -> None:
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('zone', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
     sa.Column('claimed_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('claimed_at', subscribers.timestamps.UTCDateTime(), nullable=True),
     sa.Column('provider_message_id', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
 
 from digest import editorial
 from digest.app import App, fixed_clock
@@ -24,7 +26,9 @@ from digest.db import make_engine
 from digest.models import Delivery, Issue, IssueStatus, RunOutcome
 from digest.pipeline import SendRequest
 from digest.schedule import run_due
+from digest.sending import send_issue
 from subscribers import count_audience
+from subscribers.models import Subscriber
 from tests.support.scheduling import (
     FakeReport,
     RecordingPipeline,
@@ -244,23 +248,21 @@ def test_a_send_stopped_between_batches_resumes_on_the_next_tick(
 ) -> None:
     """The stop a SIGTERM sets: the send returns between batches, the next tick resumes."""
     stop = threading.Event()
-    real = seeded_pipeline()
 
-    def stop_after_first_batches(app: App, issue_id: int, request: SendRequest) -> Any:
+    def stop_after_first_batch(app: App, issue_id: int, request: SendRequest) -> Any:
         if stop.is_set():
             return None  # the resumed send: let the real one run
-        stop.set()
-        return real.send(app, issue_id, SendRequest(stop=stop))
+        # As if SIGTERM came while the first batch was at the transport.
+        return send_issue(app, issue_id, stop=stop, progress=lambda done, total: stop.set())
 
-    pipeline = RecordingPipeline(send_hook=stop_after_first_batches)
+    pipeline = RecordingPipeline(send_hook=stop_after_first_batch)
     config = {"delivery": {"batch_size": 1, "concurrency": 1}}
     first = tick(MONDAY + timedelta(minutes=1), pipeline, **config)
     [result] = first.results
     assert result.outcome == RunOutcome.RUNNING and "resumes" in result.detail
     app = tick.state["app"]  # type: ignore[attr-defined]
     audience = _audience(any_engine)
-    partial = len(_outbox(app))
-    assert 0 < partial < audience
+    assert len(_outbox(app)) == 1 < audience  # one thread: the batch in flight, then it stopped
     assert issues_of(any_engine, TURKEY)[0].status == IssueStatus.SENDING
 
     resumed = tick(MONDAY + timedelta(minutes=2), pipeline)
@@ -373,6 +375,71 @@ def test_subscriber_local_delivery_sends_each_zone_at_its_own_eight_oclock(
         ("2026-11-30T05", RunOutcome.SENT),
     ]
     assert len(issues_of(any_engine, TURKEY)) == 1
+
+
+def test_subscriber_local_delivery_mails_each_subscriber_once_at_their_local_eight(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    """The real sender: each tick mails only the zones whose 08:00 has come, each person once."""
+    local = {"newsletters": [{"slug": TURKEY, "title": "T", "schedule": "0 8 * * *",
+                              "timezone": "Europe/Istanbul", "window": "40d",
+                              "send_in_subscriber_timezone": True,
+                              "topic": {"tags": ["Turkey"]}}],
+             "delivery": {"batch_size": 2}}  # fmt: skip
+    start = MONDAY - timedelta(hours=9)  # Sunday 20:00 UTC, before anyone's Monday 08:00
+    app = make_app(any_engine, now=start, **local)
+    extra = "nozone@example.com,No Zone,turkey-unpacked,,\nmars@example.com,M,turkey-unpacked,,\n"
+    load_sample_subscribers(app, extra_csv=extra)
+    with app.session() as session:  # the import refuses unknown zones; older rows may have one
+        session.execute(
+            update(Subscriber).where(col(Subscriber.email) == "mars@example.com"),
+            {"timezone": "Mars/Olympus"},
+        )
+    zone_of = {s.email: s.timezone for s in _subscribers(app)}
+    assert zone_of["mars@example.com"] == "Mars/Olympus" and not zone_of["nozone@example.com"]
+    first_mailed: dict[str, datetime] = {}
+    moment = start
+    while moment <= MONDAY + timedelta(hours=16):
+        tick_app = make_app(any_engine, now=moment, **local)
+        run_due(tick_app, RecordingPipeline().pipeline(), ingest=moment == start)
+        for address in _recipients(tick_app):
+            first_mailed.setdefault(address, moment)
+        moment += timedelta(minutes=30)
+
+    recipients = _recipients(app)
+    assert len(recipients) == len(set(recipients)) == _audience(any_engine)  # each once
+    for address, mailed in first_mailed.items():
+        zone = zone_of[address] if zone_of[address] in _VALID else "Europe/Istanbul"
+        local_eight = datetime(2026, 11, 30, 8, 0, tzinfo=ZoneInfo(zone))
+        assert mailed - timedelta(minutes=30) < local_eight <= mailed, (address, zone, mailed)
+    assert first_mailed["mars@example.com"] == first_mailed["nozone@example.com"] == MONDAY
+    assert first_mailed["ayse.yilmaz@example.com"] == MONDAY
+    monday, tuesday = issues_of(any_engine, TURKEY)
+    assert monday.status == IssueStatus.SENT
+    # At 21:00 UTC it is Tuesday 08:00 in Sydney: Tuesday's issue has gone there, and only there.
+    assert tuesday.status == IssueStatus.SENDING
+    assert {zone_of[a] for a in _recipients(app, tuesday.id or 0)} == {"Australia/Sydney"}
+    assert _turkey_outcomes(any_engine) == [
+        ("2026-11-30T05", RunOutcome.SENT),
+        ("2026-12-01T05", RunOutcome.RUNNING),
+    ]
+
+
+_VALID = {"Europe/Istanbul", "Europe/London", "Europe/Berlin", "Europe/Paris", "Europe/Lisbon",
+          "Europe/Stockholm", "America/New_York", "America/Chicago", "America/Los_Angeles",
+          "Asia/Kolkata", "Australia/Sydney"}  # fmt: skip
+
+
+def _subscribers(app: App) -> list[Subscriber]:
+    with app.session() as session:
+        return list(session.exec(select(Subscriber)).all())
+
+
+def _recipients(app: App, issue_id: int = 1) -> list[str]:
+    """Who was mailed issue `issue_id` (the outbox keeps a folder per issue)."""
+    paths = [p for p in _outbox(app) if p.parent.name == str(issue_id)]
+    messages = [message_from_bytes(p.read_bytes(), policy=policy.default) for p in paths]
+    return [m["To"].addresses[0].addr_spec for m in messages]
 
 
 def _audience_zones(app: App) -> set[str]:
