@@ -377,3 +377,22 @@ def test_worker_processes_start_safely_when_threads_are_running(
     finally:
         stop.set()
     assert [s.new for s in report.sources] == [3, 2, 3, 2]
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_found_it(
+    engine: Engine, make_app: Callable[..., App]
+) -> None:
+    """Objects are frozen only during a run, and a host process's own freeze is kept."""
+    import gc
+
+    app = make_app(engine, now=NOW)
+    assert gc.get_freeze_count() == 0
+    assert run_ingest(app).new > 0
+    assert gc.get_freeze_count() == 0  # nothing kept out of collection after the run
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_ingest(app)
+        assert gc.get_freeze_count() >= frozen  # not unfrozen behind the host's back
+    finally:
+        gc.unfreeze()
