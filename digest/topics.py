@@ -16,16 +16,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import Table, bindparam, delete, insert, update
+from sqlalchemy import Table, bindparam, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
+from digest.bulk import insert_rows
 from digest.config import NewsletterConfig, Settings, TopicRules
 from digest.models import Article, ArticleTopic
 from digest.normalize import fold
 from subscribers.timestamps import utcnow
 
 ARTICLE_TOPIC: Table = SQLModel.metadata.tables[ArticleTopic.__tablename__]
-_INSERT_LINKS = insert(ARTICLE_TOPIC)
 _WORD = re.compile(r"\w+")
 
 
@@ -235,8 +235,7 @@ def link_topics(
         for k, reasons in wanted.items()
         if k not in existing
     ]
-    if rows:
-        connection.execute(_INSERT_LINKS, rows)
+    insert_rows(connection, table, rows)
     report.added, report.removed, report.changed = len(rows), len(gone), len(changed)
     return report
 

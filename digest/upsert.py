@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
 from sqlmodel import Session, SQLModel
 
+from digest.bulk import insert_rows
 from digest.config import NewsletterConfig, parse_duration
 from digest.feeds import ArticleData
 from digest.models import Article, DateSource
@@ -180,7 +181,10 @@ def _lookup_statement() -> Any:
 
 
 _LOOKUP = _lookup_statement()
-_INSERT = insert(ARTICLE).returning(ARTICLE.c.id, ARTICLE.c.guid)
+_IDS = select(ARTICLE.c.guid, ARTICLE.c.id).where(
+    ARTICLE.c.source == bindparam("source"),
+    ARTICLE.c.guid.in_(bindparam("guids", expanding=True)),
+)
 
 
 def _load(session: Session, source: str, items: Sequence[Prepared], window: timedelta) -> _Index:
@@ -311,10 +315,20 @@ def _insert(session: Session, source: str, items: list[Prepared], now: datetime)
         }
         for item in items
     ]
-    # RETURNING with sort_by_parameter_order makes SQLAlchemy insert row by row on SQLite;
-    # unordered, it batches. Guids are unique within a source and a batch, so they map back.
-    ids = {guid: article_id for article_id, guid in session.connection().execute(_INSERT, rows)}
-    return [ids[item.data.guid] for item in items]
+    # No RETURNING: sqlite3's executemany (see digest.bulk) cannot return rows, and one lookup
+    # by the (source, guid) unique key finds the ids on both databases.
+    connection = session.connection()
+    insert_rows(connection, ARTICLE, rows)
+    return _ids(connection, source, [item.data.guid for item in items])
+
+
+def _ids(connection: Connection, source: str, guids: list[str]) -> list[int]:
+    """The new rows' ids, in `guids` order: a guid is unique within its source."""
+    ids: dict[str, int] = {}
+    for start in range(0, len(guids), CHUNK):
+        params = {"source": source, "guids": guids[start : start + CHUNK]}
+        ids.update((guid, id_) for guid, id_ in connection.execute(_IDS, params))
+    return [ids[guid] for guid in guids]
 
 
 def _update(
