@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from digest import personalize
 from digest.config import NewsletterConfig, Settings
-from subscribers.tokens import Purpose, make_token
+from subscribers.tokens import Purpose, signer
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058 §3.1: exactly this key/value pair
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -104,22 +104,15 @@ class RecipientValues:
         base = settings.site.base_url
         self._unsubscribe = f"{base}/u/"
         self._preferences = f"{base}/preferences/"
-        self._slug = newsletter.slug
-        self._key = key
-        self._now = now
+        slug = newsletter.slug
+        self._sign_unsubscribe = signer(key, newsletter=slug, purpose=UNSUBSCRIBE, issued_at=now)
+        self._sign_preferences = signer(key, newsletter=slug, purpose=PREFERENCES, issued_at=now)
         self._fallback = clean_name(name_fallback(newsletter))
 
     def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
-        key, slug, now = self._key, self._slug, self._now
-        unsubscribe = make_token(
-            key, subscriber_id=subscriber_id, newsletter=slug, purpose=UNSUBSCRIBE, issued_at=now
-        )
-        preferences = make_token(
-            key, subscriber_id=subscriber_id, newsletter=slug, purpose=PREFERENCES, issued_at=now
-        )
         return {
-            personalize.UNSUBSCRIBE_URL: self._unsubscribe + unsubscribe,
-            personalize.PREFERENCES_URL: self._preferences + preferences,
+            personalize.UNSUBSCRIBE_URL: self._unsubscribe + self._sign_unsubscribe(subscriber_id),
+            personalize.PREFERENCES_URL: self._preferences + self._sign_preferences(subscriber_id),
             personalize.NAME: clean_name(name) or self._fallback,
         }
 

@@ -31,7 +31,6 @@ from digest.transports import (
     SendResult,
     Transport,
 )
-from subscribers import blocked_among
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +193,8 @@ class SendRun:
                         issue_id=self.issue_id,
                         batch_id=batch_id,
                         now=app.now(),
+                        newsletter=self.newsletter.slug,
                         max_recipients=quota,
-                        blocked=lambda ids: blocked_among(session, self.newsletter.slug, ids),
                     )
             except BaseException:
                 with app.session() as session:

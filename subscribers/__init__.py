@@ -11,6 +11,7 @@ from subscribers.audience import (
     audience_timezones,
     blocked_among,
     count_audience,
+    mailable,
 )
 from subscribers.csv_io import ImportReport, LineError, SkippedLine, export_csv, import_csv
 from subscribers.directory import SubscriberSummary, list_subscribers
@@ -62,6 +63,7 @@ __all__ = [
     "import_csv",
     "is_suppressed",
     "list_subscribers",
+    "mailable",
     "make_token",
     "normalize_email",
     "request_subscription",

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, exists, func
+from sqlalchemy import ColumnElement, Select, exists, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -94,6 +94,17 @@ def audience_timezones(session: Session, newsletter: str) -> set[str | None]:
         .distinct()
     )
     return set(session.connection().execute(statement).scalars())
+
+
+def mailable(subscriber_id: Any, newsletter: str) -> ColumnElement[bool]:
+    """SQL: the subscriber whose id is `subscriber_id` (a column of the caller's query) may be
+    mailed `newsletter` now; the rule of `audience_page` and `blocked_among`, for a caller that
+    checks it inside its own query (the sender, as it reads a batch it is about to send)."""
+    return exists().where(
+        col(Subscription.subscriber_id) == subscriber_id,
+        col(Subscriber.id) == col(Subscription.subscriber_id),
+        *_mailable(newsletter),
+    )
 
 
 def blocked_among(session: Session, newsletter: str, subscriber_ids: Sequence[int]) -> set[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -88,6 +89,23 @@ def test_one_request_per_batch_with_a_personalization_each(
     assert [p["custom_args"]["digest_delivery_id"] for p in items] == ["1", "2", "3"]
     assert items[0]["substitutions"][personalize.NAME] == "Reader 1"
     server.assert_all_valid()
+
+
+def test_debug_logs_of_the_library_carry_no_recipient_or_link(
+    tmp_path: Path, server: SendGridServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python_http_client logs every request body at DEBUG: ours shows only as its size."""
+    settings = _settings(tmp_path, server)
+    transport = build_transport(settings)
+    with caplog.at_level(logging.DEBUG, logger="python_http_client"):
+        results = transport.send(_batch(settings, 2))
+    assert [r.outcome for r in results] == [SendOutcome.ACCEPTED] * 2
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "PAYLOAD: <" in logged and "bytes of JSON>" in logged
+    assert address(1) not in logged and "/u/" not in logged
+    (request,) = server.requests  # while the server got the whole body
+    assert request.body is not None and len(request.body["personalizations"]) == 2
+    assert "/u/" in request.body["personalizations"][0]["headers"]["List-Unsubscribe"]
 
 
 def test_a_missing_api_key_is_a_configuration_error(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from subscribers.tokens import (
     TokenClaims,
     TokenError,
     make_token,
+    signer,
     verify_token,
 )
 
@@ -171,3 +172,13 @@ def test_cached_pad_mac_equals_the_standard_library_hmac() -> None:
         subkey = std_hmac.digest(key, b"digest subscriber token", "sha256")
         for data in (b"", b"v1|unsubscribe|1764000000|turkey-unpacked|42", bytes(range(256))):
             assert _mac(key, data) == std_hmac.new(subkey, data, hashlib.sha256).digest()
+
+
+def test_a_sends_signer_makes_the_same_tokens_as_make_token() -> None:
+    for key in (KEY, b"y" * 200):
+        for purpose in (Purpose.UNSUBSCRIBE, Purpose.PREFERENCES):
+            sign = signer(key, newsletter="turkey-unpacked", purpose=purpose, issued_at=NOW)
+            for subscriber_id in (0, 1, 42, 999_999_937, 2**40):
+                made = sign(subscriber_id)
+                assert made == token(key, subscriber_id=subscriber_id, purpose=purpose)
+                assert verify(made, keys=(key,), purpose=purpose).subscriber_id == subscriber_id
