@@ -1,4 +1,4 @@
-"""Bulk inserts on SQLite with each distinct value converted once, handed straight to sqlite3.
+"""Bulk writes on SQLite with each distinct value converted once, handed straight to sqlite3.
 
 Through Core, SQLAlchemy converts every bound parameter by its column's type, one call chain
 per parameter (aware datetime → naive UTC → text, list → JSON): in an ingest run that was
@@ -17,34 +17,62 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, insert
+from sqlalchemy import Connection, Dialect, Table, bindparam, insert, update
 
 Convert = Callable[[Any], Any]
 
 
 def insert_rows(connection: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
     """INSERT every row (all with the same keys) in one executemany."""
-    if not rows:
+    if rows:
+        _execute_many(connection, table, _insert_statement(table, tuple(rows[0])), rows)
+
+
+def update_rows(
+    connection: Connection, table: Table, rows: Sequence[dict[str, Any]], *, key: str = "id"
+) -> None:
+    """UPDATE each row's columns (all rows with the same keys) where `key` matches."""
+    if rows:
+        _execute_many(connection, table, _update_statement(table, tuple(rows[0]), key), rows)
+
+
+@lru_cache(maxsize=64)
+def _insert_statement(table: Table, keys: tuple[str, ...]) -> Any:
+    return insert(table).values({k: bindparam(f"{_PREFIX}{k}") for k in keys})
+
+
+@lru_cache(maxsize=64)
+def _update_statement(table: Table, keys: tuple[str, ...], key: str) -> Any:
+    values: dict[str, Any] = {k: bindparam(f"{_PREFIX}{k}") for k in keys if k != key}
+    return update(table).where(table.c[key] == bindparam(f"{_PREFIX}{key}")).values(values)
+
+
+_PREFIX = "v_"  # parameter names apart from SQLAlchemy's own (an UPDATE binds a column twice)
+
+
+def _execute_many(
+    connection: Connection, table: Table, statement: Any, rows: Sequence[dict[str, Any]]
+) -> None:
+    direct = _direct(statement, connection.dialect)
+    if direct is None:
+        named = [{f"{_PREFIX}{k}": v for k, v in row.items()} for row in rows]
+        connection.execute(statement, named)
         return
-    statement = _direct_insert(table, tuple(rows[0]), connection.dialect)
-    if statement is None:
-        connection.execute(insert(table), list(rows))
-        return
-    sql, names = statement
+    sql, names = direct
     connection.exec_driver_sql(sql, _bound(connection, table, names, rows))
 
 
 @lru_cache(maxsize=64)
-def _direct_insert(
-    table: Table, keys: tuple[str, ...], dialect: Dialect
-) -> tuple[str, tuple[str, ...]] | None:
-    """The INSERT as SQLAlchemy writes it for exactly `keys`, and its parameters' order; None
-    where Core must run it: not SQLite, or a column left out is filled by its default."""
+def _direct(statement: Any, dialect: Dialect) -> tuple[str, tuple[str, ...]] | None:
+    """The statement as SQLAlchemy writes it and the columns its parameters bind, in order;
+    None where Core must run it: not SQLite, or a column left out is filled by its default."""
     if dialect.name != "sqlite":
         return None
-    compiled = insert(table).compile(dialect=dialect, column_keys=list(keys))
-    order = tuple(compiled.positiontup or ())
-    return (compiled.string, order) if sorted(order) == sorted(keys) else None
+    order = statement.compile(dialect=dialect)
+    names = tuple(order.positiontup or ())
+    if not all(name.startswith(_PREFIX) for name in names):
+        return None
+    return order.string, tuple(name.removeprefix(_PREFIX) for name in names)
 
 
 def _bound(

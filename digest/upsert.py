@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 from sqlmodel import Session, SQLModel
 
-from digest.bulk import insert_rows
+from digest.bulk import insert_rows, update_rows
 from digest.config import NewsletterConfig, parse_duration
 from digest.feeds import ArticleData
 from digest.models import Article, DateSource
@@ -347,7 +347,5 @@ def _update(
         rows.append(row)
     # One executemany per set of columns (moved URLs and better dates add columns).
     for keys in sorted({tuple(sorted(r)) for r in rows}):
-        batch = [{f"v_{k}": v for k, v in r.items()} for r in rows if tuple(sorted(r)) == keys]
-        values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in keys if k != "id"}
-        statement = update(ARTICLE).where(ARTICLE.c.id == bindparam("v_id")).values(values)
-        session.connection().execute(statement, batch)
+        batch = [r for r in rows if tuple(sorted(r)) == keys]
+        update_rows(session.connection(), ARTICLE, batch)

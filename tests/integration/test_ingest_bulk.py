@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, bindparam, insert, text, update
 
-from digest.bulk import insert_rows
+from digest.bulk import insert_rows, update_rows
 from digest.upsert import ARTICLE
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -67,6 +67,38 @@ def test_rows_are_stored_as_core_stores_them(any_engine: Engine) -> None:
     core = stored(any_engine, "core-")
     assert len(core) == 4
     assert stored(any_engine, "bulk-") == core
+
+
+def changes(ids: dict[str, int], prefix: str) -> list[dict[str, Any]]:
+    """New values for some columns of each row: a later date, other tags, a new time zone."""
+    return [
+        {
+            "id": ids[f"{prefix}{n}"],
+            "tags": ["Ekonomi"] if n % 2 else [],
+            "updated_at": NOW + timedelta(hours=n),
+            "published_at": datetime(2026, 11, 26, n, 0, 0, 999, tzinfo=ISTANBUL),
+            "title": f"Yeni {n}",
+        }
+        for n in range(1, 5)
+    ]
+
+
+def test_updates_are_stored_as_core_stores_them(any_engine: Engine) -> None:
+    with any_engine.begin() as connection:
+        insert_rows(connection, ARTICLE, varied("core-") + varied("bulk-"))
+        ids = dict(connection.execute(text("SELECT guid, id FROM article")).all())
+        statement = (
+            update(ARTICLE)
+            .where(ARTICLE.c.id == bindparam("k_id"))
+            .values(tags=bindparam("k_tags"), updated_at=bindparam("k_updated_at"))
+            .values(published_at=bindparam("k_published_at"), title=bindparam("k_title"))
+        )
+        core = [{f"k_{k}": v for k, v in row.items()} for row in changes(ids, "core-")]
+        connection.execute(statement, core)
+        update_rows(connection, ARTICLE, changes(ids, "bulk-"))
+    updated = stored(any_engine, "core-")
+    assert [row[2] for row in updated] == ["Yeni 1", "Yeni 2", "Yeni 3", "Yeni 4"]
+    assert stored(any_engine, "bulk-") == updated
 
 
 def test_columns_left_out_get_their_defaults(any_engine: Engine) -> None:
