@@ -1,10 +1,16 @@
-"""Freezing an issue's audience into deliveries and batches, once, before anything is sent.
+"""Freezing an issue's audience into deliveries and batches, page by page, while it is sent.
 
-The issue moves to `sending` by compare-and-set in the same transaction that copies its
-audience, so the audience is frozen exactly once, completely or not at all; a second sender
-blocked on that row finds the issue already `sending` and goes straight to claiming batches.
-The copy runs in keyset pages of INSERT … SELECT, so no recipient passes through Python (and
-memory stays flat whatever the audience).
+`start` moves the issue to `sending` by compare-and-set, so one sender starts it; the audience
+is then copied in keyset pages of INSERT … SELECT (no recipient passes through Python, memory
+stays flat whatever the audience), one transaction per page, which records on the issue how far
+the freeze got (`Issue.freezing_after`). Senders claim the batches of the pages already
+committed, so the first emails leave within a page's time instead of after the whole freeze,
+and the database's write lock is never held for more than one page (unsubscribes keep being
+recorded on SQLite during a million-recipient freeze). A freeze cut short by a crash is taken up
+where it stopped by the next sender; several senders take turns page by page.
+
+Someone who subscribes while the freeze runs is in the issue if their id is past the pages
+already frozen; someone who leaves is skipped when their batch goes (digest.ledger).
 
 For subscriber-local delivery the freeze is given each subscriber's effective time zone
 (`zones`, from the time zone they gave to the one we send by) and cuts batches per zone, so that
@@ -41,46 +47,65 @@ _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
 
 
-def freeze(
-    session: Session,
-    *,
-    issue_id: int,
-    newsletter: str,
-    from_statuses: Sequence[str],
-    batch_size: int,
-    now: datetime,
-    page_size: int = FREEZE_PAGE,
-    zones: Zoning | None = None,
-) -> int | None:
-    """Move the issue to `sending` and write its audience as pending deliveries and batches.
+def start(session: Session, *, issue_id: int, from_statuses: Sequence[str], now: datetime) -> bool:
+    """Move the issue to `sending` with its audience still to freeze (compare-and-set).
 
-    Returns the number of deliveries, or None when the issue was not in `from_statuses` (someone
-    else froze it first, or it is not sendable). All in the caller's transaction. With `zones`
-    every batch holds recipients of one time zone and records it.
+    False when the issue was not in `from_statuses` (someone else started first, or it is not
+    sendable). The caller commits; `freeze_next_page` then copies the audience.
     """
     moved = session.execute(
         update(_I)
         .where(_I.c.id == issue_id, _I.c.status.in_(list(from_statuses)))
-        .values(status=IssueStatus.SENDING, sending_at=now, updated_at=now)
+        .values(status=IssueStatus.SENDING, sending_at=now, updated_at=now, freezing_after=0)
     )
-    if moved.rowcount != 1:  # type: ignore[attr-defined]
+    return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def freezing_after(session: Session, issue_id: int) -> int | None:
+    """The last subscriber id frozen while the freeze goes on; None when it is not running."""
+    value = session.execute(select(_I.c.freezing_after).where(_I.c.id == issue_id)).scalar()
+    return None if value is None else int(value)
+
+
+def freeze_next_page(
+    session: Session,
+    *,
+    issue_id: int,
+    newsletter: str,
+    batch_size: int,
+    now: datetime,
+    page_size: int | None = None,
+    zones: Zoning | None = None,
+) -> int | None:
+    """Freeze the next page of the audience into pending deliveries and batches; the caller
+    commits. Returns the recipients frozen, or None when the audience was frozen already.
+
+    The first statement locks the issue row (PostgreSQL) or takes the write lock (SQLite) and
+    reads how far the freeze got, so freezers in several processes take turns and never copy a
+    page twice. With `zones` every batch holds recipients of one time zone and records it.
+    """
+    locked = session.execute(
+        update(_I)
+        .where(_I.c.id == issue_id, _I.c.freezing_after.is_not(None))
+        .values(freezing_after=_I.c.freezing_after)
+        .returning(_I.c.freezing_after)
+    ).first()
+    if locked is None:
         return None
+    after = int(locked[0])
+    page_size = page_size or FREEZE_PAGE
     per_page = batch_size * min(max(1, page_size // batch_size), MAX_BATCHES_PER_PAGE)
-    total = 0
-    after = 0
-    while True:
-        if zones is None:
-            rows, last = _freeze_page(
-                session, issue_id, newsletter, after, per_page, batch_size, now
-            )
-        else:
-            rows, last = _freeze_zoned_page(
-                session, issue_id, newsletter, after, per_page, batch_size, now, zones
-            )
-        total += rows
-        if rows < per_page:
-            return total
-        after = last
+    if zones is None:
+        rows, last = _freeze_page(session, issue_id, newsletter, after, per_page, batch_size, now)
+    else:
+        rows, last = _freeze_zoned_page(
+            session, issue_id, newsletter, after, per_page, batch_size, now, zones
+        )
+    done = rows < per_page
+    session.execute(
+        update(_I).where(_I.c.id == issue_id).values(freezing_after=None if done else last)
+    )
+    return rows
 
 
 def _freeze_page(
@@ -167,10 +192,10 @@ def _freeze_zoned_page(
 def _insert_deliveries(session: Session, rows: Any) -> None:
     """INSERT … SELECT `rows` (columns in the order below) as deliveries, once per recipient.
 
-    No ON CONFLICT: only the transaction that moved the issue to `sending` freezes it, so a
-    recipient cannot be there already; if one were, the unique (issue, subscriber) index fails
-    the whole freeze, which rolls back and sends nothing. (ON CONFLICT DO NOTHING cost
-    PostgreSQL a speculative insertion per row: a quarter of the freeze.)
+    No ON CONFLICT: a page is copied by the one freezer holding the issue row, after the last
+    page committed, so a recipient cannot be there already; if one were, the unique (issue,
+    subscriber) index fails the page, which rolls back and sends nothing. (ON CONFLICT DO
+    NOTHING cost PostgreSQL a speculative insertion per row: a quarter of the freeze.)
     """
     columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "opened",
                "clicked", "updated_at"]  # fmt: skip

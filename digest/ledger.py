@@ -447,15 +447,20 @@ def pending_zones(session: Session, issue_id: int) -> set[str | None]:
 def finish_if_done(
     session: Session, *, issue_id: int, now: datetime, counts: dict[str, int] | None = None
 ) -> bool:
-    """Move the issue to `sent` once nothing is pending, in flight or unknown."""
+    """Move the issue to `sent` once its audience is frozen and nothing is pending, in flight or
+    unknown; True if this call did."""
     counts = counts if counts is not None else delivery_counts(session, issue_id)
     if counts[DeliveryStatus.PENDING] or counts[DeliveryStatus.SENDING]:
         return False
     if counts[DeliveryStatus.UNKNOWN]:
         return False
-    session.execute(
+    moved = session.execute(
         update(_I)
-        .where(_I.c.id == issue_id, _I.c.status == IssueStatus.SENDING)
+        .where(
+            _I.c.id == issue_id,
+            _I.c.status == IssueStatus.SENDING,
+            _I.c.freezing_after.is_(None),
+        )
         .values(status=IssueStatus.SENT, sent_at=now, updated_at=now)
     )
-    return True
+    return bool(moved.rowcount == 1)  # type: ignore[attr-defined]

@@ -130,6 +130,9 @@ class Issue(SQLModel, table=True):
     approved_by: str | None = Field(default=None, max_length=200)
     sending_at: datetime | None = Field(default=None, sa_column=_ts())
     sent_at: datetime | None = Field(default=None, sa_column=_ts())
+    # While the audience is being frozen (page by page, as sending goes on): the last subscriber
+    # id frozen so far. None before sending starts and once the whole audience is frozen.
+    freezing_after: int | None = None
 
 
 class IssueArticle(SQLModel, table=True):

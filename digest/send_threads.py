@@ -35,7 +35,8 @@ from digest.transports import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # how often a sender refreshes its claims
-LEASE = timedelta(minutes=2)  # a claim from another host not refreshed for this long is stale
+LEASE = timedelta(minutes=2)
+PAGE_PAUSE = 0.002  # seconds the freezer steps aside between two pages  # a claim from another host not refreshed for this long is stale
 
 Progress = Callable[[int, int], None]
 
@@ -100,8 +101,16 @@ class SendRun:
         *,
         zones: Collection[str | None] | None = None,
         stop: threading.Event | None = None,
+        freeze_step: Callable[[], bool] | None = None,
     ) -> None:
         self.app = app
+        # Freezes one more page of the audience per call while the workers send the pages
+        # already frozen; None when the audience is frozen (see digest.freeze).
+        self.freeze_step = freeze_step
+        self.freeze_seconds = 0.0
+        self._freezing = freeze_step is not None
+        self._pages = 0  # pages frozen by this run: a worker finding no batch waits for the next
+        self._page_frozen = threading.Condition()
         self.zones = zones  # claim only batches of these time zones (None: any)
         self.requested_stop = stop  # the caller's: checked before each claim
         self.batch_size = batch_size
@@ -135,21 +144,66 @@ class SendRun:
         ]
         beat = threading.Thread(target=self._heartbeat, name="digest-heartbeat", daemon=True)
         beat.start()
+        freezer = threading.Thread(target=self._freeze, name="digest-freeze", daemon=True)
+        if self._freezing:
+            freezer.start()
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join()
-        self._stop.set()
+        self._stop.set()  # (a --limit run may end before the freeze: the next run goes on)
         beat.join()
+        if freezer.is_alive():
+            freezer.join()
         if self.failure is not None:
             raise self.failure
+
+    def _freeze(self) -> None:
+        """Freeze the audience page by page until done or stopped, waking idle workers."""
+        started = time.perf_counter()
+        try:
+            while not self._stopping():
+                with self._writing:
+                    more = self.freeze_step() if self.freeze_step else False
+                with self._page_frozen:
+                    self._pages += 1
+                    self._freezing = more
+                    self._page_frozen.notify_all()
+                if not more:
+                    return
+                # Let the workers woken by this page take the write lock (SQLite) before the
+                # next page does: a lock released and retaken at once is seldom handed over.
+                self._stop.wait(PAGE_PAUSE)
+        except BaseException as exc:  # as a worker's failure: stop every thread, re-raise
+            with self._lock:
+                self.failure = self.failure or exc
+            self._stop.set()
+        finally:
+            self.freeze_seconds = time.perf_counter() - started
+            with self._page_frozen:
+                self._freezing = False
+                self._page_frozen.notify_all()
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or bool(self.requested_stop and self.requested_stop.is_set())
+
+    def _wait_for_a_page(self, seen: int) -> bool:
+        """No batch to claim: while the freeze goes on, wait for its next page (True). `seen` is
+        the page count before the claim: a page frozen since then is worth another claim."""
+        with self._page_frozen:
+            if self._pages != seen:
+                return True
+            if not self._freezing:
+                return False
+            self._page_frozen.wait_for(
+                lambda: self._pages != seen or not self._freezing or self._stopping(), timeout=1.0
+            )
+            return True
 
     def _reserve(self) -> int | bool | None:
         """Reserve what the next claim may take from the quota: None = any, False = stop."""
         with self._lock:
-            if self._stop.is_set():
-                return False
-            if self.requested_stop is not None and self.requested_stop.is_set():
+            if self._stopping():
                 return False
             if self.quota is None:
                 return None
@@ -179,6 +233,7 @@ class SendRun:
 
     def _one_batch(self, quota: int | None) -> bool:
         app = self.app
+        seen = self._pages
         with self._writing, app.session() as session:
             batch_id = ledger.claim(
                 session, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
@@ -204,7 +259,7 @@ class SendRun:
         if quota is not None:
             self._give_back(quota - taken)
         if batch is None:
-            return False
+            return self._wait_for_a_page(seen)
         sent_to_transport = False
         try:
             results: list[SendResult] = []

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+
+from sqlmodel import Session
 
 from digest import freeze, ledger, lint, local_time
 from digest.app import App
@@ -169,16 +171,21 @@ def send_issue(
             zones = local_time.claimable(timezones, str(settings.newsletter_timezone(newsletter)))
         with app.session() as session:
             todo = ledger.pending_recipients(session, issue_id, zones)
+            still_freezing = freeze.freezing_after(session, issue_id) is not None
+            if still_freezing:  # the rest of the audience, for the progress total
+                todo += _unfrozen(session, issue_id, newsletter.slug)
         report.already_done = todo == 0  # (in the zones asked for)
         if todo and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
+            step = _freeze_step(app, issue_id, newsletter, batch_size) if still_freezing else None
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
-                batch_size, zones=zones, stop=stop,
+                batch_size, zones=zones, stop=stop, freeze_step=step,
             )  # fmt: skip
             run.execute()
             report.processed, report.batches = run.processed, run.batches
             report.errors = run.errors
+            report.freeze_seconds = run.freeze_seconds
     finally:
         claimer.deactivate()
         if own_transport:
@@ -201,28 +208,16 @@ def _prepare(
     retry_failed: bool,
     retry_unknown: bool,
 ) -> None:
-    """Freeze the audience if nobody has, mark dead senders' batches unknown, requeue on request."""
+    """Start the send if nobody has, mark dead senders' batches unknown, requeue on request."""
     issue_id = issue.id or 0
     if issue.status not in (IssueStatus.SENDING, IssueStatus.SENT):
-        started = time.perf_counter()
         with app.session() as session:
-            zones = None
-            if newsletter.send_in_subscriber_timezone:  # batches per zone, whoever sends now
-                default = str(app.settings.newsletter_timezone(newsletter))
-                zones = local_time.zoning(session, newsletter.slug, default)
-            frozen = freeze.freeze(
+            freeze.start(
                 session,
                 issue_id=issue_id,
-                newsletter=newsletter.slug,
                 from_statuses=_sendable_statuses(newsletter),
-                batch_size=batch_size,
                 now=app.now(),
-                zones=zones,
             )
-        if frozen:
-            with app.session() as session:
-                freeze.checkpoint(session)
-        report.freeze_seconds = time.perf_counter() - started
     with app.session() as session:
         report.found_unknown = ledger.release_stale(
             session, issue_id=issue_id, me=claimer, now=app.now(), lease=LEASE
@@ -236,6 +231,40 @@ def _prepare(
                 report.requeued += ledger.requeue(
                     session, issue_id=issue_id, status=status, batch_size=batch_size, now=app.now()
                 )
+
+
+def _freeze_step(
+    app: App, issue_id: int, newsletter: NewsletterConfig, batch_size: int
+) -> Callable[[], bool]:
+    """One page of the freeze per call, in its own transaction; False once nothing is left."""
+    zones = None
+    if newsletter.send_in_subscriber_timezone:  # batches per zone, whoever sends now
+        with app.session() as session:
+            default = str(app.settings.newsletter_timezone(newsletter))
+            zones = local_time.zoning(session, newsletter.slug, default)
+
+    def step() -> bool:
+        with app.session() as session:
+            frozen = freeze.freeze_next_page(
+                session,
+                issue_id=issue_id,
+                newsletter=newsletter.slug,
+                batch_size=batch_size,
+                now=app.now(),
+                zones=zones,
+            )
+        if frozen is None:
+            with app.session() as session:
+                freeze.checkpoint(session)
+        return frozen is not None
+
+    return step
+
+
+def _unfrozen(session: Session, issue_id: int, newsletter: str) -> int:
+    """How many of the audience the freeze has not reached yet (0 once it is done)."""
+    after = freeze.freezing_after(session, issue_id)
+    return 0 if after is None else count_audience(session, newsletter, after_id=after)
 
 
 def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = None) -> None:
@@ -255,6 +284,8 @@ def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = N
     report.skipped = counts[DeliveryStatus.SKIPPED]
     report.unknown = counts[DeliveryStatus.UNKNOWN]
     report.pending = counts[DeliveryStatus.PENDING]
+    with app.session() as session:  # still to be frozen: waiting as much as the pending
+        report.pending += _unfrozen(session, report.issue_id, issue.newsletter if issue else "")
     report.sending = counts[DeliveryStatus.SENDING]
     report.total = sum(counts.values())
     report.issue_status = issue.status if issue else ""

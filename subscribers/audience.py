@@ -74,12 +74,13 @@ def audience_page(
     return [Recipient(*row) for row in session.connection().execute(statement)]
 
 
-def count_audience(session: Session, newsletter: str) -> int:
+def count_audience(session: Session, newsletter: str, *, after_id: int = 0) -> int:
+    """How many `audience_page` would return, all pages together (those after `after_id`)."""
     statement = (
         select(func.count())
         .select_from(Subscription)
         .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
-        .where(*_mailable(newsletter))
+        .where(*_mailable(newsletter), col(Subscription.subscriber_id) > after_id)
     )
     return session.exec(statement).one()
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 15:37:13.676039
+Create Date: 2026-11-25 15:55:25.968584
 """
 from alembic import op
 import sqlalchemy as sa
@@ -103,6 +103,7 @@ def upgrade() -> None:
     sa.Column('approved_by', sqlmodel.sql.sqltypes.AutoString(length=200), nullable=True),
     sa.Column('sending_at', subscribers.timestamps.UTCDateTime(), nullable=True),
     sa.Column('sent_at', subscribers.timestamps.UTCDateTime(), nullable=True),
+    sa.Column('freezing_after', sa.Integer(), nullable=True),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('newsletter', 'period', name='uq_issue_period')
     )

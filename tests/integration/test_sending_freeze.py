@@ -1,0 +1,164 @@
+"""The audience is frozen page by page while the pages already frozen are sent; on SQLite and
+PostgreSQL, with pages of a few recipients so that every send spans many pages."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from digest import freeze
+from digest.app import App
+from digest.models import Delivery, Issue, IssueStatus
+from digest.sending import send_issue
+from tests.support.sending import add_audience, address, make_issue, outbox_messages
+
+SLUG = "turkey-unpacked"
+
+
+@pytest.fixture(autouse=True)
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(freeze, "FREEZE_PAGE", 6)  # with batches of 2: 3 batches per page
+    yield
+
+
+def _app(make_app: Callable[..., App], engine: Engine, **delivery: object) -> App:
+    return make_app(engine, delivery={"batch_size": 2, "concurrency": 2, **delivery})
+
+
+def _mailed(app: App) -> Counter[str]:
+    outbox = Path(app.settings.delivery.outbox_dir)
+    return Counter(str(m["To"].addresses[0].addr_spec) for m in outbox_messages(outbox))
+
+
+def _frozen(engine: Engine, issue_id: int) -> int:
+    with Session(engine) as session:
+        statement = select(func.count()).where(Delivery.issue_id == issue_id)  # type: ignore[arg-type]
+        return int(session.execute(statement).scalar_one())
+
+
+def _issue(engine: Engine, issue_id: int) -> Issue:
+    with Session(engine) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        return issue
+
+
+def test_sending_starts_before_the_freeze_ends_and_everyone_gets_one(
+    any_engine: Engine, make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(freeze, "FREEZE_PAGE", 2)  # one batch per page: 21 pages
+    app = _app(make_app, any_engine, concurrency=1)
+    first, last = add_audience(any_engine, SLUG, 41)
+    issue_id = make_issue(any_engine)
+    first_batch_sent = threading.Event()
+    pages: list[tuple[int | None, bool]] = []  # (recipients frozen, a batch had been sent)
+    real_page = freeze.freeze_next_page
+
+    def watched_page(session: Session, **kwargs: Any) -> int | None:
+        pages.append((real_page(session, **kwargs), first_batch_sent.is_set()))
+        return pages[-1][0]
+
+    monkeypatch.setattr(freeze, "freeze_next_page", watched_page)
+    report = send_issue(app, issue_id, progress=lambda done, total: first_batch_sent.set())
+
+    assert [rows for rows, _ in pages] == [2] * 20 + [1, None]
+    assert pages[-2][1]  # the last page was frozen after the first batch had gone out
+    assert report.accepted == 41 and report.pending == 0
+    assert report.issue_status == IssueStatus.SENT
+    assert _issue(any_engine, issue_id).freezing_after is None
+    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+
+
+def test_a_freeze_cut_short_is_taken_up_where_it_stopped(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    """As after a crash between two pages: two pages committed, nothing sent."""
+    app = _app(make_app, any_engine)
+    first, last = add_audience(any_engine, SLUG, 20)
+    issue_id = make_issue(any_engine)
+    with app.session() as session:
+        assert freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
+    for _ in range(2):
+        with app.session() as session:
+            assert freeze.freeze_next_page(
+                session, issue_id=issue_id, newsletter=SLUG, batch_size=2, now=app.now()
+            )
+    assert _frozen(any_engine, issue_id) == 12
+    assert _issue(any_engine, issue_id).freezing_after == first + 11
+
+    report = send_issue(app, issue_id)
+
+    assert report.accepted == 20 and report.issue_status == IssueStatus.SENT
+    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+
+
+def test_a_canary_run_leaves_the_rest_of_the_freeze_to_the_next_run(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = _app(make_app, any_engine, concurrency=1)
+    add_audience(any_engine, SLUG, 30)
+    issue_id = make_issue(any_engine)
+
+    canary = send_issue(app, issue_id, limit=2)
+
+    assert canary.accepted == 2
+    assert canary.pending == 28  # frozen and pending, or not frozen yet: all still to send
+    assert _issue(any_engine, issue_id).status == IssueStatus.SENDING
+    rest = send_issue(app, issue_id)
+    assert rest.accepted == 30 and rest.pending == 0 and rest.issue_status == IssueStatus.SENT
+    assert sum(_mailed(app).values()) == len(_mailed(app)) == 30
+
+
+def test_senders_that_start_together_take_turns_freezing_and_send_each_once(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = _app(make_app, any_engine)
+    first, last = add_audience(any_engine, SLUG, 57)
+    issue_id = make_issue(any_engine)
+    with app.session() as session:  # started, as by a sender that died before its first page
+        freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
+    errors: list[BaseException] = []
+    reports = []
+
+    def run() -> None:
+        try:
+            reports.append(send_issue(app, issue_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    assert sum(r.processed for r in reports) == 57
+    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+    assert _frozen(any_engine, issue_id) == 57
+    assert _issue(any_engine, issue_id).status == IssueStatus.SENT
+
+
+def test_someone_who_subscribes_during_the_freeze_past_its_pages_is_included(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = _app(make_app, any_engine)
+    add_audience(any_engine, SLUG, 10)
+    issue_id = make_issue(any_engine)
+    with app.session() as session:
+        freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
+    with app.session() as session:
+        freeze.freeze_next_page(
+            session, issue_id=issue_id, newsletter=SLUG, batch_size=2, now=app.now()
+        )
+    newcomer, _ = add_audience(any_engine, SLUG, 1)
+    report = send_issue(app, issue_id)
+    assert report.accepted == 11
+    assert address(newcomer) in _mailed(app)
