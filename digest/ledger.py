@@ -65,7 +65,7 @@ _OUTCOME_TO_STATUS = {
 # -- claiming and recording batches -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: see OutgoingRecipient
 class ClaimedRecipient:
     delivery_id: int
     subscriber_id: int
