@@ -37,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlmodel import Session
 
+from digest.db import Db
 from digest.models import BatchStatus, Delivery, DeliveryStatus, Issue, IssueStatus, SendBatch
 from subscribers.audience import audience_statement
 
@@ -252,7 +253,7 @@ def checkpoint(session: Session) -> None:
 
 
 def insert_batches(
-    session: Session,
+    session: Db,
     issue_id: int,
     sizes: list[int],
     now: datetime,

@@ -29,6 +29,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, false, func, or_, select,
 from sqlmodel import Session
 
 from digest.claimer import Claimer
+from digest.db import Db
 from digest.freeze import insert_batches
 from digest.models import (
     BatchStatus,
@@ -92,7 +93,7 @@ def in_zones(zones: Collection[str | None] | None) -> ColumnElement[bool]:
 
 
 def claim(
-    session: Session,
+    session: Db,
     *,
     issue_id: int,
     claimer: Claimer,
@@ -129,7 +130,7 @@ def claim(
 
 
 def open_batch(
-    session: Session,
+    session: Db,
     *,
     issue_id: int,
     batch_id: int,
@@ -144,21 +145,17 @@ def open_batch(
     freeze) is marked skipped here, just before the transport call: checked in the query that
     reads the batch, one correlated probe per row, instead of a second round trip.
     """
-    rows = (
-        session.connection()
-        .execute(
-            select(
-                _D.c.id,
-                _D.c.subscriber_id,
-                _D.c.email,
-                _D.c.name,
-                mailable(_D.c.subscriber_id, newsletter),
-            )
-            .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
-            .order_by(_D.c.id)
+    rows = session.execute(
+        select(
+            _D.c.id,
+            _D.c.subscriber_id,
+            _D.c.email,
+            _D.c.name,
+            mailable(_D.c.subscriber_id, newsletter),
         )
-        .all()
-    )
+        .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
+        .order_by(_D.c.id)
+    ).all()
     resized = False
     if max_recipients is not None and len(rows) > max_recipients:
         tail = rows[max_recipients:]
@@ -175,7 +172,7 @@ def open_batch(
     return ClaimedBatch(batch_id, members, len(skipped_ids))
 
 
-def release(session: Session, *, batch_id: int, claimer: Claimer, now: datetime) -> bool:
+def release(session: Db, *, batch_id: int, claimer: Claimer, now: datetime) -> bool:
     """Give back a claimed batch that never reached the transport."""
     result = session.execute(
         update(_B)
@@ -190,7 +187,7 @@ def release(session: Session, *, batch_id: int, claimer: Claimer, now: datetime)
 
 
 def record(
-    session: Session,
+    session: Db,
     *,
     batch: ClaimedBatch,
     results: Sequence[SendResult],
@@ -265,7 +262,7 @@ class LostClaim(RuntimeError):
     """A batch's claim changed hands while it was in flight (should never happen)."""
 
 
-def set_rows(session: Session, delivery_ids: Iterable[int], *, status: str, now: datetime) -> None:
+def set_rows(session: Db, delivery_ids: Iterable[int], *, status: str, now: datetime) -> None:
     ids = list(delivery_ids)
     for start in range(0, len(ids), 1000):
         session.execute(
@@ -276,7 +273,7 @@ def set_rows(session: Session, delivery_ids: Iterable[int], *, status: str, now:
 
 
 def _move_to_new_batch(
-    session: Session, issue_id: int, delivery_ids: list[int], now: datetime, zone: str | None
+    session: Db, issue_id: int, delivery_ids: list[int], now: datetime, zone: str | None
 ) -> int:
     (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now, [zone])
     for start in range(0, len(delivery_ids), 1000):
@@ -288,7 +285,7 @@ def _move_to_new_batch(
     return batch_id
 
 
-def heartbeat(session: Session, *, issue_id: int, claimer: Claimer, now: datetime) -> None:
+def heartbeat(session: Db, *, issue_id: int, claimer: Claimer, now: datetime) -> None:
     """Refresh this sender's claims, so that other hosts see it is alive."""
     session.execute(
         update(_B)

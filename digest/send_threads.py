@@ -35,8 +35,8 @@ from digest.transports import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # how often a sender refreshes its claims
-LEASE = timedelta(minutes=2)
-PAGE_PAUSE = 0.002  # seconds the freezer steps aside between two pages  # a claim from another host not refreshed for this long is stale
+LEASE = timedelta(minutes=2)  # a claim from another host not refreshed for this long is stale
+PAGE_PAUSE = 0.002  # seconds the freezer steps aside between two pages
 
 Progress = Callable[[int, int], None]
 
@@ -234,7 +234,7 @@ class SendRun:
     def _one_batch(self, quota: int | None) -> bool:
         app = self.app
         seen = self._pages
-        with self._writing, app.session() as session:
+        with self._writing, app.engine.begin() as session:
             batch_id = ledger.claim(
                 session, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
                 zones=self.zones,
@@ -242,7 +242,7 @@ class SendRun:
         batch = None
         if batch_id is not None:
             try:
-                with app.session() as session:
+                with app.engine.begin() as session:
                     batch = ledger.open_batch(
                         session,
                         issue_id=self.issue_id,
@@ -268,7 +268,7 @@ class SendRun:
                 self.limiter.acquire(len(batch.recipients))
                 sent_to_transport = True
                 results = self.transport.send(outgoing)
-            with self._writing, app.session() as session:
+            with self._writing, app.engine.begin() as session:
                 ledger.record(
                     session, batch=batch, results=results, claimer=self.claimer, now=app.now()
                 )

@@ -61,11 +61,14 @@ class _Payload(bytes):
         return format(str(self), spec)
 
 
-class _Body(str):
-    """Our JSON text, encoded by the library into a `_Payload`."""
+class _Body:
+    """Our JSON text as the library wants it: it only calls `encode` (see `_post`)."""
+
+    def __init__(self, text: str) -> None:
+        self._payload = _Payload(text.encode("utf-8"))
 
     def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return _Payload(str.encode(self, encoding, errors))
+        return self._payload
 
 
 _PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)(\.|$)")
