@@ -260,7 +260,7 @@ def main() -> int:
                 print(
                     f"    CPU: sender {result['cpu']:.1f} s "
                     f"({result['cpu'] / size * 1e6:.0f} µs/recipient), local SendGrid server "
-                    f"{result['server_cpu']:.1f} s; freeze {result['freeze']:.1f} s, while sending; "
+                    f"{result['server_cpu']:.1f} s; freeze {result['freeze']:.1f} s (overlapped); "
                     f"load average {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
