@@ -42,6 +42,7 @@ __all__ = [
     "delivery_counts",
     "send_issue",
     "send_test",
+    "unfrozen",
 ]
 
 TEST_PREFIX = "[TEST] "
@@ -173,7 +174,7 @@ def send_issue(
             todo = ledger.pending_recipients(session, issue_id, zones)
             still_freezing = freeze.freezing_after(session, issue_id) is not None
             if still_freezing:  # the rest of the audience, for the progress total
-                todo += _unfrozen(session, issue_id, newsletter.slug)
+                todo += unfrozen(session, issue_id, newsletter.slug)
         report.already_done = todo == 0  # (in the zones asked for)
         if todo and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
@@ -261,7 +262,7 @@ def _freeze_step(
     return step
 
 
-def _unfrozen(session: Session, issue_id: int, newsletter: str) -> int:
+def unfrozen(session: Session, issue_id: int, newsletter: str) -> int:
     """How many of the audience the freeze has not reached yet (0 once it is done)."""
     after = freeze.freezing_after(session, issue_id)
     return 0 if after is None else count_audience(session, newsletter, after_id=after)
@@ -285,7 +286,7 @@ def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = N
     report.unknown = counts[DeliveryStatus.UNKNOWN]
     report.pending = counts[DeliveryStatus.PENDING]
     with app.session() as session:  # still to be frozen: waiting as much as the pending
-        report.pending += _unfrozen(session, report.issue_id, issue.newsletter if issue else "")
+        report.pending += unfrozen(session, report.issue_id, issue.newsletter if issue else "")
     report.sending = counts[DeliveryStatus.SENDING]
     report.total = sum(counts.values())
     report.issue_status = issue.status if issue else ""

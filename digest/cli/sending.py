@@ -23,7 +23,7 @@ from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError
 from digest.ledger import SEND_STATES, delivery_counts
 from digest.models import Issue, IssueStatus
-from digest.sending import SendRefused, SendReport, send_issue, send_test
+from digest.sending import SendRefused, SendReport, send_issue, send_test, unfrozen
 from digest.transports import TransportError
 
 EXIT_ATTENTION = 2  # finished, but some recipients failed or are unknown
@@ -192,6 +192,7 @@ def deliveries(
         if issue is None:
             fail(f"no issue {issue_id} for {slug!r}" if issue_id else f"{slug} has no issue yet")
         counts = delivery_counts(session, issue.id or 0)
+        to_freeze = unfrozen(session, issue.id or 0, slug)
     document: dict[str, Any] = {
         "newsletter": slug,
         "issue_id": issue.id,
@@ -199,6 +200,7 @@ def deliveries(
         "status": issue.status,
         "total": sum(counts.values()),
         "counts": counts,
+        "not_yet_frozen": to_freeze,  # recipients the freeze of a send in progress has not reached
     }
     if as_json:
         print_json(document)
@@ -208,6 +210,8 @@ def deliveries(
     for state in order:
         console.print(f"  {state:<10} {counts.get(state, 0):>10,}")
     console.print(f"  {'total':<10} {document['total']:>10,}")
+    if to_freeze:
+        console.print(f"  and {to_freeze:,} more still to be frozen (the send goes on)")
 
 
 def register(app: typer.Typer) -> None:

@@ -96,3 +96,31 @@ def test_errors_are_clear(config: Path) -> None:
     assert code == 1 and "no-such-letter" in output and SLUG in output
     code, output = _run(config, "send", SLUG, "--to", "not an address")
     assert code == 1 and "not a usable address" in output
+
+
+def test_deliveries_tells_how_many_the_freeze_has_not_reached(config: Path, engine: Engine) -> None:
+    """As when a send was stopped after the first page of a large audience."""
+    from digest import freeze
+    from digest.app import App, fixed_clock
+
+    settings = load_settings(config)
+    app = App(settings=settings, clock=fixed_clock(DEFAULT_NOW), _engine=engine)
+    with app.session() as session:
+        latest = assemble.latest_issue(session, SLUG)
+        assert latest is not None and latest.id is not None
+        issue_id = latest.id
+    with app.session() as session:
+        assert freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
+    with app.session() as session:
+        freeze.freeze_next_page(
+            session, issue_id=issue_id, newsletter=SLUG, batch_size=4, now=app.now(), page_size=4
+        )
+    code, output = _run(config, "deliveries", SLUG, "--json")
+    document = json.loads(output)
+    assert code == 0 and document["counts"]["pending"] == 4 and document["not_yet_frozen"] == 6
+    code, table = _run(config, "deliveries", SLUG)
+    assert "and 6 more still to be frozen" in table
+
+    code, _ = _run(config, "send", SLUG)
+    assert code == 0 and len(outbox_messages(Path(settings.delivery.outbox_dir))) == 10
+    assert json.loads(_run(config, "deliveries", SLUG, "--json")[1])["not_yet_frozen"] == 0
