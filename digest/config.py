@@ -139,6 +139,9 @@ class DeliveryConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=64)
     rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
     max_retries: int = Field(default=5, ge=0, le=20)
+    # Recipients frozen per transaction while sending (see digest.freeze): larger is a little
+    # faster, smaller holds the database's write lock for less time.
+    freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
 
 
 class SendGridConfig(_Strict):

@@ -252,6 +252,7 @@ def _freeze_step(
                 newsletter=newsletter.slug,
                 batch_size=batch_size,
                 now=app.now(),
+                page_size=app.settings.delivery.freeze_page,
                 zones=zones,
             )
         if frozen is None:

@@ -56,6 +56,7 @@ def _config(tmp_path: Path, engine: Engine, server: SendGridServer) -> tuple[Pat
         'transport = "sendgrid"',
         "batch_size = 10",
         "concurrency = 3",
+        "freeze_page = 30",  # 14 pages, frozen by turns while the first batches go
         "[sendgrid]",
         f'api_url = "{server.url}"',
         "timeout = 20",

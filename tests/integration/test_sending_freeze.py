@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,10 @@ from tests.support.sending import add_audience, address, make_issue, outbox_mess
 SLUG = "turkey-unpacked"
 
 
-@pytest.fixture(autouse=True)
-def small_pages(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(freeze, "FREEZE_PAGE", 6)  # with batches of 2: 3 batches per page
-    yield
-
-
 def _app(make_app: Callable[..., App], engine: Engine, **delivery: object) -> App:
-    return make_app(engine, delivery={"batch_size": 2, "concurrency": 2, **delivery})
+    """Batches of 2, pages of 6 (3 batches): every send spans several pages."""
+    delivery = {"batch_size": 2, "concurrency": 2, "freeze_page": 6, **delivery}
+    return make_app(engine, delivery=delivery)
 
 
 def _mailed(app: App) -> Counter[str]:
@@ -53,8 +49,7 @@ def _issue(engine: Engine, issue_id: int) -> Issue:
 def test_sending_starts_before_the_freeze_ends_and_everyone_gets_one(
     any_engine: Engine, make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(freeze, "FREEZE_PAGE", 2)  # one batch per page: 21 pages
-    app = _app(make_app, any_engine, concurrency=1)
+    app = _app(make_app, any_engine, concurrency=1, freeze_page=2)  # a batch a page: 21 pages
     first, last = add_audience(any_engine, SLUG, 41)
     issue_id = make_issue(any_engine)
     first_batch_sent = threading.Event()
@@ -88,7 +83,12 @@ def test_a_freeze_cut_short_is_taken_up_where_it_stopped(
     for _ in range(2):
         with app.session() as session:
             assert freeze.freeze_next_page(
-                session, issue_id=issue_id, newsletter=SLUG, batch_size=2, now=app.now()
+                session,
+                issue_id=issue_id,
+                newsletter=SLUG,
+                batch_size=2,
+                now=app.now(),
+                page_size=6,
             )
     assert _frozen(any_engine, issue_id) == 12
     assert _issue(any_engine, issue_id).freezing_after == first + 11
@@ -156,7 +156,7 @@ def test_someone_who_subscribes_during_the_freeze_past_its_pages_is_included(
         freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
     with app.session() as session:
         freeze.freeze_next_page(
-            session, issue_id=issue_id, newsletter=SLUG, batch_size=2, now=app.now()
+            session, issue_id=issue_id, newsletter=SLUG, batch_size=2, now=app.now(), page_size=6
         )
     newcomer, _ = add_audience(any_engine, SLUG, 1)
     report = send_issue(app, issue_id)
