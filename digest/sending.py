@@ -175,8 +175,8 @@ def send_issue(
             still_freezing = freeze.freezing_after(session, issue_id) is not None
             if still_freezing:  # the rest of the audience, for the progress total
                 todo += unfrozen(session, issue_id, newsletter.slug)
-        report.already_done = todo == 0  # (in the zones asked for)
-        if todo and not (stop is not None and stop.is_set()):
+        report.already_done = todo == 0 and not still_freezing  # (in the zones asked for)
+        if (todo or still_freezing) and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
             step = _freeze_step(app, issue_id, newsletter, batch_size) if still_freezing else None
             run = SendRun(

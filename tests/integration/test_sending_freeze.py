@@ -162,3 +162,14 @@ def test_someone_who_subscribes_during_the_freeze_past_its_pages_is_included(
     report = send_issue(app, issue_id)
     assert report.accepted == 11
     assert address(newcomer) in _mailed(app)
+
+
+def test_an_issue_with_nobody_to_mail_is_frozen_and_sent(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = _app(make_app, any_engine)
+    issue_id = make_issue(any_engine)
+    report = send_issue(app, issue_id)
+    assert (report.accepted, report.pending, report.total) == (0, 0, 0)
+    issue = _issue(any_engine, issue_id)
+    assert issue.status == IssueStatus.SENT and issue.freezing_after is None
