@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,13 @@ from digest.transports.outbox import OutboxTransport
 from subscribers import unsubscribe
 from subscribers.tokens import Purpose, verify_token
 from tests.conftest import DEFAULT_NOW
-from tests.support.sending import add_audience, address, make_issue, outbox_messages
+from tests.support.sending import (
+    add_audience,
+    address,
+    make_issue,
+    outbox_messages,
+    send_at_once,
+)
 
 SLUG = "turkey-unpacked"
 
@@ -256,22 +261,8 @@ def test_two_senders_share_the_batches_and_send_each_once(
     app = _app(make_app, any_engine)
     add_audience(any_engine, SLUG, 60)
     issue_id = make_issue(any_engine)
-    reports = []
-    errors: list[BaseException] = []
+    reports = send_at_once(app, issue_id, 3)
 
-    def run() -> None:
-        try:
-            reports.append(send_issue(app, issue_id))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert not errors
     assert sum(r.processed for r in reports) == 60
     counts = _recipients(app)
     assert len(counts) == 60 and set(counts.values()) == {1}

@@ -17,7 +17,13 @@ from digest import freeze
 from digest.app import App
 from digest.models import Delivery, Issue, IssueStatus
 from digest.sending import send_issue
-from tests.support.sending import add_audience, address, make_issue, outbox_messages
+from tests.support.sending import (
+    add_audience,
+    address,
+    make_issue,
+    outbox_messages,
+    send_at_once,
+)
 
 SLUG = "turkey-unpacked"
 
@@ -124,22 +130,8 @@ def test_senders_that_start_together_take_turns_freezing_and_send_each_once(
     issue_id = make_issue(any_engine)
     with app.session() as session:  # started, as by a sender that died before its first page
         freeze.start(session, issue_id=issue_id, from_statuses=["approved"], now=app.now())
-    errors: list[BaseException] = []
-    reports = []
+    reports = send_at_once(app, issue_id, 3)
 
-    def run() -> None:
-        try:
-            reports.append(send_issue(app, issue_id))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert errors == []
     assert sum(r.processed for r in reports) == 57
     assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
     assert _frozen(any_engine, issue_id) == 57

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 
 from digest.models import Issue, IssueStatus
 from subscribers.models import Subscriber
+
+if TYPE_CHECKING:
+    from digest.app import App
+    from digest.sending import SendReport
 
 PERIOD = "2026-11-23T05:00:00+00:00"
 
@@ -131,6 +137,30 @@ def add_audience(
                 "(SELECT max(id) FROM subscriber))"
             )
     return [first, first + count - 1]
+
+
+def send_at_once(app: App, issue_id: int, senders: int) -> list[SendReport]:
+    """`senders` runs of `send_issue` of one issue in threads started together; raises the
+    first error any of them raised."""
+    from digest.sending import send_issue
+
+    reports: list[SendReport] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            reports.append(send_issue(app, issue_id))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return reports
 
 
 def outbox_messages(outbox: Path) -> list[EmailMessage]:
