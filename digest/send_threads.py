@@ -234,17 +234,17 @@ class SendRun:
     def _one_batch(self, quota: int | None) -> bool:
         app = self.app
         seen = self._pages
-        with self._writing, app.engine.begin() as session:
+        with self._writing, app.engine.begin() as db:
             batch_id = ledger.claim(
-                session, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
+                db, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
                 zones=self.zones,
             )  # fmt: skip
         batch = None
         if batch_id is not None:
             try:
-                with app.engine.begin() as session:
+                with app.engine.begin() as db:
                     batch = ledger.open_batch(
-                        session,
+                        db,
                         issue_id=self.issue_id,
                         batch_id=batch_id,
                         now=app.now(),
@@ -268,10 +268,8 @@ class SendRun:
                 self.limiter.acquire(len(batch.recipients))
                 sent_to_transport = True
                 results = self.transport.send(outgoing)
-            with self._writing, app.engine.begin() as session:
-                ledger.record(
-                    session, batch=batch, results=results, claimer=self.claimer, now=app.now()
-                )
+            with self._writing, app.engine.begin() as db:
+                ledger.record(db, batch=batch, results=results, claimer=self.claimer, now=app.now())
         except BaseException:
             if not sent_to_transport:
                 with app.session() as session:
