@@ -25,6 +25,7 @@ from tests.conftest import DEFAULT_NOW
 from tests.support.sending import (
     add_audience,
     address,
+    mailed,
     make_issue,
     outbox_messages,
     send_at_once,
@@ -41,10 +42,6 @@ def _outbox(app: App) -> Path:
     return Path(app.settings.delivery.outbox_dir)
 
 
-def _recipients(app: App) -> Counter[str]:
-    return Counter(str(m["To"].addresses[0].addr_spec) for m in outbox_messages(_outbox(app)))
-
-
 def test_sends_each_subscriber_once_then_reports_nothing_left(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
@@ -59,7 +56,7 @@ def test_sends_each_subscriber_once_then_reports_nothing_left(
     assert report.pending == 0 and not report.already_done and report.batches == 5
     assert report.issue_status == IssueStatus.SENT
     assert seen[-1] == (23, 23) and len(seen) == 5
-    assert _recipients(app) == Counter(address(i) for i in range(first, last + 1))
+    assert mailed(app) == Counter(address(i) for i in range(first, last + 1))
 
     again = send_issue(app, issue_id)
     assert again.already_done and again.processed == 0 and again.accepted == 23
@@ -122,7 +119,7 @@ def test_unsubscribed_mid_send_is_skipped_not_mailed(
     report = send_issue(app, issue_id, progress=unsubscribe_after_first_batch)
 
     assert (report.accepted, report.skipped) == (19, 1)
-    assert address(leaver) not in _recipients(app)
+    assert address(leaver) not in mailed(app)
     assert report.issue_status == IssueStatus.SENT
     with Session(any_engine) as session:
         row = session.exec(sqlmodel_select(Delivery).where(Delivery.subscriber_id == leaver)).one()
@@ -141,7 +138,7 @@ def test_limit_sends_a_canary_then_the_rest(
     assert canary.issue_status == IssueStatus.SENDING
     rest = send_issue(app, issue_id)
     assert rest.processed == 5 and rest.accepted == 12 and rest.issue_status == IssueStatus.SENT
-    assert sum(_recipients(app).values()) == 12
+    assert sum(mailed(app).values()) == 12
 
 
 def test_dry_run_writes_nothing(any_engine: Engine, make_app: Callable[..., App]) -> None:
@@ -212,7 +209,7 @@ def test_batch_left_in_flight_by_a_dead_sender_is_unknown_until_retried(
     retried = send_issue(app, issue_id, retry_unknown=True)
     assert retried.requeued == 5 and retried.accepted == 10 and retried.unknown == 0
     assert retried.issue_status == IssueStatus.SENT
-    assert sum(_recipients(app).values()) == 10
+    assert sum(mailed(app).values()) == 10
     with app.session() as session:
         statuses = Counter(b.status for b in session.exec(select(SendBatch)).scalars())  # type: ignore[call-overload]
     assert statuses[BatchStatus.RETRIED] == 1
@@ -264,7 +261,7 @@ def test_two_senders_share_the_batches_and_send_each_once(
     reports = send_at_once(app, issue_id, 3)
 
     assert sum(r.processed for r in reports) == 60
-    counts = _recipients(app)
+    counts = mailed(app)
     assert len(counts) == 60 and set(counts.values()) == {1}
     with app.session() as session:
         assert delivery_counts(session, issue_id)["accepted"] == 60

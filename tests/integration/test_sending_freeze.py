@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ from digest.sending import send_issue
 from tests.support.sending import (
     add_audience,
     address,
+    mailed,
     make_issue,
-    outbox_messages,
     send_at_once,
 )
 
@@ -32,11 +31,6 @@ def _app(make_app: Callable[..., App], engine: Engine, **delivery: object) -> Ap
     """Batches of 2, pages of 6 (3 batches): every send spans several pages."""
     delivery = {"batch_size": 2, "concurrency": 2, "freeze_page": 6, **delivery}
     return make_app(engine, delivery=delivery)
-
-
-def _mailed(app: App) -> Counter[str]:
-    outbox = Path(app.settings.delivery.outbox_dir)
-    return Counter(str(m["To"].addresses[0].addr_spec) for m in outbox_messages(outbox))
 
 
 def _frozen(engine: Engine, issue_id: int) -> int:
@@ -74,7 +68,7 @@ def test_sending_starts_before_the_freeze_ends_and_everyone_gets_one(
     assert report.accepted == 41 and report.pending == 0
     assert report.issue_status == IssueStatus.SENT
     assert _issue(any_engine, issue_id).freezing_after is None
-    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+    assert mailed(app) == Counter(address(i) for i in range(first, last + 1))
 
 
 def test_a_freeze_cut_short_is_taken_up_where_it_stopped(
@@ -102,7 +96,7 @@ def test_a_freeze_cut_short_is_taken_up_where_it_stopped(
     report = send_issue(app, issue_id)
 
     assert report.accepted == 20 and report.issue_status == IssueStatus.SENT
-    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+    assert mailed(app) == Counter(address(i) for i in range(first, last + 1))
 
 
 def test_a_canary_run_leaves_the_rest_of_the_freeze_to_the_next_run(
@@ -119,7 +113,7 @@ def test_a_canary_run_leaves_the_rest_of_the_freeze_to_the_next_run(
     assert _issue(any_engine, issue_id).status == IssueStatus.SENDING
     rest = send_issue(app, issue_id)
     assert rest.accepted == 30 and rest.pending == 0 and rest.issue_status == IssueStatus.SENT
-    assert sum(_mailed(app).values()) == len(_mailed(app)) == 30
+    assert sum(mailed(app).values()) == len(mailed(app)) == 30
 
 
 def test_senders_that_start_together_take_turns_freezing_and_send_each_once(
@@ -133,7 +127,7 @@ def test_senders_that_start_together_take_turns_freezing_and_send_each_once(
     reports = send_at_once(app, issue_id, 3)
 
     assert sum(r.processed for r in reports) == 57
-    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+    assert mailed(app) == Counter(address(i) for i in range(first, last + 1))
     assert _frozen(any_engine, issue_id) == 57
     assert _issue(any_engine, issue_id).status == IssueStatus.SENT
 
@@ -153,7 +147,7 @@ def test_someone_who_subscribes_during_the_freeze_past_its_pages_is_included(
     newcomer, _ = add_audience(any_engine, SLUG, 1)
     report = send_issue(app, issue_id)
     assert report.accepted == 11
-    assert address(newcomer) in _mailed(app)
+    assert address(newcomer) in mailed(app)
 
 
 def test_an_issue_with_nobody_to_mail_is_frozen_and_sent(

@@ -17,7 +17,7 @@ from digest.models import BatchStatus, Delivery, DeliveryStatus, Issue, IssueSta
 from digest.sending import send_issue
 from subscribers.models import Subscriber
 from tests.conftest import base_config
-from tests.support.sending import add_audience, address, make_issue, outbox_messages
+from tests.support.sending import add_audience, address, mailed, make_issue
 
 SLUG = "turkey-unpacked"
 HOME = "Europe/Istanbul"
@@ -45,11 +45,6 @@ def _audience_with_zones(engine: Engine, count: int) -> dict[int, str]:
             )
             effective[i] = given if given in ("Asia/Tokyo", "America/New_York") else HOME
     return effective
-
-
-def _mailed(app: App) -> Counter[str]:
-    outbox = Path(app.settings.delivery.outbox_dir)
-    return Counter(str(m["To"].addresses[0].addr_spec) for m in outbox_messages(outbox))
 
 
 def _batches(engine: Engine, issue_id: int) -> list[tuple[int, str | None, int]]:
@@ -92,7 +87,7 @@ def test_the_freeze_cuts_batches_per_zone_and_each_send_takes_only_its_zones(
         assert sum(sizes) == people and all(size <= 3 for size in sizes)
         assert len(sizes) == -(-people // 3)  # no batch is split more than it has to be
     tokyo_people = {address(i) for i, z in zone_of.items() if z == "Asia/Tokyo"}
-    assert set(_mailed(app)) == tokyo_people
+    assert set(mailed(app)) == tokyo_people
     assert (tokyo.accepted, tokyo.pending) == (len(tokyo_people), 31 - len(tokyo_people))
     assert tokyo.issue_status == IssueStatus.SENDING
 
@@ -100,8 +95,7 @@ def test_the_freeze_cuts_batches_per_zone_and_each_send_takes_only_its_zones(
     assert again.already_done and again.processed == 0
 
     send_issue(app, issue_id, timezones={HOME, "America/New_York"})
-    mailed = _mailed(app)
-    assert mailed == Counter(address(i) for i in zone_of)  # everyone, once
+    assert mailed(app) == Counter(address(i) for i in zone_of)  # everyone, once
     with app.session() as session:
         assert session.get_one(Issue, issue_id).status == IssueStatus.SENT
 
@@ -115,7 +109,7 @@ def test_without_zones_a_local_newsletter_sends_to_everyone(
     issue_id = make_issue(any_engine)
     report = send_issue(app, issue_id)
     assert report.accepted == 12 and report.issue_status == IssueStatus.SENT
-    assert _mailed(app) == Counter(address(i) for i in zone_of)
+    assert mailed(app) == Counter(address(i) for i in zone_of)
     assert {zone for _, zone, _ in _batches(any_engine, issue_id)} == set(zone_of.values())
 
 
@@ -164,7 +158,7 @@ def test_a_limit_split_and_a_retry_keep_the_batches_zone(
     retried = send_issue(app, issue_id, timezones={"America/New_York"}, retry_failed=True)
     assert retried.requeued > 0
     new_york = {address(i) for i, z in zone_of.items() if z == "America/New_York"}
-    assert _mailed(app) == Counter(new_york)  # each New Yorker once, nobody else yet
+    assert mailed(app) == Counter(new_york)  # each New Yorker once, nobody else yet
     zones = {zone for _, zone, _ in _batches(any_engine, issue_id)}
     assert zones == {"Asia/Tokyo", "America/New_York", HOME}
 
@@ -186,4 +180,4 @@ def test_a_stop_ends_the_send_between_batches_and_the_next_run_resumes(
 
     rest = send_issue(app, issue_id, stop=threading.Event())
     assert rest.accepted == 9 and rest.issue_status == IssueStatus.SENT
-    assert _mailed(app) == Counter(address(i) for i in range(first, last + 1))
+    assert mailed(app) == Counter(address(i) for i in range(first, last + 1))

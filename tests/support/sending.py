@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import email.policy
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -161,6 +162,12 @@ def send_at_once(app: App, issue_id: int, senders: int) -> list[SendReport]:
     if errors:
         raise errors[0]
     return reports
+
+
+def mailed(app: App) -> Counter[str]:
+    """How many messages each address has in the app's outbox."""
+    outbox = Path(app.settings.delivery.outbox_dir)
+    return Counter(str(m["To"].addresses[0].addr_spec) for m in outbox_messages(outbox))
 
 
 def outbox_messages(outbox: Path) -> list[EmailMessage]:
