@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, func, text
 from sqlmodel import Session, select
 
-from digest.db import make_engine, upgrade
+from digest.storage.db import make_engine, upgrade
 from subscribers import import_csv
 from subscribers.models import Subscription
 

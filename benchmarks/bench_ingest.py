@@ -26,8 +26,8 @@ from typing import Any
 import digest
 from digest.app import App, fixed_clock
 from digest.config import settings_from_mapping
-from digest.db import make_engine, upgrade
-from digest.ingest import IngestReport, run_ingest
+from digest.ingest.run import IngestReport, run_ingest
+from digest.storage.db import make_engine, upgrade
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 WORDS = [

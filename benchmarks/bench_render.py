@@ -14,10 +14,10 @@ from unittest.mock import patch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from digest import inline
-from digest.contents import IssueContents
-from digest.lint import WARN_BYTES
-from digest.render import Renderer
+from digest.rendering import inline
+from digest.rendering.contents import IssueContents
+from digest.rendering.lint import WARN_BYTES
+from digest.rendering.render import Renderer
 from tests.support.sample_issue import sample_contents
 
 TARGET_MS = 150.0

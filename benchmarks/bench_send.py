@@ -35,8 +35,8 @@ from sqlalchemy import text  # noqa: E402
 
 from digest.app import App, fixed_clock  # noqa: E402
 from digest.config import settings_from_mapping  # noqa: E402
-from digest.db import make_engine, upgrade  # noqa: E402
-from digest.render import Renderer  # noqa: E402
+from digest.rendering.render import Renderer  # noqa: E402
+from digest.storage.db import make_engine, upgrade  # noqa: E402
 from tests.support.sample_issue import PERIOD, sample_contents  # noqa: E402
 from tests.support.sending import add_audience, make_issue  # noqa: E402
 
@@ -136,7 +136,7 @@ def prepare(url: str, size: int) -> int:
 
 def child(url: str, api_url: str, issue_id: int) -> None:
     """Runs in its own process: the measured send. Prints one JSON line."""
-    from digest.sending import send_issue
+    from digest.sending.send import send_issue
 
     settings = settings_from_mapping(_config(url, api_url), env=_env())
     app = App(settings=settings, clock=fixed_clock(PERIOD))
@@ -187,8 +187,8 @@ def baseline(api_url: str, sample: int) -> float:
     """Seconds per recipient the naive way: render + inline per recipient, one request each."""
     from sendgrid import SendGridAPIClient
 
-    from digest import personalize
-    from digest.message import RecipientValues
+    from digest.mail.message import RecipientValues
+    from digest.rendering import personalize
 
     settings = settings_from_mapping(_config("sqlite://", api_url), env=_env())
     newsletter = settings.newsletters[0]

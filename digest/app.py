@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from digest.config import Settings, load_settings
-from digest.db import make_engine, session_scope
+from digest.storage.db import make_engine, session_scope
 
 if TYPE_CHECKING:
-    from digest.render import Renderer
+    from digest.rendering.render import Renderer
 
 Clock = Callable[[], datetime]
 
@@ -50,7 +50,7 @@ class App:
 
     @cached_property
     def renderer(self) -> Renderer:
-        from digest.render import Renderer
+        from digest.rendering.render import Renderer
 
         return Renderer()
 

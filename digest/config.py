@@ -91,7 +91,7 @@ class _Strict(BaseModel):
 
 
 class DatabaseConfig(_Strict):
-    url: str = "sqlite:///var/digest.db"
+    url: str = "sqlite:///var/digest.storage.db"
 
 
 class SiteConfig(_Strict):
@@ -139,8 +139,8 @@ class DeliveryConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=64)
     rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
     max_retries: int = Field(default=5, ge=0, le=20)
-    # Recipients frozen per transaction while sending (see digest.freeze): larger is a little
-    # faster, smaller holds the database's write lock for less time.
+    # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
+    # little faster, smaller holds the database's write lock for less time.
     freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
 
 
@@ -232,7 +232,7 @@ class NewsletterConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from digest.cron import validate_crontab
+        from digest.issues.cron import validate_crontab
 
         validate_crontab(value)
         return value

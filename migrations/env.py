@@ -7,18 +7,20 @@ import os
 from alembic import context
 from sqlmodel import SQLModel
 
-import digest.models
+import digest.storage.models
 import subscribers.models  # noqa: F401 - registers the tables on SQLModel.metadata
-from digest.db import make_engine
+from digest.storage.db import make_engine
 
 target_metadata = SQLModel.metadata
-assert digest.models  # keep the import: it registers the pipeline tables
+assert digest.storage.models  # keep the import: it registers the pipeline tables
 
 
 def run_migrations() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
-        engine = make_engine(os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.db"))
+        engine = make_engine(
+            os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.storage.db")
+        )
     with engine.begin() as connection:
         context.configure(
             connection=connection,

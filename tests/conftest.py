@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from digest.app import App, fixed_clock
 from digest.config import Settings, settings_from_mapping
-from digest.db import make_engine, upgrade
+from digest.storage.db import make_engine, upgrade
 
 PG_URL = os.environ.get("DIGEST_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_SECRET = "test-secret-key-0123456789abcdef"
@@ -49,7 +49,7 @@ def require_pg() -> None:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'digest.db'}"
+    return f"sqlite:///{tmp_path / 'digest.storage.db'}"
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL to a fresh, migrated database of each kind."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'digest.db'}"
+        url = f"sqlite:///{tmp_path / 'digest.storage.db'}"
         eng = make_engine(url)
         upgrade(eng)
         eng.dispose()

@@ -14,9 +14,9 @@ from sqlmodel import Session, col, select
 from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError, parse_duration
-from digest.ingest import IngestReport, UnknownSourceError, run_ingest
-from digest.models import Article, ArticleTopic, Source
-from digest.topics import reclassify
+from digest.ingest.run import IngestReport, UnknownSourceError, run_ingest
+from digest.ingest.topics import reclassify
+from digest.storage.models import Article, ArticleTopic, Source
 
 articles_app = typer.Typer(help="Stored articles.", no_args_is_help=True)
 sources_app = typer.Typer(help="Content sources and their health.", no_args_is_help=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from digest.cli.common import console, get_app
-from digest.db import upgrade
+from digest.storage.db import upgrade
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 

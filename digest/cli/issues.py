@@ -9,13 +9,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from digest import assemble, editorial
 from digest.app import App
-from digest.assemble import AssemblyError
 from digest.cli.common import console, fail, get_app, print_json
 from digest.config import ConfigError
-from digest.models import Issue
-from digest.preview import write_preview
+from digest.issues import assemble, editorial
+from digest.issues.assemble import AssemblyError
+from digest.mail.preview import write_preview
+from digest.storage.models import Issue
 
 issue_app = typer.Typer(help="Build, inspect and edit issues.", no_args_is_help=True)
 

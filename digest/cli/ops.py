@@ -16,7 +16,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Newsletters (next run, last issue, scheduler outcome, failures), sources, the leader."""
-    from digest.status import status_report
+    from digest.ops.status import status_report
 
     report = status_report(get_app(ctx))
     if as_json:
@@ -116,7 +116,7 @@ def demo(
     ] = Path("var/preview"),
 ) -> None:
     """Run the whole pipeline once on the configured (by default bundled) content."""
-    from digest.demo import run_demo
+    from digest.ops.demo import run_demo
 
     app = get_app(ctx)
     report = run_demo(app, preview_dir)

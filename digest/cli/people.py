@@ -234,7 +234,7 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """Sent, delivered, opened, clicked, bounced, complained, unsubscribed: per issue, total."""
-    from digest.stats import newsletter_stats
+    from digest.ops.stats import newsletter_stats
 
     app = get_app(ctx)
     slug = _known(app, newsletter)

@@ -15,10 +15,10 @@ import typer
 from digest.app import App, fixed_clock, system_clock
 from digest.cli.common import LazyApp, console, fail, get_app, print_json
 from digest.config import LogFormat
-from digest.logs import configure_logging
+from digest.ops.logs import configure_logging
 
 if TYPE_CHECKING:
-    from digest.schedule import TickReport
+    from digest.scheduling.tick import TickReport
 
 LogFormatOption = Annotated[
     LogFormat | None,
@@ -66,9 +66,9 @@ def run_due_command(
     log_format: LogFormatOption = None,
 ) -> None:
     """One scheduler tick: ingest when due, fire due periods, resume sends; idempotent."""
-    from digest.leader import leader_info, leading
-    from digest.pipeline import real_pipeline
-    from digest.schedule import run_due
+    from digest.scheduling.leader import leader_info, leading
+    from digest.scheduling.pipeline import real_pipeline
+    from digest.scheduling.tick import run_due
 
     app = get_app(ctx)
     if now:
@@ -112,7 +112,7 @@ def _print_tick(report: TickReport) -> None:
 
 def scheduler_command(ctx: typer.Context, log_format: LogFormatOption = None) -> None:
     """Run the scheduler: newsletters on their crontab, ingestion, catch-up; one leader."""
-    from digest.scheduler import SchedulerService
+    from digest.scheduling.service import SchedulerService
 
     root = ctx.find_root().obj
     app = get_app(ctx)

@@ -17,13 +17,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from digest import assemble
 from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError
-from digest.ledger import SEND_STATES, delivery_counts
-from digest.models import Issue, IssueStatus
-from digest.sending import SendRefused, SendReport, send_issue, send_test, unfrozen
+from digest.issues import assemble
+from digest.sending.ledger import SEND_STATES, delivery_counts
+from digest.sending.send import SendRefused, SendReport, send_issue, send_test, unfrozen
+from digest.storage.models import Issue, IssueStatus
 from digest.transports import TransportError
 
 EXIT_ATTENTION = 2  # finished, but some recipients failed or are unknown

@@ -3,7 +3,7 @@
 A transport takes an `OutgoingBatch` (one shared message plus up to `max_batch_size`
 recipients, each with the values of the per-recipient tokens) and answers with one
 `SendResult` per recipient, in order. It never touches the database: the delivery ledger in
-`digest.sending` decides what to send and records what came back. Three outcomes only:
+`digest.sending.send` decides what to send and records what came back. Three outcomes only:
 
 - accepted: the provider took responsibility for the message (SendGrid 202, SMTP 250, file
   written). Not "delivered": that comes later, from provider events.
@@ -69,7 +69,7 @@ class OutgoingRecipient:
     subscriber_id: int
     email: str
     name: str | None
-    values: Mapping[str, str]  # token → value (see digest.personalize)
+    values: Mapping[str, str]  # token → value (see digest.rendering.personalize)
 
 
 @dataclass(frozen=True)
@@ -122,8 +122,8 @@ def recipient_mime(
     settings: Settings, message: OutgoingMessage, recipient: OutgoingRecipient
 ) -> EmailMessage:
     """The MIME message of one recipient, for transports that send whole messages."""
-    from digest.message import build_mime
-    from digest.message import message_id as make_message_id
+    from digest.mail.message import build_mime
+    from digest.mail.message import message_id as make_message_id
 
     headers = {
         "Message-ID": make_message_id(

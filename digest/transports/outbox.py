@@ -6,7 +6,7 @@ Test sends go to `<outbox_dir>/<newsletter>/tests/`. Each file is written to a t
 and renamed, so a reader never sees half a message; a delivery whose file already exists is not
 written again (a resumed send re-delivers nothing), which makes the outbox idempotent by
 delivery id. Results carry no message id: the file name and the Message-ID header
-(`digest.message.message_id`) both follow from the delivery id. Like rss2email's maildir
+(`digest.mail.message.message_id`) both follow from the delivery id. Like rss2email's maildir
 transport, it is how a newsroom tries digest without a mail provider, and what the demo and
 most tests read back.
 """

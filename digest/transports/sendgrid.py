@@ -28,7 +28,7 @@ from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 
 from digest.config import Settings
-from digest.message import one_line
+from digest.mail.message import one_line
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,

@@ -23,9 +23,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from digest import personalize
 from digest.config import Settings
-from digest.message import ONE_CLICK, clean_name, list_id, one_line
+from digest.mail.message import ONE_CLICK, clean_name, list_id, one_line
+from digest.rendering import personalize
 from digest.transports import OutgoingMessage, OutgoingRecipient
 
 _esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 """SMTP: one connection per sending thread, reused for every message, one message per recipient.
 
-Each recipient gets a complete message with the tokens filled in (`digest.message`). The
+Each recipient gets a complete message with the tokens filled in (`digest.mail.message`). The
 conversation is driven step by step (MAIL, RCPT, DATA) rather than through `sendmail`, so that a
 failure is placed exactly: refused before DATA means not sent (a 4xx is retried after a pause,
 a 5xx fails that recipient only); a connection lost before DATA is reconnected and retried; a
@@ -17,7 +17,7 @@ import threading
 from typing import Any
 
 from digest.config import Settings, SmtpSecurity
-from digest.message import one_line
+from digest.mail.message import one_line
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,

@@ -1,8 +1,8 @@
 """The push API: `POST /api/articles` lets a CMS send articles as they are published.
 
 Authenticated with `Authorization: Bearer $DIGEST_API_TOKEN` (compared in constant time).
-The body is one article or a list of them (see `digest.feeds.ArticleIn`); the whole request is
-rejected, naming each bad item's index and field, if any item is invalid.
+The body is one article or a list of them (see `digest.ingest.feeds.ArticleIn`); the whole
+request is rejected, naming each bad item's index and field, if any item is invalid.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from digest.feeds import to_article, validate_items
-from digest.ingest import ingest_items
+from digest.ingest.feeds import to_article, validate_items
+from digest.ingest.run import ingest_items
 from digest.web.app import app_of
 
 router = APIRouter()

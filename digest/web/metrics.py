@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from sqlmodel import Session, col, func, select
 
-from digest.leader import leader_info
-from digest.models import (
+from digest.scheduling.leader import leader_info
+from digest.storage.models import (
     BatchStatus,
     Delivery,
     DeliveryStatus,
@@ -34,7 +34,7 @@ router = APIRouter()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RATE_WINDOW = timedelta(minutes=5)
-# A pending row takes its batch's state (digest.ledger): these batch states speak for it.
+# A pending row takes its batch's state (digest.sending.ledger): these batch states speak for it.
 _BATCH_SPEAKS = {
     BatchStatus.SENDING,
     BatchStatus.ACCEPTED,

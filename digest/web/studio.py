@@ -1,10 +1,10 @@
 """The preview studio: editors see the next issue exactly as subscribers will, and adjust it.
 
 Server-rendered pages under `/studio` (templates in `templates/web/studio/`). Every change is a
-POST form handled by `digest.editorial`, answered with a 303 back to the issue page, so reloading
-never repeats an action. The studio is meant for localhost or editors behind an authenticating
-proxy; on top of that, each POST must carry the studio's CSRF token and, when the browser sends
-one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template errors and
+POST form handled by `digest.issues.editorial`, answered with a 303 back to the issue page, so
+reloading never repeats an action. The studio is meant for localhost or editors behind an
+authenticating proxy; on top of that, each POST must carry the studio's CSRF token and, when the
+browser sends one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template errors and
 unknown names become a message on the page, never a 500.
 """
 
@@ -29,12 +29,12 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from digest import assemble, editorial
 from digest.app import App
-from digest.assemble import AssemblyError
 from digest.config import ConfigError
-from digest.models import Issue
-from digest.render import RenderError
+from digest.issues import assemble, editorial
+from digest.issues.assemble import AssemblyError
+from digest.rendering.render import RenderError
+from digest.storage.models import Issue
 from digest.web import live_reload, studio_view
 from digest.web.pages import environment, render_page
 
@@ -197,7 +197,7 @@ def _issue_of(app: App, slug: str, issue_id: int) -> Issue | None:
 @router.get("/{slug}/issue/{issue_id}/email.html", response_class=HTMLResponse)
 def email_html(request: Request, slug: str, issue_id: int) -> Response:
     """The stored issue's HTML personalised for a sample subscriber (shown in the iframes)."""
-    from digest.preview import sample_message
+    from digest.mail.preview import sample_message
 
     app = _app(request)
     issue = _issue_of(app, slug, issue_id)
@@ -217,7 +217,7 @@ def email_html(request: Request, slug: str, issue_id: int) -> Response:
 @router.get("/{slug}/issue/{issue_id}/message.eml")
 def email_message(request: Request, slug: str, issue_id: int) -> Response:
     """The complete message for a sample subscriber, to open in a mail client."""
-    from digest.preview import sample_message
+    from digest.mail.preview import sample_message
 
     app = _app(request)
     issue = _issue_of(app, slug, issue_id)
@@ -376,8 +376,8 @@ def send_test(
     """Send the issue to one address through the configured transport, subject "[TEST] …"."""
 
     def action(app: App) -> str:
-        from digest.sending import SendRefused
-        from digest.sending import send_test as send
+        from digest.sending.send import SendRefused
+        from digest.sending.send import send_test as send
         from digest.transports import TransportError
 
         address = to.strip()

@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from digest import assemble, lint
 from digest.app import App
 from digest.config import NewsletterConfig
-from digest.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
+from digest.issues import assemble
+from digest.rendering import lint
+from digest.storage.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
 
 CANDIDATE_LIMIT = 25
 
@@ -86,7 +87,7 @@ class IssuePage:
 
 def issue_page(app: App, issue: Issue) -> IssuePage:
     """Everything the issue page needs, read in one session."""
-    from digest.preview import sample_message
+    from digest.mail.preview import sample_message
 
     settings = app.settings
     newsletter = settings.newsletter(issue.newsletter)

@@ -4,7 +4,7 @@ Every request must carry a valid ECDSA signature (`X-Twilio-Email-Event-Webhook-
 over its timestamp header followed by the raw body, checked with the sendgrid library's
 `EventWebhook` against `SENDGRID_WEBHOOK_PUBLIC_KEY`, and a timestamp within five minutes of our
 clock (a captured request cannot be replayed later). Anything else gets 403 and changes nothing.
-A verified batch is applied in one transaction (`digest.delivery_events`); on an error nothing
+A verified batch is applied in one transaction (`digest.sending.events`); on an error nothing
 is kept and SendGrid retries the batch later.
 """
 
@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
 from digest.app import App
-from digest.delivery_events import apply_sendgrid_events
+from digest.sending.events import apply_sendgrid_events
 from digest.web.app import app_of
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def test_studio_shows_the_issue_and_pin_and_exclude_change_it(
     newest_first = add_turkey_week(app, 5)
     titles = {}
     with app.session() as session:
-        from digest.models import Article
+        from digest.storage.models import Article
 
         for article_id in newest_first:
             article = session.get(Article, article_id)

@@ -8,14 +8,14 @@ from sqlalchemy import Engine, inspect
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
-import digest.models
+import digest.storage.models
 import subscribers.models
 from digest.cli import app as cli_app
-from digest.db import current_revision, head_revision, upgrade
+from digest.storage.db import current_revision, head_revision, upgrade
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(any_engine: Engine) -> None:
-    assert digest.models and subscribers.models
+    assert digest.storage.models and subscribers.models
     before, after = upgrade(any_engine)  # the fixture already migrated: nothing to do
     assert before == after == head_revision(any_engine)
     tables = set(inspect(any_engine).get_table_names())
@@ -39,7 +39,7 @@ def test_cli_db_upgrade_on_a_fresh_file(tmp_path, monkeypatch) -> None:  # type:
     assert "migrated from empty" in first.output
     second = runner.invoke(cli_app, ["db", "upgrade"])
     assert second.exit_code == 0 and "up to date" in second.output
-    from digest.db import make_engine
+    from digest.storage.db import make_engine
 
     engine = make_engine(url)
     assert current_revision(engine) == head_revision(engine)

@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import Engine, func
 from sqlmodel import select
 
-from digest import assemble, editorial
 from digest.app import App
-from digest.assemble import AssemblyError
-from digest.models import Issue, IssueArticle, IssueStatus
+from digest.issues import assemble, editorial, periods
+from digest.issues.assemble import AssemblyError
+from digest.storage.models import Issue, IssueArticle, IssueStatus
 from tests.support.articles import add_article, add_turkey_week
 
 SLUG = "turkey-unpacked"
@@ -53,8 +53,8 @@ def app(any_engine: Engine, make_app: Callable[..., App]) -> App:
 
 def test_the_current_period_is_the_last_scheduled_moment(app: App) -> None:
     newsletter = app.settings.newsletter(SLUG)
-    assert assemble.current_period(app.settings, newsletter, app.now()) == PERIOD
-    assert assemble.next_period(app.settings, newsletter, app.now()) == PERIOD + timedelta(days=1)
+    assert periods.current_period(app.settings, newsletter, app.now()) == PERIOD
+    assert periods.next_period(app.settings, newsletter, app.now()) == PERIOD + timedelta(days=1)
 
 
 def test_building_twice_for_a_period_returns_the_same_issue(app: App) -> None:
@@ -67,7 +67,7 @@ def test_building_twice_for_a_period_returns_the_same_issue(app: App) -> None:
 
     assert first.id == again.id == explicit.id
     assert _issue_count(app) == 1
-    assert again.period == assemble.period_key(PERIOD)
+    assert again.period == periods.period_key(PERIOD)
     assert _order(app, again.id or 0) == [late, *ids]  # a draft is refreshed
 
 
@@ -307,7 +307,7 @@ def test_next_issue_moves_on_once_the_current_one_is_sent(app: App) -> None:
     following = assemble.next_issue(app, SLUG)
 
     assert following.id != current.id
-    assert following.period == assemble.period_key(PERIOD + timedelta(days=1))
+    assert following.period == periods.period_key(PERIOD + timedelta(days=1))
     assert assemble.next_issue(app, SLUG).id == following.id
     assert _issue_count(app) == 2
 

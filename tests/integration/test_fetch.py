@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-import digest.ingest
+import digest.ingest.run
 from digest.app import App
 from digest.config import IngestConfig
-from digest.fetch import Fetcher, FetchRequest, FetchResult
-from digest.ingest import run_ingest
-from digest.models import Article, Source
+from digest.ingest.fetch import Fetcher, FetchRequest, FetchResult
+from digest.ingest.run import run_ingest
+from digest.storage.models import Article, Source
 from tests.support.feed_server import FeedServer, Route
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
@@ -112,13 +112,13 @@ def test_files_are_read_with_the_same_limits(tmp_path: Path) -> None:
 
 def _counting_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    real = digest.ingest.read_source
+    real = digest.ingest.run.read_source
 
     def counting(kind: str, result: FetchResult, *args: Any) -> Any:
         calls.append(result.name)
         return real(kind, result, *args)
 
-    monkeypatch.setattr(digest.ingest, "read_source", counting)
+    monkeypatch.setattr(digest.ingest.run, "read_source", counting)
     return calls
 
 

@@ -13,8 +13,8 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.ingest import UnknownSourceError, run_ingest
-from digest.models import Article, ArticleTopic, DateSource, Source
+from digest.ingest.run import UnknownSourceError, run_ingest
+from digest.storage.models import Article, ArticleTopic, DateSource, Source
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -304,7 +304,7 @@ def test_non_utf8_feeds_are_stored_correctly(
 
 
 def test_reclassify_applies_changed_rules(any_engine: Engine, make_app: Callable[..., App]) -> None:
-    from digest.topics import reclassify
+    from digest.ingest.topics import reclassify
 
     run_ingest(make_app(any_engine, now=NOW))
     before = topics_of(any_engine)

@@ -19,8 +19,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from digest.app import App
-from digest.db import make_engine, upgrade
-from digest.leader import (
+from digest.scheduling.leader import (
     FileLeadership,
     PostgresLeadership,
     leader_info,
@@ -28,7 +27,8 @@ from digest.leader import (
     lock_file_path,
     record_heartbeat,
 )
-from digest.models import SchedulerLeader
+from digest.storage.db import make_engine, upgrade
+from digest.storage.models import SchedulerLeader
 from tests.conftest import PG_URL, _pg_schema_url, base_config
 from tests.support.scheduling import (
     digest_process,
@@ -43,7 +43,7 @@ NOW = datetime(2026, 11, 30, 5, 0, 30, tzinfo=UTC)
 
 
 def test_a_lock_file_admits_one_leader_at_a_time(tmp_path: Path) -> None:
-    path = tmp_path / "digest.db.scheduler.lock"
+    path = tmp_path / "digest.storage.db.scheduler.lock"
     first, second = FileLeadership(path, "a"), FileLeadership(path, "b")
     assert first.try_acquire()
     assert not second.try_acquire()

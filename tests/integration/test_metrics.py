@@ -11,9 +11,9 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from digest.app import App
-from digest.leader import leading
-from digest.models import Source
-from digest.schedule import run_due
+from digest.scheduling.leader import leading
+from digest.scheduling.tick import run_due
+from digest.storage.models import Source
 from digest.web.app import create_app
 from digest.web.metrics import Exposition
 from subscribers import count_audience

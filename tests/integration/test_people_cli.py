@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from digest.cli import app as cli_app
 from digest.cli import common
-from digest.models import Delivery, Issue
+from digest.storage.models import Delivery, Issue
 from subscribers import count_audience, find_subscriber, is_suppressed
 from subscribers.models import ConsentEvent
 from tests.conftest import DEFAULT_NOW, TEST_SECRET

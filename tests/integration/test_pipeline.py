@@ -12,12 +12,12 @@ from pathlib import Path
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from digest import assemble
 from digest.app import App
 from digest.cli import app as cli_app
-from digest.demo import run_demo
-from digest.models import IssueStatus
-from digest.personalize import leaks
+from digest.issues import assemble
+from digest.ops.demo import run_demo
+from digest.rendering.personalize import leaks
+from digest.storage.models import IssueStatus
 from subscribers.tokens import Purpose, verify_token
 
 NOW = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)

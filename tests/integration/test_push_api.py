@@ -11,7 +11,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.models import Article, ArticleTopic, DateSource, Source
+from digest.storage.models import Article, ArticleTopic, DateSource, Source
 from digest.web.app import create_app
 from tests.conftest import DEFAULT_NOW
 

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from digest.app import App
 from digest.cli import app as cli_app
-from digest.db import make_engine, upgrade
-from digest.leader import leadership_for
-from digest.models import Delivery, IssueStatus, RunOutcome
+from digest.scheduling.leader import leadership_for
+from digest.storage.db import make_engine, upgrade
+from digest.storage.models import Delivery, IssueStatus, RunOutcome
 from tests.conftest import TEST_SECRET, base_config
 from tests.support.scheduling import (
     count,

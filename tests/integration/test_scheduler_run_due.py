@@ -20,13 +20,13 @@ import pytest
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
-from digest import editorial
 from digest.app import App, fixed_clock
-from digest.db import make_engine
-from digest.models import Delivery, Issue, IssueStatus, RunOutcome
-from digest.pipeline import SendRequest
-from digest.schedule import run_due
-from digest.sending import send_issue
+from digest.issues import editorial
+from digest.scheduling.pipeline import SendRequest
+from digest.scheduling.tick import run_due
+from digest.sending.send import send_issue
+from digest.storage.db import make_engine
+from digest.storage.models import Delivery, Issue, IssueStatus, RunOutcome
 from subscribers import count_audience
 from subscribers.models import Subscriber
 from tests.support.scheduling import (
@@ -443,7 +443,7 @@ def _recipients(app: App, issue_id: int = 1) -> list[str]:
 
 
 def _audience_zones(app: App) -> set[str]:
-    from digest.local_time import audience_zones
+    from digest.sending.local_time import audience_zones
 
     with app.session() as session:
         return set(audience_zones(session, TURKEY, "Europe/Istanbul"))

@@ -21,9 +21,9 @@ from apscheduler.triggers import interval as interval_trigger
 from sqlalchemy import Engine
 
 from digest.app import App
-from digest.cron import CrontabTrigger
-from digest.models import RunOutcome, ScheduleRun
-from digest.scheduler import SchedulerService
+from digest.issues.cron import CrontabTrigger
+from digest.scheduling.service import SchedulerService
+from digest.storage.models import RunOutcome, ScheduleRun
 from tests.support.scheduling import (
     RecordingPipeline,
     issues_of,

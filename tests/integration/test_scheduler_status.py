@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from digest.app import App
 from digest.cli import app as cli_app
 from digest.cli import common
-from digest.leader import leading
-from digest.models import Source
-from digest.schedule import run_due
-from digest.status import status_report
+from digest.ops.status import status_report
+from digest.scheduling.leader import leading
+from digest.scheduling.tick import run_due
+from digest.storage.models import Source
 from tests.support.scheduling import RecordingPipeline, load_sample_subscribers
 
 MONDAY = datetime(2026, 11, 30, 5, 0, tzinfo=UTC)

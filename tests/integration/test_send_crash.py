@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
-from digest import assemble
 from digest.config import Settings
-from digest.ledger import delivery_counts
-from digest.models import BatchStatus, Delivery, SendBatch
+from digest.issues import periods
+from digest.sending.ledger import delivery_counts
+from digest.storage.models import BatchStatus, Delivery, SendBatch
 from tests.conftest import DEFAULT_NOW, REPO_ROOT, TEST_SECRET, make_settings
 from tests.support.sendgrid_server import SendGridServer
 from tests.support.sending import add_audience, address, make_issue
@@ -79,8 +79,8 @@ def _config(tmp_path: Path, engine: Engine, server: SendGridServer) -> tuple[Pat
 
 def _current_issue(engine: Engine, settings: Settings) -> int:
     newsletter = settings.newsletter(SLUG)
-    period = assemble.current_period(settings, newsletter, DEFAULT_NOW)
-    return make_issue(engine, SLUG, period=assemble.period_key(period))
+    period = periods.current_period(settings, newsletter, DEFAULT_NOW)
+    return make_issue(engine, SLUG, period=periods.period_key(period))
 
 
 def _start(config: Path, *extra: str) -> subprocess.Popen[bytes]:

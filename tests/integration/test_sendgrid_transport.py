@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from digest import personalize
 from digest.app import App
 from digest.config import Settings
-from digest.message import RecipientValues
-from digest.sending import send_issue
+from digest.mail.message import RecipientValues
+from digest.rendering import personalize
+from digest.sending.send import send_issue
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,

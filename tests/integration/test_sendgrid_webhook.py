@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from digest.app import App
-from digest.models import Delivery, Issue, WebhookEvent
+from digest.storage.models import Delivery, Issue, WebhookEvent
 from digest.web.app import create_app
 from subscribers import (
     add_subscriber,

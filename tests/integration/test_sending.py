@@ -11,12 +11,12 @@ from sqlalchemy import Engine, select, update
 from sqlmodel import Session
 from sqlmodel import select as sqlmodel_select
 
-from digest import ledger
 from digest.app import App
-from digest.claimer import Claimer
-from digest.models import BatchStatus, Delivery, Issue, IssueStatus, SendBatch
-from digest.personalize import leaks
-from digest.sending import SendRefused, delivery_counts, send_issue, send_test
+from digest.rendering.personalize import leaks
+from digest.sending import ledger
+from digest.sending.claimer import Claimer
+from digest.sending.send import SendRefused, delivery_counts, send_issue, send_test
+from digest.storage.models import BatchStatus, Delivery, Issue, IssueStatus, SendBatch
 from digest.transports import OutgoingBatch, SendOutcome, SendResult
 from digest.transports.outbox import OutboxTransport
 from subscribers import unsubscribe

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from digest import assemble
 from digest.cli import app as cli_app
 from digest.config import load_settings
+from digest.issues import assemble, periods
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
 from tests.support.sending import add_audience, make_issue, outbox_messages
 
@@ -44,8 +44,8 @@ timezone = "Europe/Istanbul"
         encoding="utf-8",
     )
     settings = load_settings(path)
-    period = assemble.current_period(settings, settings.newsletter(SLUG), DEFAULT_NOW)
-    make_issue(engine, SLUG, period=assemble.period_key(period))
+    period = periods.current_period(settings, settings.newsletter(SLUG), DEFAULT_NOW)
+    make_issue(engine, SLUG, period=periods.period_key(period))
     add_audience(engine, SLUG, 10)
     return path
 
@@ -100,8 +100,8 @@ def test_errors_are_clear(config: Path) -> None:
 
 def test_deliveries_tells_how_many_the_freeze_has_not_reached(config: Path, engine: Engine) -> None:
     """As when a send was stopped after the first page of a large audience."""
-    from digest import freeze
     from digest.app import App, fixed_clock
+    from digest.sending import freeze
 
     settings = load_settings(config)
     app = App(settings=settings, clock=fixed_clock(DEFAULT_NOW), _engine=engine)

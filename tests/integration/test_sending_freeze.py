@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
-from digest import freeze
 from digest.app import App
-from digest.models import Delivery, Issue, IssueStatus
-from digest.sending import send_issue
+from digest.sending import freeze
+from digest.sending.send import send_issue
+from digest.storage.models import Delivery, Issue, IssueStatus
 from tests.support.sending import (
     add_audience,
     address,

@@ -13,8 +13,15 @@ from sqlalchemy import Engine, select, update
 from sqlmodel import col
 
 from digest.app import App
-from digest.models import BatchStatus, Delivery, DeliveryStatus, Issue, IssueStatus, SendBatch
-from digest.sending import send_issue
+from digest.sending.send import send_issue
+from digest.storage.models import (
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    SendBatch,
+)
 from subscribers.models import Subscriber
 from tests.conftest import base_config
 from tests.support.sending import add_audience, address, mailed, make_issue

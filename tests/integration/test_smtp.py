@@ -22,11 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine
 
-from digest import personalize
 from digest.app import App
 from digest.config import Settings
-from digest.message import RecipientValues
-from digest.sending import send_issue
+from digest.mail.message import RecipientValues
+from digest.rendering import personalize
+from digest.sending.send import send_issue
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,

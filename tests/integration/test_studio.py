@@ -17,9 +17,9 @@ from sqlalchemy import Engine
 
 from digest.app import App, fixed_clock
 from digest.config import load_settings
-from digest.models import Issue, IssueStatus
-from digest.personalize import leaks
-from digest.render import Renderer
+from digest.rendering.personalize import leaks
+from digest.rendering.render import Renderer
+from digest.storage.models import Issue, IssueStatus
 from digest.web import live_reload
 from digest.web.app import create_app
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
@@ -299,7 +299,7 @@ def test_send_a_test_goes_through_the_transport_and_says_so(app: App, client: Te
 def test_a_refused_test_send_is_a_message(
     app: App, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from digest import sending
+    from digest.sending import send as sending
     from digest.transports import SendOutcome, SendResult
 
     add_turkey_week(app, 3)

@@ -195,7 +195,7 @@ def test_export_round_trips_and_leaves_out_the_unmailable(
     # The export imports back into an empty database unchanged.
     with Session(any_engine) as session:
         session.exec(select(Subscriber)).all()
-    from digest.db import make_engine, upgrade
+    from digest.storage.db import make_engine, upgrade
 
     fresh = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
     upgrade(fresh)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from digest.app import App
-from digest.sending import send_issue
+from digest.sending.send import send_issue
 from digest.web.app import create_app
 from subscribers import import_csv
 from tests.conftest import DEFAULT_NOW

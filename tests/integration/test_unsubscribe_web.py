@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from digest.app import App, fixed_clock
-from digest.models import Delivery, Issue
+from digest.storage.models import Delivery, Issue
 from digest.web.app import create_app
 from digest.web.subscribe import confirmation_sender
 from subscribers import add_subscriber, count_audience, is_suppressed, subscriptions_of

@@ -10,8 +10,8 @@ import re
 from datetime import datetime, timedelta
 
 from digest.app import App
-from digest.assemble import current_period
-from digest.models import Article, ArticleTopic
+from digest.issues.periods import current_period
+from digest.storage.models import Article, ArticleTopic
 
 TURKEY_REASONS = ["tag: Turkey"]
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from digest.config import Settings, settings_from_mapping
-from digest.contents import ArticleView, IssueContents, SectionView
+from digest.rendering.contents import ArticleView, IssueContents, SectionView
 
 PERIOD = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)  # Monday 08:00 in Istanbul
 

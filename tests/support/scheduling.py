@@ -19,9 +19,9 @@ from sqlalchemy import Engine, func, select
 from sqlmodel import Session
 
 from digest.app import App
-from digest.assemble import build_issue
-from digest.models import Article, Issue, IssueStatus, ScheduleRun
-from digest.pipeline import Pipeline, SendRequest, real_pipeline
+from digest.issues.assemble import build_issue
+from digest.scheduling.pipeline import Pipeline, SendRequest, real_pipeline
+from digest.storage.models import Article, Issue, IssueStatus, ScheduleRun
 from subscribers import import_csv
 from tests.support.articles import add_article
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 
-from digest.models import Issue, IssueStatus
+from digest.storage.models import Issue, IssueStatus
 from subscribers.models import Subscriber
 
 if TYPE_CHECKING:
     from digest.app import App
-    from digest.sending import SendReport
+    from digest.sending.send import SendReport
 
 PERIOD = "2026-11-23T05:00:00+00:00"
 
@@ -143,7 +143,7 @@ def add_audience(
 def send_at_once(app: App, issue_id: int, senders: int) -> list[SendReport]:
     """`senders` runs of `send_issue` of one issue in threads started together; raises the
     first error any of them raised."""
-    from digest.sending import send_issue
+    from digest.sending.send import send_issue
 
     reports: list[SendReport] = []
     errors: list[BaseException] = []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from digest.feeds import ArticleData, ParsedFeed, parse_source, validate_items
-from digest.models import DateSource
+from digest.ingest.feeds import ArticleData, ParsedFeed, parse_source, validate_items
+from digest.storage.models import DateSource
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "sample" / "feeds"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from digest.charsets import detect_charset
-from digest.feeds import parse_csv, parse_feed
+from digest.ingest.charsets import detect_charset
+from digest.ingest.feeds import parse_csv, parse_feed
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
 

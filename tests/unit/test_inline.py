@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from digest.inline import inline_css
-from digest.personalize import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL
+from digest.rendering.inline import inline_css
+from digest.rendering.personalize import NAME, PREFERENCES_URL, UNSUBSCRIBE_URL
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head>

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from digest.lint import ERROR, MAX_BYTES, WARN_BYTES, WARNING, check
-from digest.render import Renderer
+from digest.rendering.lint import ERROR, MAX_BYTES, WARN_BYTES, WARNING, check
+from digest.rendering.render import Renderer
 from tests.support.sample_issue import sample_contents
 
 TEXT = "Unsubscribe: %%UNSUBSCRIBE_URL%%\n"

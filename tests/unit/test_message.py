@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from digest import personalize
 from digest.config import Settings
-from digest.message import (
+from digest.mail.message import (
     build_mime,
     clean_name,
     list_headers,
@@ -20,6 +19,7 @@ from digest.message import (
     message_id,
     recipient_values,
 )
+from digest.rendering import personalize
 from subscribers.tokens import Purpose, verify_token
 from tests.conftest import TEST_SECRET, make_settings
 

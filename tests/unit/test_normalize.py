@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from digest.normalize import (
+from digest.ingest.normalize import (
     canonical_url,
     clean_author,
     clean_language,

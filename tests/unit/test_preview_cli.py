@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from digest.app import App, fixed_clock
 from digest.cli import app as cli_app
 from digest.config import load_settings
-from digest.personalize import leaks
+from digest.rendering.personalize import leaks
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
 from tests.support.articles import add_turkey_week
 

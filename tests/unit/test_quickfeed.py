@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from digest import quickfeed
-from digest.charsets import detect_charset
-from digest.feeds import parse_feed
+from digest.ingest import quickfeed
+from digest.ingest.charsets import detect_charset
+from digest.ingest.feeds import parse_feed
 
 ROOT = Path(__file__).resolve().parents[2]
 FEEDS = ROOT / "tests" / "fixtures" / "feeds"

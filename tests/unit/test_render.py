@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from digest import personalize
-from digest.contents import RenderedEmail
-from digest.lint import ERROR, WARN_BYTES
 from digest.paths import templates_dir
-from digest.render import TEXT_WIDTH, Renderer, RenderError
+from digest.rendering import personalize
+from digest.rendering.contents import RenderedEmail
+from digest.rendering.lint import ERROR, WARN_BYTES
+from digest.rendering.render import TEXT_WIDTH, Renderer, RenderError
 from tests.support.sample_issue import sample_article, sample_contents, sample_settings
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"

@@ -8,9 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest import local_time
-from digest.cron import CrontabTrigger, fire_times, next_fire_time, previous_fire_time
-from digest.due import (
+from digest.issues.cron import CrontabTrigger, fire_times, next_fire_time, previous_fire_time
+from digest.scheduling.rules import (
     Candidate,
     approval_deadline,
     candidate_periods,
@@ -18,7 +17,8 @@ from digest.due import (
     retry_due,
     send_outcome,
 )
-from digest.models import RunOutcome, ScheduleRun
+from digest.sending import local_time
+from digest.storage.models import RunOutcome, ScheduleRun
 from tests.conftest import make_settings
 from tests.support.scheduling import FakeReport
 

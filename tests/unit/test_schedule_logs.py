@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from digest.logs import configure_logging
+from digest.ops.logs import configure_logging
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digest.config import NewsletterConfig, TopicRules
-from digest.topics import FoldedArticle, classify, match_topic
+from digest.ingest.topics import FoldedArticle, classify, match_topic
 
 TURKEY = TopicRules(
     tags=["Turkey", "Türkiye"],

@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digest.message import RecipientValues
+from digest.mail.message import RecipientValues
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,

@@ -6,7 +6,7 @@ import random
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from digest.sending import RateLimiter
+from digest.sending.send import RateLimiter
 from digest.transports import RetryPolicy
 from tests.support.sending import FakeTime
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from digest import personalize
 from digest.config import Settings
-from digest.message import RecipientValues
+from digest.mail.message import RecipientValues
+from digest.rendering import personalize
 from digest.transports import OutgoingMessage, OutgoingRecipient
 from digest.transports.sendgrid_payload import SharedPart, payload, payload_json
 from tests.conftest import make_settings

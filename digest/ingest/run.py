@@ -1,0 +1,355 @@
+"""Ingestion: fetch every source (or one), parse, normalize, deduplicate, store, classify.
+
+The run is a pipeline: fetches overlap (bounded by `ingest.concurrency`); parsing, the CPU-heavy
+part, runs in worker processes for big runs; all database work happens on one thread, one
+transaction per source, with bulk lookups. A source that fails is recorded on its `Source` row
+and the others go on; nothing already stored is ever deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlmodel import Session, select
+
+from digest.config import NewsletterConfig, Settings, SourceConfig
+from digest.ingest.feeds import ArticleData, ParsedFeed, parse_source
+from digest.ingest.fetch import Fetcher, FetchRequest, FetchResult, default_user_agent
+from digest.ingest.upsert import Prepared, prepare, store_prepared
+from digest.storage.models import Source
+
+if TYPE_CHECKING:
+    from digest.app import App
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+MAX_LISTED_ERRORS = 20
+POOL_MIN_SOURCES = 4  # below this, worker processes cost more than they save
+
+
+@dataclass
+class SourceReport:
+    name: str
+    fetched: int
+    new: int
+    updated: int
+    unchanged: int
+    errors: list[str]
+    not_modified: bool = False
+    warnings: list[str] = field(default_factory=list)  # read, but something was odd
+    failed: bool = False  # nothing could be read this time (errors[0] says why)
+
+
+@dataclass
+class IngestReport:
+    sources: list[SourceReport]
+
+    @property
+    def fetched(self) -> int:
+        return sum(s.fetched for s in self.sources)
+
+    @property
+    def new(self) -> int:
+        return sum(s.new for s in self.sources)
+
+    @property
+    def updated(self) -> int:
+        return sum(s.updated for s in self.sources)
+
+    @property
+    def unchanged(self) -> int:
+        return sum(s.unchanged for s in self.sources)
+
+    @property
+    def errors(self) -> int:
+        return sum(len(s.errors) for s in self.sources)
+
+    @property
+    def failed(self) -> list[str]:
+        return [s.name for s in self.sources if s.failed]
+
+
+class UnknownSourceError(LookupError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        listed = ", ".join(known) or "none configured"
+        super().__init__(f"no source {name!r} in the configuration (known: {listed})")
+
+
+def run_ingest(
+    app: App, *, source: str | None = None, progress: Progress | None = None
+) -> IngestReport:
+    """Ingest every configured source, or only `source`; one report per source, config order."""
+    configs = select_sources(app.settings, source)
+    if not configs:
+        return IngestReport([])
+    now = app.now()
+    requests = sync_sources(app, configs)
+    with _old_objects_frozen():
+        reports = _run(_Run(app, configs, now, progress or _no_progress).run(requests))
+    order = {c.name: i for i, c in enumerate(configs)}
+    return IngestReport(sorted(reports, key=lambda r: order[r.name]))
+
+
+def select_sources(settings: Settings, name: str | None) -> list[SourceConfig]:
+    if name is None:
+        return list(settings.sources)
+    chosen = [s for s in settings.sources if s.name == name]
+    if not chosen:
+        raise UnknownSourceError(name, [s.name for s in settings.sources])
+    return chosen
+
+
+def sync_sources(app: App, configs: Sequence[SourceConfig]) -> list[FetchRequest]:
+    """Make sure each configured source has its row; return what to fetch, with validators."""
+    with app.session() as session:
+        rows = {s.name: s for s in session.exec(select(Source)).all()}
+        requests = []
+        for config in configs:
+            row = rows.get(config.name)
+            if row is None:
+                row = Source(name=config.name, kind=config.kind, url=config.url)
+            elif (row.kind, row.url) != (config.kind, config.url):
+                row.kind, row.url = config.kind, config.url
+                row.etag = row.last_modified = None  # another document: validators don't apply
+            session.add(row)
+            requests.append(FetchRequest(config.name, config.url, row.etag, row.last_modified))
+    return requests
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """Keep the cyclic collector off the objects that existed before the run.
+
+    A run allocates many small objects, so full collections happen during it, and each walked
+    the whole heap (libraries, ORM state) again: about 0.1 s with the GIL held, stalling fetches
+    and the database thread. Forked parse workers inherit the freeze, so theirs skip it too.
+    Unfrozen afterwards (unless someone else froze first), so nothing is kept alive for good.
+    """
+    if gc.get_freeze_count():
+        yield  # frozen by the host process already: leave its choice alone
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+def _no_progress(_name: str, _message: str) -> None:
+    return None
+
+
+T = TypeVar("T")
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, also when called from inside a running event loop (on a fresh thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(1, thread_name_prefix="digest-ingest") as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
+class _Run:
+    """One ingest run: fetch → parse (workers) → store (one DB thread), overlapping."""
+
+    def __init__(
+        self, app: App, configs: Sequence[SourceConfig], now: datetime, progress: Progress
+    ) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.kinds = {c.name: str(c.kind) for c in configs}
+        self.now = now
+        self.progress = progress
+        self.order: list[str] = []
+        self.turns: dict[str, asyncio.Event] = {}
+
+    async def run(self, requests: list[FetchRequest]) -> list[SourceReport]:
+        parser = _parse_executor(self.settings.ingest.parse_workers, len(requests))
+        writer = ThreadPoolExecutor(1, thread_name_prefix="digest-db")
+        try:
+            # Stored in configuration order, whatever order fetches finish in: when two sources
+            # carry the same article, the first configured one keeps it, run after run.
+            self.turns = {r.name: asyncio.Event() for r in requests}
+            self.order = [r.name for r in requests]
+            async with Fetcher(self.settings.ingest, default_user_agent(self.settings)) as fetcher:
+                handled = []
+                for request in requests:
+                    self.progress(request.name, "fetching")
+                async for result in fetcher.fetch_all(requests):
+                    handled.append(asyncio.create_task(self._handle(result, parser, writer)))
+                return list(await asyncio.gather(*handled))
+        finally:
+            writer.shutdown(wait=True)
+            if parser is not None:
+                parser.shutdown(wait=True)
+
+    async def _handle(
+        self, result: FetchResult, parser: Executor | None, writer: Executor
+    ) -> SourceReport:
+        name = result.name
+        try:
+            read = await self._read(result, parser)
+            position = self.order.index(name)
+            if position:
+                await self.turns[self.order[position - 1]].wait()
+            report = await asyncio.get_running_loop().run_in_executor(
+                writer, self._store, result, read
+            )
+        finally:
+            self.turns[name].set()  # never leave the next source waiting
+        self.progress(name, _summary(report))
+        return report
+
+    async def _read(self, result: FetchResult, parser: Executor | None) -> ReadSource | None:
+        if result.error:
+            self.progress(result.name, f"failed: {result.error}")
+            return None
+        if result.not_modified:
+            self.progress(result.name, "not modified")
+            return None
+        self.progress(result.name, "parsing")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                parser,
+                read_source,
+                self.kinds[result.name],
+                result,
+                self.now,
+                self.settings.newsletters,
+            )
+        except Exception as exc:  # a crashed worker process, say: this source fails alone
+            log.exception("parsing source %s failed", result.name)
+            result.error = f"could not parse: {type(exc).__name__}: {exc}"
+            return None
+
+    def _store(self, result: FetchResult, parsed: ReadSource | None) -> SourceReport:
+        try:
+            with self.app.session() as session:
+                return record(session, result, parsed, self.settings, self.now)
+        except Exception as exc:  # a storage failure of one source must not stop the others
+            log.exception("storing source %s failed", result.name)
+            failure = FetchResult(result.name, result.url, error=f"could not store: {exc}")
+            with self.app.session() as session:
+                return record(session, failure, None, self.settings, self.now)
+
+
+@dataclass
+class ReadSource:
+    """A source's content parsed and prepared for storing (built in a worker process)."""
+
+    feed: ParsedFeed
+    items: list[Prepared]
+    warnings: list[str]
+
+
+def read_source(
+    kind: str, result: FetchResult, now: datetime, newsletters: Sequence[NewsletterConfig]
+) -> ReadSource:
+    feed = parse_source(
+        kind, result.content or b"", url=result.url, content_type=result.content_type
+    )
+    items, warnings = prepare(feed.items, result.name, now=now, newsletters=newsletters)
+    return ReadSource(feed, items, feed.warnings + warnings)
+
+
+def _parse_executor(workers: int, sources: int) -> Executor | None:
+    """Worker processes for parsing, or None for the event loop's threads (small runs)."""
+    cpus = os.cpu_count() or 1
+    if workers == 1 or (workers == 0 and (sources < POOL_MIN_SOURCES or cpus < 2)):
+        return None
+    count = min(workers or cpus, sources)
+    # fork is fast but unsafe once threads exist (a server, a scheduler): use forkserver there.
+    method = "fork" if threading.active_count() == 1 and hasattr(os, "fork") else "forkserver"
+    if method not in multiprocessing.get_all_start_methods():
+        method = "spawn"
+    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method))
+    pool.submit(int).result()  # start the workers now, before this run starts any thread
+    return pool
+
+
+def _summary(report: SourceReport) -> str:
+    if report.failed:
+        return f"failed: {report.errors[0]}"
+    if report.not_modified:
+        return "not modified"
+    return f"{report.fetched} items: {report.new} new, {report.updated} updated"
+
+
+def record(
+    session: Session,
+    result: FetchResult,
+    read: ReadSource | None,
+    settings: Settings,
+    now: datetime,
+) -> SourceReport:
+    """Store what one source yielded and its health, in the caller's transaction."""
+    source = session.exec(select(Source).where(Source.name == result.name)).one()
+    source.last_fetched_at = now
+    source.last_http_status = result.status
+    report = SourceReport(result.name, 0, 0, 0, 0, [])
+    fatal = result.error or (read.feed.fatal if read else None)
+    if fatal:
+        source.consecutive_failures += 1
+        source.last_error = fatal
+        source.last_error_at = now
+        source.etag = source.last_modified = None  # next time, fetch everything again
+        session.add(source)
+        report.errors.append(fatal)
+        report.failed = True
+        return report
+    source.consecutive_failures = 0
+    source.last_success_at = now
+    if result.not_modified or read is None:
+        report.not_modified = True
+        session.add(source)
+        return report
+    counts = store_prepared(
+        session, result.name, read.items, now=now, dedupe_window=settings.ingest.dedupe_window
+    )
+    report.fetched = len(read.items)
+    report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
+    report.errors = _capped(read.feed.errors)
+    report.warnings = read.warnings + counts.warnings
+    source.etag, source.last_modified = result.etag, result.last_modified
+    source.last_item_count = report.fetched
+    notes = report.warnings + report.errors
+    source.last_warning = "; ".join(notes)[:2000] if notes else None
+    session.add(source)
+    return report
+
+
+def _capped(errors: list[str]) -> list[str]:
+    if len(errors) <= MAX_LISTED_ERRORS:
+        return list(errors)
+    return [*errors[:MAX_LISTED_ERRORS], f"… and {len(errors) - MAX_LISTED_ERRORS} more"]
+
+
+PUSH_URL = "push"  # the Source.url of sources fed through the push API
+
+
+def ingest_items(app: App, source: str, items: Sequence[ArticleData]) -> SourceReport:
+    """Store articles pushed by a CMS as if `source` had just been fetched with these items."""
+    now = app.now()
+    with app.session() as session:
+        if session.exec(select(Source).where(Source.name == source)).first() is None:
+            session.add(Source(name=source, kind="api", url=PUSH_URL))
+            session.flush()
+        result = FetchResult(source, PUSH_URL)
+        prepared, warnings = prepare(items, source, now=now, newsletters=app.settings.newsletters)
+        read = ReadSource(ParsedFeed(items=list(items)), prepared, warnings)
+        return record(session, result, read, app.settings, now)

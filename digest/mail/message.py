@@ -1,0 +1,183 @@
+"""One recipient's message: token values, list headers and the RFC 5322 MIME document.
+
+The issue is rendered and inlined once; what differs per recipient is the value of each token
+of `digest.rendering.personalize` (signed unsubscribe and preferences links, the name) and the
+headers that carry the same links (RFC 2369 List-Unsubscribe, RFC 8058 one-click). SendGrid gets the
+values as substitutions and builds the MIME itself; SMTP and the outbox get `build_mime`.
+
+Header values never come from content with line breaks in them: names and subjects are folded
+to one line before they reach a header, so a subscriber called "x\\r\\nBcc: …" stays a name.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from digest.config import NewsletterConfig, Settings
+from digest.rendering import personalize
+from subscribers.tokens import Purpose, signer
+
+ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058 §3.1: exactly this key/value pair
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+UNSUBSCRIBE = str(Purpose.UNSUBSCRIBE)
+PREFERENCES = str(Purpose.PREFERENCES)
+
+
+def one_line(value: str) -> str:
+    """`value` with control characters (CR, LF, tabs…) replaced by spaces, trimmed."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def clean_name(name: str | None) -> str:
+    """A subscriber's name made safe for headers and substitutions (no line breaks, no tokens)."""
+    if not name:
+        return ""
+    if name.isprintable() and "%%" not in name and "  " not in name and name.strip() == name:
+        return name  # the common case, without the regular expression (once per recipient)
+    return one_line(name).replace("%%", "%")
+
+
+def site_host(settings: Settings) -> str:
+    return urlsplit(settings.site.base_url).hostname or "localhost"
+
+
+def list_id(settings: Settings, newsletter: NewsletterConfig) -> str:
+    """RFC 2919 List-Id: `"Title" <slug.host>`."""
+    title = one_line(newsletter.title).replace("\\", "").replace('"', "")
+    return f'"{title}" <{newsletter.slug}.{site_host(settings)}>'
+
+
+def list_unsubscribe(settings: Settings, unsubscribe_url: str) -> str:
+    """RFC 2369 List-Unsubscribe: the signed https link, then the mailto when configured."""
+    value = f"<{unsubscribe_url}>"
+    mailto = settings.sender.unsubscribe_mailto
+    if mailto:
+        value += f", <mailto:{mailto}?subject=unsubscribe>"
+    return value
+
+
+def list_headers(settings: Settings, unsubscribe_url: str) -> dict[str, str]:
+    """List-Unsubscribe, plus List-Unsubscribe-Post when the link is https (RFC 8058 needs it)."""
+    headers = {"List-Unsubscribe": list_unsubscribe(settings, unsubscribe_url)}
+    if unsubscribe_url.startswith("https://"):
+        headers["List-Unsubscribe-Post"] = ONE_CLICK
+    return headers
+
+
+def message_id(settings: Settings, *, issue_id: int | None, delivery_id: int | None) -> str:
+    """A Message-ID: deterministic per delivery (a resend is recognisably the same message)."""
+    domain = settings.sender.from_email.rpartition("@")[2] or site_host(settings)
+    if delivery_id is None:
+        return make_msgid("digest-test", domain=domain)
+    return f"<digest.{issue_id}.{delivery_id}@{domain}>"
+
+
+@lru_cache(maxsize=64)
+def _name_fallback(template: str, language: str) -> str:
+    from digest.config import NewsletterConfig
+    from digest.rendering.render import Renderer
+
+    probe = NewsletterConfig(slug="x", title="x", template=template, language=language)
+    return Renderer().name_fallback(probe)
+
+
+def name_fallback(newsletter: NewsletterConfig) -> str:
+    """What `%%NAME%%` becomes for a subscriber without a name ("there" in English)."""
+    return _name_fallback(newsletter.template, newsletter.language)
+
+
+class RecipientValues:
+    """Token values for many recipients of one newsletter, with the shared parts computed once."""
+
+    def __init__(
+        self, settings: Settings, newsletter: NewsletterConfig, key: bytes, now: datetime
+    ) -> None:
+        base = settings.site.base_url
+        self._unsubscribe = f"{base}/u/"
+        self._preferences = f"{base}/preferences/"
+        slug = newsletter.slug
+        self._sign_unsubscribe = signer(key, newsletter=slug, purpose=UNSUBSCRIBE, issued_at=now)
+        self._sign_preferences = signer(key, newsletter=slug, purpose=PREFERENCES, issued_at=now)
+        self._fallback = clean_name(name_fallback(newsletter))
+
+    def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
+        return {
+            personalize.UNSUBSCRIBE_URL: self._unsubscribe + self._sign_unsubscribe(subscriber_id),
+            personalize.PREFERENCES_URL: self._preferences + self._sign_preferences(subscriber_id),
+            personalize.NAME: clean_name(name) or self._fallback,
+        }
+
+
+def recipient_values(
+    settings: Settings,
+    newsletter_slug: str,
+    subscriber_id: int,
+    name: str | None,
+    key: bytes,
+    now: datetime,
+) -> dict[str, str]:
+    """The value of every token for one subscriber (links signed with `key`, issued `now`)."""
+    newsletter = settings.newsletter(newsletter_slug)
+    return RecipientValues(settings, newsletter, key, now)(subscriber_id, name)
+
+
+def _address(email_address: str, name: str | None) -> Address:
+    try:
+        return Address(display_name=one_line(name or ""), addr_spec=email_address.strip())
+    except (ValueError, IndexError) as exc:  # the parser raises either on a malformed address
+        raise ValueError(f"not a usable e-mail address: {email_address!r} ({exc})") from exc
+
+
+def build_mime(
+    *,
+    settings: Settings,
+    newsletter: NewsletterConfig,
+    subject: str,
+    html: str,
+    text: str,
+    to_email: str,
+    to_name: str | None,
+    values: Mapping[str, str],
+    headers: Mapping[str, str] | None = None,
+) -> EmailMessage:
+    """The complete message for one recipient, tokens filled in.
+
+    multipart/alternative with text/plain first and text/html last (clients show the last part
+    they understand), UTF-8, lines ended by CRLF (`email.policy.SMTP`). `headers` adds or
+    overrides headers such as Date, Message-ID, X-Digest-Issue; values are folded to one line.
+    Raises ValueError for an address the e-mail parser cannot use.
+    """
+    sender = settings.sender
+    # Folding at 78 columns makes Python RFC 2047-encode a long URL ("=?utf-8?q?=3Chttps…"),
+    # which no client reads as List-Unsubscribe: fold only beyond RFC 5322's hard limit.
+    message = EmailMessage(policy=email.policy.SMTP.clone(max_line_length=998))
+    message["From"] = _address(sender.from_email, sender.from_name)
+    message["To"] = _address(to_email, to_name)
+    if sender.reply_to:
+        message["Reply-To"] = _address(sender.reply_to, None)
+    message["Subject"] = one_line(personalize.fill(subject, values, html_escape=False))
+    message["Date"] = format_datetime(datetime.now(UTC))
+    message["Message-ID"] = message_id(settings, issue_id=None, delivery_id=None)
+    message["List-Id"] = list_id(settings, newsletter)
+    unsubscribe = values.get(personalize.UNSUBSCRIBE_URL)
+    extra = dict(list_headers(settings, unsubscribe) if unsubscribe else {})
+    extra.update(headers or {})
+    for name, value in extra.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"not a valid header name: {name!r}")
+        del message[name]
+        message[name] = one_line(value)
+    message.set_content(personalize.fill(text, values, html_escape=False), charset="utf-8")
+    message.add_alternative(
+        personalize.fill(html, values, html_escape=True), subtype="html", charset="utf-8"
+    )
+    return message

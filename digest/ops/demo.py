@@ -1,0 +1,83 @@
+"""The demo job behind `make demo`: the whole pipeline once, on the embedded defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import func, select
+
+from digest.app import App
+from digest.ingest.run import IngestReport, run_ingest
+from digest.issues import assemble
+from digest.mail.preview import write_preview
+from digest.paths import config_dir
+from digest.sending.send import SendReport, send_issue
+from digest.storage.db import upgrade
+from digest.storage.models import IssueStatus
+from subscribers import import_csv
+from subscribers.models import Subscriber
+
+
+@dataclass
+class NewsletterOutcome:
+    slug: str
+    issue_id: int | None
+    status: str
+    articles: int
+    note: str = ""
+    preview: dict[str, Path] = field(default_factory=dict)
+    send: SendReport | None = None
+
+
+@dataclass
+class DemoReport:
+    ingest: IngestReport
+    subscribers_imported: int
+    newsletters: list[NewsletterOutcome]
+    outbox: Path
+
+
+def run_demo(app: App, preview_dir: Path) -> DemoReport:
+    """Upgrade the schema, load sample subscribers once, ingest, then build, preview and send."""
+    upgrade(app.engine)
+    imported = _load_sample_subscribers(app)
+    ingest_report = run_ingest(app)
+    outcomes = []
+    for newsletter in app.settings.newsletters:
+        issue = assemble.current_issue(app, newsletter.slug)
+        with app.session() as session:
+            links = assemble.issue_articles(session, issue.id or 0)
+            count = sum(1 for link, _ in links if not link.excluded)
+        outcome = NewsletterOutcome(newsletter.slug, issue.id, issue.status, count)
+        if issue.status == IssueStatus.SKIPPED:
+            outcome.note = issue.skip_reason or "skipped"
+        else:
+            outcome.preview = write_preview(app, newsletter.slug, preview_dir, issue)
+            outcome.send = send_issue(app, issue.id or 0)
+            with app.session() as session:
+                refreshed = assemble.get_issue(
+                    session, newsletter.slug, datetime.fromisoformat(issue.period)
+                )
+                outcome.status = refreshed.status if refreshed else issue.status
+        outcomes.append(outcome)
+    return DemoReport(ingest_report, imported, outcomes, Path(app.settings.delivery.outbox_dir))
+
+
+def _load_sample_subscribers(app: App) -> int:
+    """Import config/sample/subscribers.csv into an empty database (never twice)."""
+    with app.session() as session:
+        if session.exec(select(func.count()).select_from(Subscriber)).one() > 0:
+            return 0
+        sample = config_dir() / "sample" / "subscribers.csv"
+        with sample.open(encoding="utf-8", newline="") as handle:
+            report = import_csv(
+                session,
+                handle,
+                now=app.now(),
+                known_newsletters={n.slug for n in app.settings.newsletters},
+                file_name=str(sample),
+                source="demo",
+            )
+    return int(report.added)

@@ -1,0 +1,64 @@
+"""The seam between the scheduler and the pipeline: ingest, build, send.
+
+`run_due` drives these three callables; `real_pipeline()` wires the real modules in one place
+and tests hand in fakes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from digest.app import App
+from digest.storage.models import Issue
+
+
+class SendSummary(Protocol):
+    """What `digest.sending.send.send_issue` reports (its `SendReport`)."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def unknown(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def already_done(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """How the scheduler asks for a send: stop between batches when `stop` is set; only the
+    recipients whose time zone is in `timezones` (None: everyone)."""
+
+    stop: threading.Event | None = None
+    timezones: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The three steps a tick drives; the real ones come from `real_pipeline()`."""
+
+    ingest: Callable[[App], object]
+    build: Callable[[App, str, datetime], Issue]
+    send: Callable[[App, int, SendRequest], SendSummary]
+
+
+def real_pipeline() -> Pipeline:
+    from digest.ingest.run import run_ingest
+    from digest.issues.assemble import build_issue
+
+    return Pipeline(ingest=lambda app: run_ingest(app), build=build_issue, send=_send_issue)
+
+
+def _send_issue(app: App, issue_id: int, request: SendRequest) -> SendSummary:
+    from digest.sending.send import send_issue
+
+    return send_issue(app, issue_id, timezones=request.timezones, stop=request.stop)

@@ -1,0 +1,463 @@
+"""The delivery ledger: who gets an issue, in which batch, and what became of each batch.
+
+Rules that make a send exactly-once and resumable (listmonk advances its checkpoint when a batch
+is *fetched*, so a crash skips people; we only move a batch forward after the transport said):
+
+1. `digest.sending.freeze` writes one Delivery row per recipient, cut into SendBatch rows, in the
+   transaction that moves the issue to `sending` (a compare-and-set on the issue's status), so
+   the audience is frozen exactly once, completely or not at all.
+2. `claim` moves one batch `pending → sending` with a compare-and-set (`FOR UPDATE SKIP
+   LOCKED` on PostgreSQL), so two senders, on one host or several, never get the same batch.
+3. `record` moves it `sending → accepted | failed | unknown` after the transport answered.
+   A batch left `sending` by a sender that died (`digest.sending.claimer`) is not resent:
+   `release_stale` marks it `unknown`, and only `requeue(..., UNKNOWN)` (the operator's
+   `--retry-unknown`) sends it again.
+
+Per-recipient facts (skipped, failed alone, provider events) go on the Delivery row; otherwise
+the batch speaks for its rows (see DeliveryStatus), which keeps a million-recipient send to a
+million inserts and a thousand batch updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, bindparam, false, func, or_, select, true, update
+from sqlmodel import Session
+
+from digest.sending.claimer import Claimer
+from digest.sending.freeze import insert_batches
+from digest.storage.db import Db
+from digest.storage.models import (
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    SendBatch,
+)
+from digest.transports import SendOutcome, SendResult
+from subscribers import mailable
+
+_D = Delivery.__table__  # type: ignore[attr-defined]
+_B = SendBatch.__table__  # type: ignore[attr-defined]
+_I = Issue.__table__  # type: ignore[attr-defined]
+
+# Row statuses that stand on their own; a `pending` row takes its batch's status.
+_BATCH_TO_DELIVERY = {
+    None: DeliveryStatus.PENDING,
+    BatchStatus.PENDING: DeliveryStatus.PENDING,
+    BatchStatus.SENDING: DeliveryStatus.SENDING,
+    BatchStatus.ACCEPTED: DeliveryStatus.ACCEPTED,
+    BatchStatus.FAILED: DeliveryStatus.FAILED,
+    BatchStatus.UNKNOWN: DeliveryStatus.UNKNOWN,
+    BatchStatus.RETRIED: DeliveryStatus.PENDING,
+}
+_OUTCOME_TO_STATUS = {
+    SendOutcome.ACCEPTED: DeliveryStatus.ACCEPTED,
+    SendOutcome.FAILED: DeliveryStatus.FAILED,
+    SendOutcome.UNKNOWN: DeliveryStatus.UNKNOWN,
+}
+
+
+# -- claiming and recording batches -------------------------------------------------------------
+
+
+@dataclass(slots=True)  # not frozen: see OutgoingRecipient
+class ClaimedRecipient:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str | None
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    batch_id: int
+    recipients: list[ClaimedRecipient]  # to send now, in delivery order
+    skipped: int  # blocked since the freeze: marked skipped, not sent
+
+
+def in_zones(zones: Collection[str | None] | None) -> ColumnElement[bool]:
+    """Batches of these time zones (None in `zones`: batches cut without one); all if None."""
+    if zones is None:
+        return true()
+    named = sorted(z for z in zones if z is not None)
+    clauses = [_B.c.zone.in_(named)] if named else []
+    if None in zones:
+        clauses.append(_B.c.zone.is_(None))
+    return or_(*clauses) if clauses else false()
+
+
+def claim(
+    session: Db,
+    *,
+    issue_id: int,
+    claimer: Claimer,
+    now: datetime,
+    zones: Collection[str | None] | None = None,
+) -> int | None:
+    """Take the next pending batch of the issue (compare-and-set); None when none is left.
+    `zones` limits it to batches of those time zones (subscriber-local delivery).
+
+    Commit right after: the claim is the only write here, so the write lock (SQLite) or row lock
+    (PostgreSQL) is held for one statement, not while the batch is read and checked.
+    """
+    next_pending = (
+        select(_B.c.id)
+        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones))
+        .order_by(_B.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
+        .scalar_subquery()
+    )
+    row = session.execute(
+        update(_B)
+        .where(_B.c.id == next_pending, _B.c.status == BatchStatus.PENDING)
+        .values(
+            status=BatchStatus.SENDING,
+            claimed_by=str(claimer),
+            claimed_at=now,
+            attempts=_B.c.attempts + 1,
+            updated_at=now,
+        )
+        .returning(_B.c.id)
+    ).first()
+    return None if row is None else int(row[0])
+
+
+def open_batch(
+    session: Db,
+    *,
+    issue_id: int,
+    batch_id: int,
+    now: datetime,
+    newsletter: str,
+    max_recipients: int | None = None,
+) -> ClaimedBatch:
+    """The recipients of a batch just claimed, minus those who may no longer be mailed.
+
+    `max_recipients` splits a larger batch (its tail becomes a new pending batch), for
+    `--limit`. Whoever may no longer be mailed `newsletter` (unsubscribed, suppressed since the
+    freeze) is marked skipped here, just before the transport call: checked in the query that
+    reads the batch, one correlated probe per row, instead of a second round trip.
+    """
+    rows = session.execute(
+        select(
+            _D.c.id,
+            _D.c.subscriber_id,
+            _D.c.email,
+            _D.c.name,
+            mailable(_D.c.subscriber_id, newsletter),
+        )
+        .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
+        .order_by(_D.c.id)
+    ).all()
+    resized = False
+    if max_recipients is not None and len(rows) > max_recipients:
+        tail = rows[max_recipients:]
+        rows = rows[:max_recipients]
+        zone = session.execute(select(_B.c.zone).where(_B.c.id == batch_id)).scalar()
+        _move_to_new_batch(session, issue_id, [row[0] for row in tail], now, zone)
+        resized = True
+    members = [ClaimedRecipient(d, s, e, n) for d, s, e, n, ok in rows if ok]
+    skipped_ids = [row[0] for row in rows if not row[4]]
+    if skipped_ids:
+        set_rows(session, skipped_ids, status=DeliveryStatus.SKIPPED, now=now)
+    if resized:
+        session.execute(update(_B).where(_B.c.id == batch_id).values(size=len(rows)))
+    return ClaimedBatch(batch_id, members, len(skipped_ids))
+
+
+def release(session: Db, *, batch_id: int, claimer: Claimer, now: datetime) -> bool:
+    """Give back a claimed batch that never reached the transport."""
+    result = session.execute(
+        update(_B)
+        .where(
+            _B.c.id == batch_id,
+            _B.c.status == BatchStatus.SENDING,
+            _B.c.claimed_by == str(claimer),
+        )
+        .values(status=BatchStatus.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def record(
+    session: Db,
+    *,
+    batch: ClaimedBatch,
+    results: Sequence[SendResult],
+    claimer: Claimer,
+    now: datetime,
+) -> str:
+    """Store what the transport answered; returns the batch's new status.
+
+    The batch takes the best outcome (accepted if anyone was, else unknown if anything may have
+    gone, else failed); recipients whose own outcome differs get it on their row.
+    """
+    if len(results) != len(batch.recipients):
+        raise ValueError(
+            f"transport answered {len(results)} results for {len(batch.recipients)} recipients"
+        )
+    outcomes = {r.outcome for r in results}
+    if SendOutcome.ACCEPTED in outcomes or not results:
+        status = BatchStatus.ACCEPTED
+    elif SendOutcome.UNKNOWN in outcomes:
+        status = BatchStatus.UNKNOWN
+    else:
+        status = BatchStatus.FAILED
+    batch_status = DeliveryStatus(_BATCH_TO_DELIVERY[status])
+    message_id = next((r.message_id for r in results if r.accepted and r.message_id), None)
+    error = next((r.error for r in results if r.error), None)
+    own: list[dict[str, Any]] = []
+    for recipient, result in zip(batch.recipients, results, strict=True):
+        row_status = _OUTCOME_TO_STATUS[result.outcome]
+        differs = result.accepted and result.message_id and result.message_id != message_id
+        if row_status != batch_status or differs:
+            own.append(
+                {
+                    "delivery_id": recipient.delivery_id,
+                    "row_status": row_status if row_status != batch_status else "pending",
+                    "row_error": result.error,
+                    "row_message_id": result.message_id if result.accepted else None,
+                    "row_now": now,
+                }
+            )
+    if own:
+        session.execute(
+            update(_D)
+            .where(_D.c.id == bindparam("delivery_id"))
+            .values(
+                status=bindparam("row_status"),
+                error=bindparam("row_error"),
+                provider_message_id=bindparam("row_message_id"),
+                updated_at=bindparam("row_now", type_=_D.c.updated_at.type),
+            ),
+            own,
+        )
+    done = session.execute(
+        update(_B)
+        .where(
+            _B.c.id == batch.batch_id,
+            _B.c.claimed_by == str(claimer),
+            _B.c.status.in_([BatchStatus.SENDING, BatchStatus.UNKNOWN]),
+        )
+        .values(
+            status=status,
+            provider_message_id=message_id,
+            error=None if status == BatchStatus.ACCEPTED and not error else error,
+            updated_at=now,
+        )
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise LostClaim(f"batch {batch.batch_id} was taken from {claimer} while in flight")
+    return status
+
+
+class LostClaim(RuntimeError):
+    """A batch's claim changed hands while it was in flight (should never happen)."""
+
+
+def set_rows(session: Db, delivery_ids: Iterable[int], *, status: str, now: datetime) -> None:
+    ids = list(delivery_ids)
+    for start in range(0, len(ids), 1000):
+        session.execute(
+            update(_D)
+            .where(_D.c.id.in_(ids[start : start + 1000]))
+            .values(status=status, updated_at=now)
+        )
+
+
+def _move_to_new_batch(
+    session: Db, issue_id: int, delivery_ids: list[int], now: datetime, zone: str | None
+) -> int:
+    (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now, [zone])
+    for start in range(0, len(delivery_ids), 1000):
+        session.execute(
+            update(_D)
+            .where(_D.c.id.in_(delivery_ids[start : start + 1000]))
+            .values(batch_id=batch_id, status=DeliveryStatus.PENDING, error=None, updated_at=now)
+        )
+    return batch_id
+
+
+def heartbeat(session: Db, *, issue_id: int, claimer: Claimer, now: datetime) -> None:
+    """Refresh this sender's claims, so that other hosts see it is alive."""
+    session.execute(
+        update(_B)
+        .where(
+            _B.c.issue_id == issue_id,
+            _B.c.status == BatchStatus.SENDING,
+            _B.c.claimed_by == str(claimer),
+        )
+        .values(claimed_at=now)
+    )
+
+
+# -- recovery -----------------------------------------------------------------------------------
+
+
+def release_stale(
+    session: Session, *, issue_id: int, me: Claimer, now: datetime, lease: timedelta
+) -> list[int]:
+    """Mark `unknown` the batches left in flight by senders that are gone; returns their ids."""
+    stale: list[int] = []
+    rows = session.execute(
+        select(_B.c.id, _B.c.claimed_by, _B.c.claimed_at).where(
+            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.SENDING
+        )
+    ).all()
+    for batch_id, claimed_by, claimed_at in rows:
+        holder = Claimer.parse(claimed_by)
+        if me.judges_alive(holder, _aware(claimed_at), now, lease):
+            continue
+        result = session.execute(
+            update(_B)
+            .where(
+                _B.c.id == batch_id,
+                _B.c.status == BatchStatus.SENDING,
+                _B.c.claimed_by == claimed_by,
+            )
+            .values(
+                status=BatchStatus.UNKNOWN,
+                error=f"its sender ({claimed_by}) stopped while the batch was in flight",
+                updated_at=now,
+            )
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            stale.append(int(batch_id))
+    return stale
+
+
+def _aware(moment: Any) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def requeue(
+    session: Session, *, issue_id: int, status: DeliveryStatus, batch_size: int, now: datetime
+) -> int:
+    """Put the deliveries that ended `status` (failed or unknown) into new pending batches."""
+    batch_status = {
+        DeliveryStatus.FAILED: BatchStatus.FAILED,
+        DeliveryStatus.UNKNOWN: BatchStatus.UNKNOWN,
+    }[status]
+    waiting = or_(
+        _D.c.status == status,
+        and_(_D.c.status == DeliveryStatus.PENDING, _B.c.status == batch_status),
+    )
+    source = _D.outerjoin(_B, _B.c.id == _D.c.batch_id)
+    zones = session.execute(
+        select(_B.c.zone).select_from(source).where(_D.c.issue_id == issue_id, waiting).distinct()
+    ).scalars()
+    moved = 0
+    for zone in sorted(zones, key=lambda z: z or ""):  # new batches keep their time zone
+        after = 0
+        while True:
+            ids = list(
+                session.execute(
+                    select(_D.c.id)
+                    .select_from(source)
+                    .where(_D.c.issue_id == issue_id, _D.c.id > after, waiting, in_zones({zone}))
+                    .order_by(_D.c.id)
+                    .limit(batch_size)
+                ).scalars()
+            )
+            if not ids:
+                break
+            _move_to_new_batch(session, issue_id, ids, now, zone)
+            moved += len(ids)
+            after = ids[-1]
+    session.execute(
+        update(_B)
+        .where(_B.c.issue_id == issue_id, _B.c.status == batch_status)
+        .values(status=BatchStatus.RETRIED, updated_at=now)
+    )
+    if moved:
+        session.execute(
+            update(_I)
+            .where(_I.c.id == issue_id, _I.c.status == IssueStatus.SENT)
+            .values(status=IssueStatus.SENDING, sent_at=None, updated_at=now)
+        )
+    return moved
+
+
+# -- counting -----------------------------------------------------------------------------------
+
+SEND_STATES = (
+    DeliveryStatus.PENDING,
+    DeliveryStatus.SENDING,
+    DeliveryStatus.ACCEPTED,
+    DeliveryStatus.FAILED,
+    DeliveryStatus.SKIPPED,
+    DeliveryStatus.UNKNOWN,
+)
+
+
+def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
+    """How many of the issue's deliveries are in each state (every send state present, 0 or
+    more; provider-event states only when they occur)."""
+    counts: dict[str, int] = dict.fromkeys(SEND_STATES, 0)
+    rows = session.execute(
+        select(_D.c.status, _B.c.status, func.count())
+        .select_from(_D.outerjoin(_B, _B.c.id == _D.c.batch_id))
+        .where(_D.c.issue_id == issue_id)
+        .group_by(_D.c.status, _B.c.status)
+    )
+    for row_status, batch_status, n in rows:
+        if row_status == DeliveryStatus.PENDING:
+            state = str(_BATCH_TO_DELIVERY.get(batch_status, DeliveryStatus.PENDING))
+        else:
+            state = str(row_status)
+        counts[state] = counts.get(state, 0) + int(n)
+    return counts
+
+
+def pending_recipients(
+    session: Session, issue_id: int, zones: Collection[str | None] | None = None
+) -> int:
+    """How many deliveries wait in pending batches (from batch sizes: no scan of deliveries),
+    of the given time zones (see `in_zones`)."""
+    total = session.execute(
+        select(func.coalesce(func.sum(_B.c.size), 0)).where(
+            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones)
+        )
+    ).scalar()
+    return int(total or 0)
+
+
+def pending_zones(session: Session, issue_id: int) -> set[str | None]:
+    """The time zones of the issue's pending batches (None: batches cut without one)."""
+    statement = (
+        select(_B.c.zone)
+        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING)
+        .distinct()
+    )
+    return set(session.execute(statement).scalars())
+
+
+def finish_if_done(
+    session: Session, *, issue_id: int, now: datetime, counts: dict[str, int] | None = None
+) -> bool:
+    """Move the issue to `sent` once its audience is frozen and nothing is pending, in flight or
+    unknown; True if this call did."""
+    counts = counts if counts is not None else delivery_counts(session, issue_id)
+    if counts[DeliveryStatus.PENDING] or counts[DeliveryStatus.SENDING]:
+        return False
+    if counts[DeliveryStatus.UNKNOWN]:
+        return False
+    moved = session.execute(
+        update(_I)
+        .where(
+            _I.c.id == issue_id,
+            _I.c.status == IssueStatus.SENDING,
+            _I.c.freezing_after.is_(None),
+        )
+        .values(status=IssueStatus.SENT, sent_at=now, updated_at=now)
+    )
+    return bool(moved.rowcount == 1)  # type: ignore[attr-defined]

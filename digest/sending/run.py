@@ -1,0 +1,315 @@
+"""The sending threads of one run: claim a batch, check who may still be mailed, send, record.
+
+Several threads keep requests in flight (`[delivery] concurrency`), share an optional rate
+limit and the run's `--limit` quota, and refresh their claims (the heartbeat other hosts read).
+A thread that hits a bug or a database outage stops them all; a batch it had claimed goes back
+to pending if the transport never saw it, and is left in flight (unknown to the next run) if
+it may have gone out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
+from typing import Any
+
+from digest.app import App
+from digest.config import NewsletterConfig
+from digest.mail.message import RecipientValues
+from digest.sending import ledger
+from digest.sending.claimer import Claimer
+from digest.storage.models import Issue
+from digest.transports import (
+    OutgoingBatch,
+    OutgoingMessage,
+    OutgoingRecipient,
+    RetryPolicy,
+    SendResult,
+    Transport,
+)
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 15.0  # how often a sender refreshes its claims
+LEASE = timedelta(minutes=2)  # a claim from another host not refreshed for this long is stale
+PAGE_PAUSE = 0.002  # seconds the freezer steps aside between two pages
+
+Progress = Callable[[int, int], None]
+
+
+def outgoing_message(app: App, issue: Issue, newsletter: NewsletterConfig) -> OutgoingMessage:
+    return OutgoingMessage(
+        issue_id=issue.id,
+        newsletter=newsletter,
+        subject=issue.subject or newsletter.title,
+        html=issue.html,
+        text=issue.text,
+        headers={"X-Digest-Issue": str(issue.id)},
+        date=app.now(),
+    )
+
+
+class RateLimiter:
+    """At most `rate` messages per second across every sending thread (0 = no limit).
+
+    Paces whole batches: a batch of n waits until n/rate seconds after the previous one.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def acquire(self, messages: int) -> None:
+        if self.rate <= 0 or messages <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next)
+            self._next = start + messages / self.rate
+        if start > now:
+            self._sleep(start - now)
+
+
+class SendRun:
+    """The sending threads of one run, sharing a quota (`limit`), a rate limiter and progress."""
+
+    def __init__(
+        self,
+        app: App,
+        issue: Issue,
+        newsletter: NewsletterConfig,
+        transport: Transport,
+        claimer: Claimer,
+        policy: RetryPolicy,
+        limit: int | None,
+        progress: Progress | None,
+        total: int,
+        batch_size: int,
+        *,
+        zones: Collection[str | None] | None = None,
+        stop: threading.Event | None = None,
+        freeze_step: Callable[[], bool] | None = None,
+    ) -> None:
+        self.app = app
+        # Freezes one more page of the audience per call while the workers send the pages
+        # already frozen; None when the audience is frozen (see digest.sending.freeze).
+        self.freeze_step = freeze_step
+        self.freeze_seconds = 0.0
+        self._freezing = freeze_step is not None
+        self._pages = 0  # pages frozen by this run: a worker finding no batch waits for the next
+        self._page_frozen = threading.Condition()
+        self.zones = zones  # claim only batches of these time zones (None: any)
+        self.requested_stop = stop  # the caller's: checked before each claim
+        self.batch_size = batch_size
+        self.issue_id = issue.id or 0
+        self.newsletter = newsletter
+        self.transport = transport
+        self.claimer = claimer
+        self.message = outgoing_message(app, issue, newsletter)
+        self.values = RecipientValues(app.settings, newsletter, app.signing_key(), app.now())
+        self.limiter = RateLimiter(
+            app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
+        )
+        self.quota = limit
+        self.progress = progress
+        self.total = total
+        self.processed = 0
+        self.batches = 0
+        self.errors: list[str] = []
+        self.failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # SQLite takes one writer at a time and makes the others poll with growing sleeps
+        # (1, 2, 5, 10… ms); queueing this run's threads on a lock hands the turn over at once.
+        sqlite = app.engine.dialect.name == "sqlite"
+        self._writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
+
+    def execute(self) -> None:
+        workers = [
+            threading.Thread(target=self._work, name=f"digest-send-{i}", daemon=True)
+            for i in range(max(1, self.app.settings.delivery.concurrency))
+        ]
+        beat = threading.Thread(target=self._heartbeat, name="digest-heartbeat", daemon=True)
+        beat.start()
+        freezer = threading.Thread(target=self._freeze, name="digest-freeze", daemon=True)
+        if self._freezing:
+            freezer.start()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        self._stop.set()  # (a --limit run may end before the freeze: the next run goes on)
+        beat.join()
+        if freezer.is_alive():
+            freezer.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def _freeze(self) -> None:
+        """Freeze the audience page by page until done or stopped, waking idle workers."""
+        started = time.perf_counter()
+        try:
+            while not self._stopping():
+                with self._writing:
+                    more = self.freeze_step() if self.freeze_step else False
+                with self._page_frozen:
+                    self._pages += 1
+                    self._freezing = more
+                    self._page_frozen.notify_all()
+                if not more:
+                    return
+                # Let the workers woken by this page take the write lock (SQLite) before the
+                # next page does: a lock released and retaken at once is seldom handed over.
+                self._stop.wait(PAGE_PAUSE)
+        except BaseException as exc:  # as a worker's failure: stop every thread, re-raise
+            with self._lock:
+                self.failure = self.failure or exc
+            self._stop.set()
+        finally:
+            self.freeze_seconds = time.perf_counter() - started
+            with self._page_frozen:
+                self._freezing = False
+                self._page_frozen.notify_all()
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or bool(self.requested_stop and self.requested_stop.is_set())
+
+    def _wait_for_a_page(self, seen: int) -> bool:
+        """No batch to claim: while the freeze goes on, wait for its next page (True). `seen` is
+        the page count before the claim: a page frozen since then is worth another claim."""
+        with self._page_frozen:
+            if self._pages != seen:
+                return True
+            if not self._freezing:
+                return False
+            self._page_frozen.wait_for(
+                lambda: self._pages != seen or not self._freezing or self._stopping(), timeout=1.0
+            )
+            return True
+
+    def _reserve(self) -> int | bool | None:
+        """Reserve what the next claim may take from the quota: None = any, False = stop."""
+        with self._lock:
+            if self._stopping():
+                return False
+            if self.quota is None:
+                return None
+            if self.quota <= 0:
+                return False
+            reserved = min(self.quota, self.batch_size)
+            self.quota -= reserved
+            return reserved
+
+    def _give_back(self, unused: int) -> None:
+        with self._lock:
+            if self.quota is not None:
+                self.quota += unused
+
+    def _work(self) -> None:
+        try:
+            while True:
+                reserved = self._reserve()
+                if reserved is False:
+                    return
+                if not self._one_batch(None if reserved is None else int(reserved)):
+                    return
+        except BaseException as exc:  # a bug or a database outage: stop every thread, re-raise
+            with self._lock:
+                self.failure = self.failure or exc
+            self._stop.set()
+
+    def _one_batch(self, quota: int | None) -> bool:
+        app = self.app
+        seen = self._pages
+        with self._writing, app.engine.begin() as db:
+            batch_id = ledger.claim(
+                db, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
+                zones=self.zones,
+            )  # fmt: skip
+        batch = None
+        if batch_id is not None:
+            try:
+                with app.engine.begin() as db:
+                    batch = ledger.open_batch(
+                        db,
+                        issue_id=self.issue_id,
+                        batch_id=batch_id,
+                        now=app.now(),
+                        newsletter=self.newsletter.slug,
+                        max_recipients=quota,
+                    )
+            except BaseException:
+                with app.session() as session:
+                    ledger.release(session, batch_id=batch_id, claimer=self.claimer, now=app.now())
+                raise
+        taken = 0 if batch is None else len(batch.recipients) + batch.skipped
+        if quota is not None:
+            self._give_back(quota - taken)
+        if batch is None:
+            return self._wait_for_a_page(seen)
+        sent_to_transport = False
+        try:
+            results: list[SendResult] = []
+            if batch.recipients:
+                outgoing = self._outgoing(batch)
+                self.limiter.acquire(len(batch.recipients))
+                sent_to_transport = True
+                results = self.transport.send(outgoing)
+            with self._writing, app.engine.begin() as db:
+                ledger.record(db, batch=batch, results=results, claimer=self.claimer, now=app.now())
+        except BaseException:
+            if not sent_to_transport:
+                with app.session() as session:
+                    ledger.release(
+                        session, batch_id=batch.batch_id, claimer=self.claimer, now=app.now()
+                    )
+            raise  # after the transport, the batch stays in flight: the next run says unknown
+        self._note(batch, results, taken)
+        return True
+
+    def _outgoing(self, batch: ledger.ClaimedBatch) -> OutgoingBatch:
+        make_values = self.values
+        recipients = [
+            OutgoingRecipient(
+                r.delivery_id,
+                r.subscriber_id,
+                r.email,
+                r.name,
+                make_values(r.subscriber_id, r.name),
+            )
+            for r in batch.recipients
+        ]
+        return OutgoingBatch(self.message, recipients, batch.batch_id)
+
+    def _note(self, batch: ledger.ClaimedBatch, results: list[SendResult], taken: int) -> None:
+        with self._lock:
+            self.processed += taken
+            self.batches += 1
+            fresh = {r.error for r in results if r.error and not r.accepted} - set(self.errors)
+            self.errors.extend(sorted(fresh)[: max(0, 5 - len(self.errors))])
+            done = self.processed
+        if self.progress is not None:
+            self.progress(min(done, self.total), self.total)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                with self.app.session() as session:
+                    ledger.heartbeat(
+                        session, issue_id=self.issue_id, claimer=self.claimer, now=self.app.now()
+                    )
+            except Exception as exc:  # a missed beat only makes other hosts wait longer
+                log.warning("heartbeat failed: %s", exc)
