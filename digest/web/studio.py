@@ -4,8 +4,8 @@ Server-rendered pages under `/studio` (templates in `templates/web/studio/`). Ev
 POST form handled by `digest.issues.editorial`, answered with a 303 back to the issue page, so
 reloading never repeats an action. The studio is meant for localhost or editors behind an
 authenticating proxy; on top of that, each POST must carry the studio's CSRF token and, when the
-browser sends one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template errors and
-unknown names become a message on the page, never a 500.
+browser sends one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template
+errors and unknown names become a message on the page, never a 500.
 """
 
 from __future__ import annotations
