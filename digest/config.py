@@ -91,7 +91,7 @@ class _Strict(BaseModel):
 
 
 class DatabaseConfig(_Strict):
-    url: str = "sqlite:///var/digest.storage.db"
+    url: str = "sqlite:///var/digest.db"
 
 
 class SiteConfig(_Strict):

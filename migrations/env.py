@@ -19,7 +19,7 @@ def run_migrations() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
         engine = make_engine(
-            os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.storage.db")
+            os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.db")
         )
     with engine.begin() as connection:
         context.configure(

@@ -49,7 +49,7 @@ def require_pg() -> None:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'digest.storage.db'}"
+    return f"sqlite:///{tmp_path / 'digest.db'}"
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def pg_engine(pg_url: str) -> Iterator[Engine]:
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL to a fresh, migrated database of each kind."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'digest.storage.db'}"
+        url = f"sqlite:///{tmp_path / 'digest.db'}"
         eng = make_engine(url)
         upgrade(eng)
         eng.dispose()

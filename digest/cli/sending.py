@@ -21,7 +21,7 @@ from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError
 from digest.issues import assemble
-from digest.sending.ledger import SEND_STATES, delivery_counts
+from digest.sending.counts import SEND_STATES, delivery_counts
 from digest.sending.send import SendRefused, SendReport, send_issue, send_test, unfrozen
 from digest.storage.models import Issue, IssueStatus
 from digest.transports import TransportError

@@ -1,10 +1,12 @@
 """Per-newsletter and per-issue numbers: sent, delivered, opened, clicked, bounced, complained,
 unsubscribed.
 
-Delivery outcomes come from the delivery ledger (`Delivery.status`, `opened`, `clicked`, kept
-current by the SendGrid webhook); complaints and unsubscribes from the consent log, credited to
-the issue that prompted them when known (a webhook event names it; an unsubscribe link is
-credited to the latest issue the person was sent, see `issue_to_credit`).
+Delivery outcomes come from the delivery ledger, read through its effective status
+(`digest.sending.counts`: a pending row in an accepted batch was sent), plus `opened` and
+`clicked` kept current by the SendGrid webhook; complaints and unsubscribes from the consent
+log, credited to the issue that prompted them when known (a webhook event names it; an
+unsubscribe link is credited to the latest issue the person was sent, see
+`digest.sending.counts.issue_to_credit`).
 """
 
 from __future__ import annotations
@@ -13,23 +15,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from digest.sending.counts import ACCEPTED_STATES, counts_by
 from digest.storage.models import Delivery, DeliveryStatus, Issue
 from subscribers.models import ConsentAction, ConsentEvent, Subscription
 
-# Handed to a transport that took it, whatever happened after.
-SENT_STATES = (
-    DeliveryStatus.ACCEPTED,
-    DeliveryStatus.DELIVERED,
-    DeliveryStatus.BOUNCED,
-    DeliveryStatus.DROPPED,
-    DeliveryStatus.DEFERRED,
-)
+_D = Delivery.__table__  # type: ignore[attr-defined]
 _UNSUBSCRIBES = (ConsentAction.UNSUBSCRIBE, ConsentAction.UNSUBSCRIBE_ALL)
-_RECENT_ISSUES = 10
 
 
 @dataclass
@@ -106,28 +101,32 @@ def newsletter_stats(session: Session, newsletter: str, *, limit: int = 20) -> N
 
 
 def _delivery_counts(session: Session, newsletter: str) -> dict[int, Counts]:
-    def count_if(condition: Any) -> Any:
-        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-    status = col(Delivery.status)
-    statement = (
-        sa_select(  # sqlmodel's select is typed for up to four columns
-            col(Delivery.issue_id),
-            func.count(),
-            count_if(status.in_(SENT_STATES)),
-            count_if(status == DeliveryStatus.DELIVERED),
-            count_if(col(Delivery.opened)),
-            count_if(col(Delivery.clicked)),
-            count_if(status == DeliveryStatus.BOUNCED),
-        )
-        .join(Issue, col(Issue.id) == col(Delivery.issue_id))
-        .where(col(Issue.newsletter) == newsletter)
-        .group_by(col(Delivery.issue_id))
+    """Per issue: recipients and `sent` from the effective status, provider events from rows."""
+    issue_id = _D.c.issue_id
+    of_newsletter = issue_id.in_(select(Issue.id).where(Issue.newsletter == newsletter))
+    counts: dict[int, Counts] = {}
+    for issue, state, n in session.execute(counts_by(issue_id).where(of_newsletter)):
+        target = counts.setdefault(issue, Counts())
+        target.recipients += int(n)
+        if state in ACCEPTED_STATES:
+            target.sent += int(n)
+        if state == DeliveryStatus.DELIVERED:
+            target.delivered += int(n)
+        elif state == DeliveryStatus.BOUNCED:
+            target.bounced += int(n)
+    engagement = (
+        sa_select(issue_id, _count_true(_D.c.opened), _count_true(_D.c.clicked))
+        .where(of_newsletter, or_(_D.c.opened, _D.c.clicked))
+        .group_by(issue_id)
     )
-    return {
-        row[0]: Counts(*(int(n) for n in row[1:]))
-        for row in session.connection().execute(statement)
-    }
+    for issue, opened, clicked in session.execute(engagement):
+        target = counts.setdefault(issue, Counts())
+        target.opened, target.clicked = int(opened), int(clicked)
+    return counts
+
+
+def _count_true(column: Any) -> Any:
+    return func.coalesce(func.sum(case((column, 1), else_=0)), 0)
 
 
 def _consent_counts(session: Session, newsletter: str) -> list[tuple[int | None, str, int]]:
@@ -140,30 +139,3 @@ def _consent_counts(session: Session, newsletter: str) -> list[tuple[int | None,
         .group_by(col(ConsentEvent.issue_id), col(ConsentEvent.action))
     )
     return [(issue_id, action, int(n)) for issue_id, action, n in session.exec(statement)]
-
-
-def issue_to_credit(session: Session, subscriber_id: int, newsletter: str) -> int | None:
-    """The latest issue of `newsletter` sent to this subscriber (among the last ten issues).
-
-    Unsubscribe links carry no issue, so an unsubscribe is credited to the last issue the
-    person received. Looking only at recent issues keeps it to probes of the
-    (issue_id, subscriber_id) unique index.
-    """
-    recent = (
-        select(Issue.id)
-        .where(Issue.newsletter == newsletter)
-        .order_by(col(Issue.id).desc())
-        .limit(_RECENT_ISSUES)
-        .scalar_subquery()
-    )
-    statement = (
-        select(Delivery.issue_id)
-        .where(
-            Delivery.subscriber_id == subscriber_id,
-            col(Delivery.issue_id).in_(recent),
-            col(Delivery.status).in_(SENT_STATES),
-        )
-        .order_by(col(Delivery.issue_id).desc())
-        .limit(1)
-    )
-    return session.exec(statement).first()

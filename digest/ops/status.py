@@ -14,7 +14,7 @@ from digest.config import NewsletterConfig, Settings, parse_duration
 from digest.issues import assemble, periods
 from digest.scheduling.leader import leader_info
 from digest.sending import local_time
-from digest.sending.ledger import delivery_counts
+from digest.sending.counts import delivery_counts
 from digest.storage.models import Issue, RunOutcome, SchedulerJob, ScheduleRun, Source
 
 # Failed and missed periods younger than this are listed as failures.

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, false, func, or_, select, true, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlmodel import Session
 
 from digest.sending.claimer import Claimer
+from digest.sending.counts import BATCH_SPEAKS_AS, delivery_counts, in_zones
 from digest.sending.freeze import insert_batches
 from digest.storage.db import Db
 from digest.storage.models import (
@@ -46,16 +47,6 @@ _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
 
-# Row statuses that stand on their own; a `pending` row takes its batch's status.
-_BATCH_TO_DELIVERY = {
-    None: DeliveryStatus.PENDING,
-    BatchStatus.PENDING: DeliveryStatus.PENDING,
-    BatchStatus.SENDING: DeliveryStatus.SENDING,
-    BatchStatus.ACCEPTED: DeliveryStatus.ACCEPTED,
-    BatchStatus.FAILED: DeliveryStatus.FAILED,
-    BatchStatus.UNKNOWN: DeliveryStatus.UNKNOWN,
-    BatchStatus.RETRIED: DeliveryStatus.PENDING,
-}
 _OUTCOME_TO_STATUS = {
     SendOutcome.ACCEPTED: DeliveryStatus.ACCEPTED,
     SendOutcome.FAILED: DeliveryStatus.FAILED,
@@ -79,17 +70,6 @@ class ClaimedBatch:
     batch_id: int
     recipients: list[ClaimedRecipient]  # to send now, in delivery order
     skipped: int  # blocked since the freeze: marked skipped, not sent
-
-
-def in_zones(zones: Collection[str | None] | None) -> ColumnElement[bool]:
-    """Batches of these time zones (None in `zones`: batches cut without one); all if None."""
-    if zones is None:
-        return true()
-    named = sorted(z for z in zones if z is not None)
-    clauses = [_B.c.zone.in_(named)] if named else []
-    if None in zones:
-        clauses.append(_B.c.zone.is_(None))
-    return or_(*clauses) if clauses else false()
 
 
 def claim(
@@ -210,7 +190,7 @@ def record(
         status = BatchStatus.UNKNOWN
     else:
         status = BatchStatus.FAILED
-    batch_status = DeliveryStatus(_BATCH_TO_DELIVERY[status])
+    batch_status = BATCH_SPEAKS_AS[status]
     message_id = next((r.message_id for r in results if r.accepted and r.message_id), None)
     error = next((r.error for r in results if r.error), None)
     own: list[dict[str, Any]] = []
@@ -385,60 +365,6 @@ def requeue(
             .values(status=IssueStatus.SENDING, sent_at=None, updated_at=now)
         )
     return moved
-
-
-# -- counting -----------------------------------------------------------------------------------
-
-SEND_STATES = (
-    DeliveryStatus.PENDING,
-    DeliveryStatus.SENDING,
-    DeliveryStatus.ACCEPTED,
-    DeliveryStatus.FAILED,
-    DeliveryStatus.SKIPPED,
-    DeliveryStatus.UNKNOWN,
-)
-
-
-def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
-    """How many of the issue's deliveries are in each state (every send state present, 0 or
-    more; provider-event states only when they occur)."""
-    counts: dict[str, int] = dict.fromkeys(SEND_STATES, 0)
-    rows = session.execute(
-        select(_D.c.status, _B.c.status, func.count())
-        .select_from(_D.outerjoin(_B, _B.c.id == _D.c.batch_id))
-        .where(_D.c.issue_id == issue_id)
-        .group_by(_D.c.status, _B.c.status)
-    )
-    for row_status, batch_status, n in rows:
-        if row_status == DeliveryStatus.PENDING:
-            state = str(_BATCH_TO_DELIVERY.get(batch_status, DeliveryStatus.PENDING))
-        else:
-            state = str(row_status)
-        counts[state] = counts.get(state, 0) + int(n)
-    return counts
-
-
-def pending_recipients(
-    session: Session, issue_id: int, zones: Collection[str | None] | None = None
-) -> int:
-    """How many deliveries wait in pending batches (from batch sizes: no scan of deliveries),
-    of the given time zones (see `in_zones`)."""
-    total = session.execute(
-        select(func.coalesce(func.sum(_B.c.size), 0)).where(
-            _B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones)
-        )
-    ).scalar()
-    return int(total or 0)
-
-
-def pending_zones(session: Session, issue_id: int) -> set[str | None]:
-    """The time zones of the issue's pending batches (None: batches cut without one)."""
-    statement = (
-        select(_B.c.zone)
-        .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING)
-        .distinct()
-    )
-    return set(session.execute(statement).scalars())
 
 
 def finish_if_done(

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlmodel import Session
 
 from digest.issues.cron import place
-from digest.sending import ledger
+from digest.sending import counts
 from digest.sending.freeze import Zoning
 from subscribers import audience_timezones
 
@@ -79,7 +79,7 @@ def zoning(session: Session, newsletter: str, default: str) -> Zoning:
 def pending_zones(session: Session, issue_id: int, default: str) -> frozenset[str]:
     """The zones of an issue's batches not yet handed to the transport (a batch cut without a
     zone, before the newsletter sent in local time, counts in the newsletter's)."""
-    return frozenset(default if z is None else z for z in ledger.pending_zones(session, issue_id))
+    return frozenset(default if z is None else z for z in counts.pending_zones(session, issue_id))
 
 
 def claimable(timezones: Iterable[str], default: str) -> frozenset[str | None]:

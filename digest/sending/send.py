@@ -20,9 +20,10 @@ from digest.app import App
 from digest.config import NewsletterConfig
 from digest.mail.message import recipient_values
 from digest.rendering import lint
+from digest.sending import counts as ledger_counts
 from digest.sending import freeze, ledger, local_time
 from digest.sending.claimer import Claimer
-from digest.sending.ledger import delivery_counts
+from digest.sending.counts import delivery_counts
 from digest.sending.run import LEASE, Progress, RateLimiter, SendRun, outgoing_message
 from digest.storage.models import DeliveryStatus, Issue, IssueStatus
 from digest.transports import (
@@ -172,7 +173,7 @@ def send_issue(
         if timezones is not None:
             zones = local_time.claimable(timezones, str(settings.newsletter_timezone(newsletter)))
         with app.session() as session:
-            todo = ledger.pending_recipients(session, issue_id, zones)
+            todo = ledger_counts.pending_recipients(session, issue_id, zones)
             still_freezing = freeze.freezing_after(session, issue_id) is not None
             if still_freezing:  # the rest of the audience, for the progress total
                 todo += unfrozen(session, issue_id, newsletter.slug)

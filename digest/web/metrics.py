@@ -18,10 +18,10 @@ from fastapi.responses import PlainTextResponse
 from sqlmodel import Session, col, func, select
 
 from digest.scheduling.leader import leader_info
+from digest.sending.counts import counts_by
 from digest.storage.models import (
     BatchStatus,
     Delivery,
-    DeliveryStatus,
     Issue,
     SchedulerJob,
     ScheduleRun,
@@ -34,14 +34,6 @@ router = APIRouter()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RATE_WINDOW = timedelta(minutes=5)
-# A pending row takes its batch's state (digest.sending.ledger): these batch states speak for it.
-_BATCH_SPEAKS = {
-    BatchStatus.SENDING,
-    BatchStatus.ACCEPTED,
-    BatchStatus.FAILED,
-    BatchStatus.UNKNOWN,
-}
-
 Sample = tuple[dict[str, str], float]
 
 
@@ -113,19 +105,11 @@ def _issues(out: Exposition, session: Session) -> None:
 
 
 def _deliveries(out: Exposition, session: Session, now: datetime) -> None:
-    rows = session.exec(
-        select(Issue.newsletter, Delivery.status, SendBatch.status, func.count())
-        .select_from(Delivery)
-        .join(Issue, col(Issue.id) == col(Delivery.issue_id))
-        .outerjoin(SendBatch, col(SendBatch.id) == col(Delivery.batch_id))
-        .group_by(col(Issue.newsletter), col(Delivery.status), col(SendBatch.status))
-    ).all()
+    newsletter_of = dict(session.exec(select(Issue.id, Issue.newsletter)).all())
     totals: dict[tuple[str, str], int] = {}
-    for newsletter, row_status, batch_status, count in rows:
-        state = row_status
-        if row_status == DeliveryStatus.PENDING and batch_status in _BATCH_SPEAKS:
-            state = batch_status
-        totals[(newsletter, state)] = totals.get((newsletter, state), 0) + int(count)
+    for issue_id, state, count in session.execute(counts_by(col(Delivery.issue_id))):
+        key = (newsletter_of.get(issue_id, "?"), str(state))
+        totals[key] = totals.get(key, 0) + int(count)
     out.family(
         "digest_deliveries",
         "gauge",

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from digest.app import App
-from digest.ops.stats import issue_to_credit
+from digest.sending.counts import issue_to_credit
 from digest.web import subscribe
 from digest.web.app import app_of
 from digest.web.confirmation import send_confirmation

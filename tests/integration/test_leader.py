@@ -43,7 +43,7 @@ NOW = datetime(2026, 11, 30, 5, 0, 30, tzinfo=UTC)
 
 
 def test_a_lock_file_admits_one_leader_at_a_time(tmp_path: Path) -> None:
-    path = tmp_path / "digest.storage.db.scheduler.lock"
+    path = tmp_path / "digest.db.scheduler.lock"
     first, second = FileLeadership(path, "a"), FileLeadership(path, "b")
     assert first.try_acquire()
     assert not second.try_acquire()

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 from typer.testing import CliRunner
 
+from digest.app import App
 from digest.cli import app as cli_app
 from digest.cli import common
-from digest.storage.models import Delivery, Issue
+from digest.sending.events import apply_sendgrid_events
+from digest.storage.models import Delivery
 from subscribers import count_audience, find_subscriber, is_suppressed
-from subscribers.models import ConsentEvent
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.support.sending import sent_issue
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample" / "subscribers.csv"
 
@@ -205,109 +207,50 @@ def test_export_list_unsubscribe_suppress(config: Path, engine: Engine, tmp_path
         assert is_suppressed(session, "mehmet.kaya@example.org")
 
 
-def test_stats_per_issue_and_total(config: Path, engine: Engine) -> None:
+def test_stats_per_issue_and_total(
+    config: Path, engine: Engine, make_app: Callable[..., App]
+) -> None:
     digest(config, "subscribers", "import", str(SAMPLE))
+    app = make_app(engine)
+    old = sent_issue(app, period="2026-11-16T05:00:00+00:00")
+    new = sent_issue(app, limit=10)  # 10 of 14 sent so far
     with Session(engine) as session:
-        old = Issue(newsletter="turkey-unpacked", period="2026-11-16T05:00:00+00:00", status="sent")
-        new = Issue(newsletter="turkey-unpacked", period="2026-11-23T05:00:00+00:00", status="sent")
-        session.add_all([old, new])
-        session.flush()
-        rows = [
-            (old, "delivered", True, True),
-            (old, "delivered", True, False),
-            (old, "bounced", False, False),
-            (new, "delivered", True, False),
-            (new, "accepted", False, False),
-            (new, "failed", False, False),
-            (new, "pending", False, False),
-        ]
-        for n, (issue, status, opened, clicked) in enumerate(rows):
-            assert issue.id is not None
-            session.add(
-                Delivery(
-                    issue_id=issue.id,
-                    subscriber_id=n + 1,
-                    email=f"r{n}@example.com",
-                    status=status,
-                    opened=opened,
-                    clicked=clicked,
-                )
-            )
-        session.add(
-            ConsentEvent(
-                email="r0@example.com",
-                newsletter="turkey-unpacked",
-                action="complaint",
-                method="sendgrid",
-                issue_id=old.id,
-                at=DEFAULT_NOW,
-            )
-        )
-        session.add(
-            ConsentEvent(
-                email="r3@example.com",
-                newsletter="turkey-unpacked",
-                action="unsubscribe",
-                method="one-click",
-                issue_id=new.id,
-                at=DEFAULT_NOW,
-            )
-        )
-        session.add(
-            ConsentEvent(
-                email="r4@example.com",
-                newsletter="turkey-unpacked",
-                action="unsubscribe_all",
-                method="preferences",
-                at=DEFAULT_NOW,
-            )
-        )
-        session.add(
-            ConsentEvent(
-                email="r5@example.com",
-                newsletter="climate-weekly",
-                action="unsubscribe",
-                method="cli",
-                at=DEFAULT_NOW,
-            )
+        rows = {
+            d.email: d.id for d in session.exec(select(Delivery).where(Delivery.issue_id == old))
+        }
+        first, second = sorted(rows)[:2]
+        apply_sendgrid_events(
+            session,
+            [
+                {
+                    "event": kind,
+                    "email": email,
+                    "sg_event_id": f"{email}-{kind}",
+                    "digest_delivery_id": str(rows[email]),
+                    "timestamp": 1_764_000_000,
+                }
+                for email, kind in ((first, "delivered"), (first, "open"), (second, "bounce"))
+            ],
+            now=DEFAULT_NOW,
         )
         session.commit()
-        old_id, new_id = old.id, new.id
     code, out, _ = digest(config, "stats", "turkey-unpacked", "--json")
     assert code == 0, out
     report = json.loads(out)
     counts = {i["issue_id"]: i["counts"] for i in report["issues"]}
-    assert counts[old_id] == {
-        "recipients": 3,
-        "sent": 3,
-        "delivered": 2,
-        "opened": 2,
-        "clicked": 1,
-        "bounced": 1,
-        "complained": 1,
-        "unsubscribed": 0,
-    }
-    assert counts[new_id] == {
-        "recipients": 4,
-        "sent": 2,
+    assert counts[old] == {
+        "recipients": 14,
+        "sent": 14,
         "delivered": 1,
         "opened": 1,
         "clicked": 0,
-        "bounced": 0,
-        "complained": 0,
-        "unsubscribed": 1,
-    }
-    assert report["totals"] == {
-        "recipients": 7,
-        "sent": 5,
-        "delivered": 3,
-        "opened": 3,
-        "clicked": 1,
         "bounced": 1,
-        "complained": 1,
-        "unsubscribed": 2,
+        "complained": 0,
+        "unsubscribed": 0,
     }
-    assert [i["issue_id"] for i in report["issues"]] == [new_id, old_id]
-    assert report["subscribers"] == {"active": 14}
+    assert (counts[new]["recipients"], counts[new]["sent"], counts[new]["delivered"]) == (14, 10, 0)
+    assert report["totals"]["sent"] == 24 and report["totals"]["recipients"] == 28
+    assert [i["issue_id"] for i in report["issues"]] == [new, old]
+    assert report["subscribers"] == {"active": 13, "bounced": 1}
     code, out, _ = digest(config, "stats", "turkey-unpacked")
-    assert code == 0 and "total" in out and "66.7%" in out
+    assert code == 0 and "total" in out and "7.1%" in out  # 1 of 14 delivered

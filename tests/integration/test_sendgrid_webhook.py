@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func
-from sqlmodel import Session, select
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.storage.models import Delivery, Issue, WebhookEvent
+from digest.sending.counts import effective_status, with_batches
+from digest.storage.models import Delivery, WebhookEvent
 from digest.web.app import create_app
 from subscribers import (
     add_subscriber,
@@ -29,6 +31,7 @@ from subscribers import (
 )
 from subscribers.models import ConsentEvent
 from tests.conftest import DEFAULT_NOW
+from tests.support.sending import sent_issue
 
 TU, CW = "turkey-unpacked", "climate-weekly"
 NOW_TS = int(DEFAULT_NOW.timestamp())
@@ -63,28 +66,18 @@ def world(any_engine: Engine, make_app: Callable[..., App], signer: Signer) -> d
     ids: dict[str, int] = {}
     deliveries: dict[str, int] = {}
     with Session(any_engine) as session:
-        issue = Issue(newsletter=TU, period="2026-11-23T05:00:00+00:00", status="sent")
-        session.add(issue)
-        session.flush()
-        assert issue.id is not None
         for name in ("ayse", "bora", "cem", "deniz", "ece"):
             email = f"{name}@example.com"
             result = add_subscriber(session, email, TU, now=DEFAULT_NOW)
             add_subscriber(session, email, CW, now=DEFAULT_NOW)
             assert result.subscriber_id is not None
             ids[name] = result.subscriber_id
-            delivery = Delivery(
-                issue_id=issue.id,
-                subscriber_id=result.subscriber_id,
-                email=email,
-                status="accepted",
-            )
-            session.add(delivery)
-            session.flush()
-            assert delivery.id is not None
-            deliveries[name] = delivery.id
         session.commit()
-        issue_id = issue.id
+    issue_id = sent_issue(app)  # the real freeze, ledger and outbox transport
+    with Session(any_engine) as session:
+        for delivery in session.exec(select(Delivery).where(Delivery.issue_id == issue_id)):
+            assert delivery.id is not None
+            deliveries[delivery.email.split("@")[0]] = delivery.id
     return {
         "app": app,
         "client": TestClient(create_app(app)),
@@ -127,12 +120,15 @@ def post(
 
 
 def deliveries(world: dict[str, Any]) -> dict[str, tuple[str, bool, bool]]:
+    """Each delivery's effective status (as every count reads it), opened, clicked."""
+    statement = (
+        sa_select(col(Delivery.id), effective_status(), col(Delivery.opened), col(Delivery.clicked))
+        .select_from(with_batches())
+        .where(col(Delivery.id).in_(world["deliveries"].values()))
+    )
     with Session(world["engine"]) as session:
-        rows = {d.id: d for d in session.exec(select(Delivery))}
-        return {
-            n: (rows[i].status, rows[i].opened, rows[i].clicked)
-            for n, i in world["deliveries"].items()
-        }
+        rows = {row[0]: tuple(row[1:]) for row in session.execute(statement)}
+    return {n: rows[i] for n, i in world["deliveries"].items()}
 
 
 def snapshot(world: dict[str, Any]) -> tuple[Any, ...]:

@@ -20,13 +20,14 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from digest.app import App, fixed_clock
-from digest.storage.models import Delivery, Issue
+from digest.storage.models import Issue
 from digest.web.app import create_app
 from digest.web.subscribe import confirmation_sender
 from subscribers import add_subscriber, count_audience, is_suppressed, subscriptions_of
 from subscribers.models import ConsentEvent
 from subscribers.tokens import Purpose, make_token
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.support.sending import sent_issue
 
 TU, CW = "turkey-unpacked", "climate-weekly"
 EMAIL = "ayse.yilmaz@example.com"
@@ -152,22 +153,17 @@ def test_page_button_post_is_recorded_as_link(app: App, subscriber: int) -> None
 
 
 def test_unsubscribe_is_credited_to_the_latest_issue_sent(app: App, subscriber: int) -> None:
+    # Real sends: the ledger leaves sent rows `pending` in accepted batches.
+    sent_issue(app, period="2026-11-09T05:00:00+00:00")
+    latest = sent_issue(app, period="2026-11-16T05:00:00+00:00")
+    unsent = sent_issue(app, limit=0)  # frozen, nothing sent yet
     with app.session() as session:
-        old = Issue(newsletter=TU, period="p1", status="sent")
-        new = Issue(newsletter=TU, period="p2", status="sent")
-        unsent = Issue(newsletter=TU, period="p3", status="sending")
-        session.add_all([old, new, unsent])
-        session.flush()
-        for issue, status in ((old, "delivered"), (new, "accepted"), (unsent, "pending")):
-            assert issue.id is not None
-            session.add(
-                Delivery(issue_id=issue.id, subscriber_id=subscriber, email=EMAIL, status=status)
-            )
-        new_id = new.id
+        issue = session.get(Issue, unsent)
+        assert issue is not None and issue.status == "sending"
     client(app).post(f"/u/{token(subscriber)}", data={"List-Unsubscribe": "One-Click"})
     with app.session() as session:
         event = session.exec(select(ConsentEvent).where(ConsentEvent.action == "unsubscribe")).one()
-        assert event.issue_id == new_id
+        assert event.issue_id == latest
 
 
 def forged_tokens(subscriber: int) -> dict[str, str]:

@@ -76,6 +76,18 @@ def make_issue(
         return issue.id
 
 
+def sent_issue(
+    app: App, newsletter: str = "turkey-unpacked", *, period: str = PERIOD, limit: int | None = None
+) -> int:
+    """An issue sent to its audience through the real freeze, ledger and outbox transport (only
+    the first `limit` recipients with `limit`): the rows every count is read from. Its id."""
+    from digest.sending.send import send_issue
+
+    issue_id = make_issue(app.engine, newsletter, period=period)
+    send_issue(app, issue_id, limit=limit)
+    return issue_id
+
+
 def address(n: int) -> str:
     return f"reader{n:07d}@example.com"
 
