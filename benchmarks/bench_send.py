@@ -194,7 +194,7 @@ def baseline(api_url: str, sample: int) -> float:
     newsletter = settings.newsletters[0]
     renderer = Renderer()
     contents = sample_contents(12, settings=settings)
-    values = RecipientValues(settings, newsletter, b"key", PERIOD)
+    values = RecipientValues(settings, newsletter, b"key", PERIOD, name_fallback="there")
     client = SendGridAPIClient(api_key=API_KEY, host=api_url)
     started = time.perf_counter()
     for n in range(sample):

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from digest.config import Settings, load_settings
+from digest.mail.links import Links
 from digest.storage.db import make_engine, session_scope
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ class App:
     def session(self) -> Iterator[Session]:
         with session_scope(self.engine) as session:
             yield session
+
+    def links(self) -> Links:
+        """The site's public URLs, signed as of now (see `digest.mail.links`)."""
+        return Links.of(self.settings, self.now())
 
     def signing_key(self) -> bytes:
         return self.settings.secret_key.get_secret_value().encode()

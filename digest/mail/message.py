@@ -18,18 +18,16 @@ from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from functools import lru_cache
 from urllib.parse import urlsplit
 
 from digest.config import NewsletterConfig, Settings
+from digest.mail.links import Links
 from digest.rendering import personalize
-from subscribers.tokens import Purpose, signer
+from subscribers.tokens import Purpose
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058 §3.1: exactly this key/value pair
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
-UNSUBSCRIBE = str(Purpose.UNSUBSCRIBE)
-PREFERENCES = str(Purpose.PREFERENCES)
 
 
 def one_line(value: str) -> str:
@@ -81,38 +79,31 @@ def message_id(settings: Settings, *, issue_id: int | None, delivery_id: int | N
     return f"<digest.{issue_id}.{delivery_id}@{domain}>"
 
 
-@lru_cache(maxsize=64)
-def _name_fallback(template: str, language: str) -> str:
-    from digest.config import NewsletterConfig
-    from digest.rendering.render import Renderer
-
-    probe = NewsletterConfig(slug="x", title="x", template=template, language=language)
-    return Renderer().name_fallback(probe)
-
-
-def name_fallback(newsletter: NewsletterConfig) -> str:
-    """What `%%NAME%%` becomes for a subscriber without a name ("there" in English)."""
-    return _name_fallback(newsletter.template, newsletter.language)
-
-
 class RecipientValues:
-    """Token values for many recipients of one newsletter, with the shared parts computed once."""
+    """Token values for many recipients of one newsletter, with the shared parts computed once.
+
+    `name_fallback` is what `%%NAME%%` becomes for a subscriber without a name ("there" in
+    English): the caller takes it from the App's renderer (`Renderer.name_fallback`).
+    """
 
     def __init__(
-        self, settings: Settings, newsletter: NewsletterConfig, key: bytes, now: datetime
+        self,
+        settings: Settings,
+        newsletter: NewsletterConfig,
+        key: bytes,
+        now: datetime,
+        *,
+        name_fallback: str,
     ) -> None:
-        base = settings.site.base_url
-        self._unsubscribe = f"{base}/u/"
-        self._preferences = f"{base}/preferences/"
-        slug = newsletter.slug
-        self._sign_unsubscribe = signer(key, newsletter=slug, purpose=UNSUBSCRIBE, issued_at=now)
-        self._sign_preferences = signer(key, newsletter=slug, purpose=PREFERENCES, issued_at=now)
-        self._fallback = clean_name(name_fallback(newsletter))
+        links = Links(settings.site.base_url, key, now)
+        self._unsubscribe = links.signer(Purpose.UNSUBSCRIBE, newsletter=newsletter.slug)
+        self._preferences = links.signer(Purpose.PREFERENCES, newsletter=newsletter.slug)
+        self._fallback = clean_name(name_fallback)
 
     def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
         return {
-            personalize.UNSUBSCRIBE_URL: self._unsubscribe + self._sign_unsubscribe(subscriber_id),
-            personalize.PREFERENCES_URL: self._preferences + self._sign_preferences(subscriber_id),
+            personalize.UNSUBSCRIBE_URL: self._unsubscribe(subscriber_id),
+            personalize.PREFERENCES_URL: self._preferences(subscriber_id),
             personalize.NAME: clean_name(name) or self._fallback,
         }
 
@@ -124,10 +115,13 @@ def recipient_values(
     name: str | None,
     key: bytes,
     now: datetime,
+    *,
+    name_fallback: str,
 ) -> dict[str, str]:
     """The value of every token for one subscriber (links signed with `key`, issued `now`)."""
     newsletter = settings.newsletter(newsletter_slug)
-    return RecipientValues(settings, newsletter, key, now)(subscriber_id, name)
+    values = RecipientValues(settings, newsletter, key, now, name_fallback=name_fallback)
+    return values(subscriber_id, name)
 
 
 def _address(email_address: str, name: str | None) -> Address:

@@ -23,7 +23,13 @@ def sample_message(
     settings = app.settings
     newsletter = settings.newsletter(issue.newsletter)
     values = recipient_values(
-        settings, issue.newsletter, SAMPLE_SUBSCRIBER_ID, SAMPLE_NAME, app.signing_key(), app.now()
+        settings,
+        issue.newsletter,
+        SAMPLE_SUBSCRIBER_ID,
+        SAMPLE_NAME,
+        app.signing_key(),
+        app.now(),
+        name_fallback=app.renderer.name_fallback(newsletter),
     )
     html = personalize.fill(issue.html, values, html_escape=True)
     text = personalize.fill(issue.text, values, html_escape=False)

@@ -119,7 +119,13 @@ class SendRun:
         self.transport = transport
         self.claimer = claimer
         self.message = outgoing_message(app, issue, newsletter)
-        self.values = RecipientValues(app.settings, newsletter, app.signing_key(), app.now())
+        self.values = RecipientValues(
+            app.settings,
+            newsletter,
+            app.signing_key(),
+            app.now(),
+            name_fallback=app.renderer.name_fallback(newsletter),
+        )
         self.limiter = RateLimiter(
             app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
         )

@@ -329,7 +329,15 @@ def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
     newsletter = settings.newsletter(issue.newsletter)
     if not issue.html.strip():
         raise SendRefused(f"issue {issue_id} has not been rendered")
-    values = recipient_values(settings, newsletter.slug, 0, None, app.signing_key(), app.now())
+    values = recipient_values(
+        settings,
+        newsletter.slug,
+        0,
+        None,
+        app.signing_key(),
+        app.now(),
+        name_fallback=app.renderer.name_fallback(newsletter),
+    )
     base = outgoing_message(app, issue, newsletter)
     message = OutgoingMessage(
         issue_id=None,

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digest.ingest.feeds import to_article, validate_items
 from digest.ingest.run import ingest_items
-from digest.web.app import app_of
+from digest.web.deps import app_of
 
 router = APIRouter()
 

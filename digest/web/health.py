@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from digest.web.app import app_of
+from digest.web.deps import app_of
 
 router = APIRouter()
 

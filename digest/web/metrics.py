@@ -28,7 +28,7 @@ from digest.storage.models import (
     SendBatch,
     Source,
 )
-from digest.web.app import app_of
+from digest.web.deps import app_of
 
 router = APIRouter()
 

@@ -21,10 +21,10 @@ from fastapi.responses import HTMLResponse
 
 from digest.app import App
 from digest.config import NewsletterConfig
-from digest.web.app import app_of
+from digest.mail.links import CONFIRM_ROUTE, SUBSCRIBE_ROUTE
 from digest.web.confirmation import ConfirmationNotSent, send_confirmation
-from digest.web.links import (
-    absolute,
+from digest.web.deps import app_of
+from digest.web.signed import (
     client_of,
     first,
     form_fields,
@@ -38,7 +38,7 @@ from digest.web.links import (
 from subscribers.addresses import InvalidAddress, mask_email, normalize_email
 from subscribers.optin import ConfirmOutcome, confirm_subscription, request_subscription
 from subscribers.profile import InvalidField
-from subscribers.tokens import Purpose, make_token
+from subscribers.tokens import Purpose
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -50,7 +50,7 @@ def confirmation_sender() -> ConfirmationSender:
     return send_confirmation
 
 
-@router.get("/subscribe/{slug}", response_class=HTMLResponse)
+@router.get(SUBSCRIBE_ROUTE, response_class=HTMLResponse)
 def subscribe_form(request: Request, slug: str) -> HTMLResponse:
     app = app_of(request)
     newsletter = _newsletter(app, slug)
@@ -59,7 +59,7 @@ def subscribe_form(request: Request, slug: str) -> HTMLResponse:
     return _form(app, newsletter, request.url.path)
 
 
-@router.post("/subscribe/{slug}", response_class=HTMLResponse)
+@router.post(SUBSCRIBE_ROUTE, response_class=HTMLResponse)
 async def subscribe(
     request: Request, slug: str, sender: ConfirmationSender = Depends(confirmation_sender)
 ) -> HTMLResponse:
@@ -105,18 +105,11 @@ def _subscribe(
             app, newsletter, path, error=_form_error(exc), email=email, name=name, status_code=400
         )
     if request.send_confirmation and request.subscriber_id is not None:
-        token = make_token(
-            app.signing_key(),
-            subscriber_id=request.subscriber_id,
-            newsletter=slug,
-            purpose=Purpose.CONFIRM,
-            issued_at=now,
-        )
         try:
             sender(
                 app,
                 address,
-                absolute(app, f"/confirm/{token}"),
+                app.links().confirm(request.subscriber_id, slug),
                 newsletter.title,
                 newsletter=newsletter,
                 subscriber_id=request.subscriber_id,
@@ -138,7 +131,7 @@ def _subscribe(
     return _check_inbox(app, newsletter)
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse)
+@router.get(CONFIRM_ROUTE, response_class=HTMLResponse)
 def confirm_page(request: Request, token: str) -> HTMLResponse:
     app = app_of(request)
     with app.session() as session:
@@ -158,7 +151,7 @@ def confirm_page(request: Request, token: str) -> HTMLResponse:
     )
 
 
-@router.post("/confirm/{token}", response_class=HTMLResponse)
+@router.post(CONFIRM_ROUTE, response_class=HTMLResponse)
 async def confirm(request: Request, token: str) -> HTMLResponse:
     ip, user_agent = client_of(request)
     return await run_in_threadpool(_confirm, app_of(request), token, ip, user_agent)

@@ -1,4 +1,4 @@
-"""Unsubscribe and preferences pages behind signed links (plus the subscribe form's router).
+"""Unsubscribe and preferences pages behind signed links.
 
 - `GET /u/{token}` says what will happen and offers a button; a GET never changes anything
   (link scanners follow every link in an email).
@@ -18,12 +18,10 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from digest.app import App
+from digest.mail.links import PREFERENCES_ROUTE, UNSUBSCRIBE_ROUTE
 from digest.sending.counts import issue_to_credit
-from digest.web import subscribe
-from digest.web.app import app_of
-from digest.web.confirmation import send_confirmation
-from digest.web.links import (
-    absolute,
+from digest.web.deps import app_of
+from digest.web.signed import (
     client_of,
     first,
     form_fields,
@@ -38,15 +36,12 @@ from subscribers.membership import subscriptions_of, unsubscribe, unsubscribe_al
 from subscribers.models import Subscriber, SubscriptionStatus, SuppressionReason
 from subscribers.optin import set_preferences
 from subscribers.suppression import MAILABLE, suppression_reason
-from subscribers.tokens import Purpose, TokenClaims, make_token
-
-__all__ = ["router", "send_confirmation"]
+from subscribers.tokens import Purpose, TokenClaims
 
 router = APIRouter()
-router.include_router(subscribe.router)
 
 
-@router.get("/u/{token}", response_class=HTMLResponse)
+@router.get(UNSUBSCRIBE_ROUTE, response_class=HTMLResponse)
 def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     app = app_of(request)
     with app.session() as session:
@@ -70,7 +65,7 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
     )
 
 
-@router.post("/u/{token}", response_class=HTMLResponse)
+@router.post(UNSUBSCRIBE_ROUTE, response_class=HTMLResponse)
 async def one_click_unsubscribe(request: Request, token: str) -> HTMLResponse:
     fields = await form_fields(request)
     method = "link" if first(fields, "source") == "page" else "one-click"
@@ -109,7 +104,7 @@ def _unsubscribe(
     )
 
 
-@router.get("/preferences/{token}", response_class=HTMLResponse)
+@router.get(PREFERENCES_ROUTE, response_class=HTMLResponse)
 def preferences_page(request: Request, token: str) -> HTMLResponse:
     app = app_of(request)
     claims = verified(app, token, Purpose.PREFERENCES)
@@ -119,7 +114,7 @@ def preferences_page(request: Request, token: str) -> HTMLResponse:
         return _preferences(app, session, claims, request.url.path)
 
 
-@router.post("/preferences/{token}", response_class=HTMLResponse)
+@router.post(PREFERENCES_ROUTE, response_class=HTMLResponse)
 async def save_preferences(request: Request, token: str) -> HTMLResponse:
     fields = await form_fields(request)
     ip, user_agent = client_of(request)
@@ -207,11 +202,4 @@ def _preferences(
 
 
 def _preferences_url(app: App, claims: TokenClaims) -> str:
-    token = make_token(
-        app.signing_key(),
-        subscriber_id=claims.subscriber_id,
-        newsletter=claims.newsletter,
-        purpose=Purpose.PREFERENCES,
-        issued_at=app.now(),
-    )
-    return absolute(app, f"/preferences/{token}")
+    return app.links().preferences(claims.subscriber_id, claims.newsletter)

@@ -26,7 +26,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
 from digest.app import App
 from digest.sending.events import apply_sendgrid_events
-from digest.web.app import app_of
+from digest.web.deps import app_of
 
 log = logging.getLogger(__name__)
 router = APIRouter()

@@ -65,7 +65,7 @@ def _batch(settings: Settings, count: int, start: int = 1) -> OutgoingBatch:
     newsletter = settings.newsletter("turkey-unpacked")
     html = '<p>Hi %%NAME%%</p><a href="%%UNSUBSCRIBE_URL%%">Unsubscribe</a>'
     message = OutgoingMessage(3, newsletter, "Weekly", html, "Hi %%NAME%% %%UNSUBSCRIBE_URL%%\n")
-    values = RecipientValues(settings, newsletter, b"key", NOW)
+    values = RecipientValues(settings, newsletter, b"key", NOW, name_fallback="there")
     recipients = [
         OutgoingRecipient(i, i, address(i), f"Reader {i}", values(i, f"Reader {i}"))
         for i in range(start, start + count)

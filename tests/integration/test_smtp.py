@@ -166,7 +166,7 @@ def _batch(settings: Settings, count: int) -> OutgoingBatch:
     message = OutgoingMessage(
         5, newsletter, "Weekly for %%NAME%%", html, text, {"X-Digest-Issue": "5"}, DEFAULT_NOW
     )
-    values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW)
+    values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW, name_fallback="there")
     recipients = [
         OutgoingRecipient(i, i, address(i), f"Reader {i}", values(i, f"Reader {i}"))
         for i in range(1, count + 1)

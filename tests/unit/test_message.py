@@ -20,6 +20,7 @@ from digest.mail.message import (
     recipient_values,
 )
 from digest.rendering import personalize
+from digest.rendering.render import Renderer
 from subscribers.tokens import Purpose, verify_token
 from tests.conftest import TEST_SECRET, make_settings
 
@@ -38,7 +39,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _build(settings: Settings, **overrides: Any) -> email.message.EmailMessage:
-    values = recipient_values(settings, "turkey-unpacked", 42, "Ayşe Demir", KEY, NOW)
+    values = recipient_values(
+        settings, "turkey-unpacked", 42, "Ayşe Demir", KEY, NOW, name_fallback="there"
+    )
     arguments: dict[str, Any] = {
         "settings": settings,
         "newsletter": settings.newsletter("turkey-unpacked"),
@@ -55,7 +58,10 @@ def _build(settings: Settings, **overrides: Any) -> email.message.EmailMessage:
 
 
 def test_recipient_values_sign_links_for_this_subscriber(settings: Settings) -> None:
-    values = recipient_values(settings, "turkey-unpacked", 42, None, KEY, NOW)
+    fallback = Renderer().name_fallback(settings.newsletter("turkey-unpacked"))
+    values = recipient_values(
+        settings, "turkey-unpacked", 42, None, KEY, NOW, name_fallback=fallback
+    )
     unsubscribe = values[personalize.UNSUBSCRIBE_URL]
     preferences = values[personalize.PREFERENCES_URL]
     assert unsubscribe.startswith("https://news.example.com/u/")
@@ -111,7 +117,7 @@ def test_mime_structure_and_headers(settings: Settings) -> None:
 
 def test_a_hostile_name_cannot_inject_headers_or_markup(settings: Settings) -> None:
     name = 'Eve <b>"x"</b>\r\nBcc: victim@example.com'
-    values = recipient_values(settings, "turkey-unpacked", 9, name, KEY, NOW)
+    values = recipient_values(settings, "turkey-unpacked", 9, name, KEY, NOW, name_fallback="there")
     raw = _build(settings, values=values, to_name=name, subject="Hello\r\nBcc: x@example.com")
     parsed = email.message_from_bytes(raw.as_bytes(), policy=email.policy.default)
     assert parsed["Bcc"] is None

@@ -24,7 +24,7 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 def _batch(tmp_path: Path, emails: list[str], delivery_ids: list[int | None]) -> OutgoingBatch:
     settings = make_settings(tmp_path, "sqlite://")
     newsletter = settings.newsletter("turkey-unpacked")
-    values = RecipientValues(settings, newsletter, b"key", NOW)
+    values = RecipientValues(settings, newsletter, b"key", NOW, name_fallback="there")
     message = OutgoingMessage(
         4, newsletter, "Weekly", "<a href='%%UNSUBSCRIBE_URL%%'>u</a>", "%%UNSUBSCRIBE_URL%%\n"
     )

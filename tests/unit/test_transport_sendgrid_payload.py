@@ -41,7 +41,7 @@ def settings(tmp_path: Path) -> Settings:
 def _batch(settings: Settings) -> tuple[SharedPart, list[OutgoingRecipient]]:
     newsletter = settings.newsletter("turkey-unpacked")
     message = OutgoingMessage(7, newsletter, "Hello %%NAME%%", HTML, TEXT, {"X-Digest-Issue": "7"})
-    values = RecipientValues(settings, newsletter, b"key", NOW)
+    values = RecipientValues(settings, newsletter, b"key", NOW, name_fallback="there")
     recipients = [
         OutgoingRecipient(100 + i, i + 1, f"Reader{i}@Example.com", name, values(i + 1, name))
         for i, name in enumerate(NAMES)
@@ -85,7 +85,7 @@ def test_payload_follows_the_schema_and_the_documented_rules(settings: Settings)
 def test_only_tokens_used_by_the_content_are_substituted(settings: Settings) -> None:
     newsletter = settings.newsletter("turkey-unpacked")
     message = OutgoingMessage(1, newsletter, "Plain", "<a href='%%UNSUBSCRIBE_URL%%'>x</a>", "x")
-    values = RecipientValues(settings, newsletter, b"key", NOW)
+    values = RecipientValues(settings, newsletter, b"key", NOW, name_fallback="there")
     recipient = OutgoingRecipient(None, 5, "a@example.com", None, values(5, None))
     (item,) = payload(SharedPart(settings, message), [recipient])["personalizations"]
     assert set(item["substitutions"]) == {personalize.UNSUBSCRIBE_URL}

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from digest.app import App
 from digest.web.pages import render_page
 from subscribers.models import Subscriber
-from subscribers.tokens import TokenClaims, TokenError, default_max_age, verify_token
+from subscribers.tokens import TokenClaims, TokenError
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,7 @@ def invalid_link(app: App) -> HTMLResponse:
 def verified(app: App, token: str, purpose: str) -> TokenClaims | None:
     """The token's claims if it is ours, for `purpose`, and fresh; None otherwise."""
     try:
-        return verify_token(
-            token,
-            app.settings.verification_keys(),
-            purpose=purpose,
-            now=app.now(),
-            max_age=default_max_age(purpose),
-        )
+        return app.links().verify(token, purpose)
     except TokenError as exc:
         log.info("refused a %s link: %s", purpose, exc)  # never log the token itself
         return None
@@ -113,10 +107,6 @@ def newsletter_title(app: App, slug: str) -> str:
         if newsletter.slug == slug:
             return newsletter.title
     return slug  # a retired newsletter: its slug still names it
-
-
-def absolute(app: App, path: str) -> str:
-    return app.settings.site.base_url + path
 
 
 def link_owner(
