@@ -232,7 +232,7 @@ class NewsletterConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from digest.issues.cron import validate_crontab
+        from digest.cron import validate_crontab
 
         validate_crontab(value)
         return value

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from digest import cron
 from digest.config import NewsletterConfig, Settings
-from digest.issues import cron
 
 
 def period_key(moment: datetime) -> str:

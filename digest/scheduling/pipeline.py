@@ -10,27 +10,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from digest.app import App
+from digest.scheduling.rules import SendSummary
 from digest.storage.models import Issue
-
-
-class SendSummary(Protocol):
-    """What `digest.sending.send.send_issue` reports (its `SendReport`)."""
-
-    @property
-    def accepted(self) -> int: ...
-    @property
-    def failed(self) -> int: ...
-    @property
-    def skipped(self) -> int: ...
-    @property
-    def unknown(self) -> int: ...
-    @property
-    def pending(self) -> int: ...
-    @property
-    def already_done(self) -> bool: ...
 
 
 @dataclass(frozen=True)

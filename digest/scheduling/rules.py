@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
+from digest import cron
 from digest.config import NewsletterConfig, Settings, parse_duration
-from digest.issues import cron
 from digest.issues.periods import period_key
-from digest.scheduling.pipeline import SendSummary
 from digest.sending import local_time
 from digest.storage.models import RunOutcome, ScheduleRun
 
@@ -25,6 +25,23 @@ MAX_LOOKBACK = timedelta(days=31)
 MAX_PERIODS = 1000
 # A failed run is retried after 1, 2, 4, 8 minutes, then left failed.
 MAX_ATTEMPTS = 5
+
+
+class SendSummary(Protocol):
+    """What `digest.sending.send.send_issue` reports (its `SendReport`)."""
+
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def unknown(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def already_done(self) -> bool: ...
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Built on APScheduler 3 (`BackgroundScheduler`, in-memory job store: a job store must never be
 shared between processes). Jobs:
-- one crontab job per newsletter, in its time zone (`digest.issues.cron.CrontabTrigger`);
+- one crontab job per newsletter, in its time zone (`digest.cron.CrontabTrigger`);
 - `tick` every `tick_every`, at start-up first: catch-up, approvals, resumed sends,
   subscriber-local time zones;
 - `ingest` every `ingest_every`;
@@ -39,7 +39,7 @@ from sqlmodel import col
 
 from digest.app import App
 from digest.config import ConfigError, parse_duration
-from digest.issues.cron import CrontabTrigger
+from digest.cron import CrontabTrigger
 from digest.scheduling.leader import (
     Leadership,
     leader_info,

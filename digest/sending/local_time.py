@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlmodel import Session
 
-from digest.issues.cron import place
+from digest.cron import place
 from digest.sending import counts
 from digest.sending.freeze import Zoning
 from subscribers import audience_timezones

@@ -21,7 +21,7 @@ from apscheduler.triggers import interval as interval_trigger
 from sqlalchemy import Engine
 
 from digest.app import App
-from digest.issues.cron import CrontabTrigger
+from digest.cron import CrontabTrigger
 from digest.scheduling.service import SchedulerService
 from digest.storage.models import RunOutcome, ScheduleRun
 from tests.support.scheduling import (

@@ -91,8 +91,7 @@ def test_provider_events_and_complaints_count_per_issue(app: App) -> None:
     latest = sent_issue(app)
     with app.session() as session:
         rows = {
-            d.email: d.id
-            for d in session.exec(select(Delivery).where(Delivery.issue_id == latest))
+            d.email: d.id for d in session.exec(select(Delivery).where(Delivery.issue_id == latest))
         }
         events: list[dict[str, Any]] = [
             _event(rows, READERS[0], "delivered"),

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest.issues.cron import crontab_trigger, next_fire_time, previous_fire_time
+from digest.cron import crontab_trigger, next_fire_time, previous_fire_time
 
 IST = ZoneInfo("Europe/Istanbul")
 NYC = ZoneInfo("America/New_York")

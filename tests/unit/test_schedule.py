@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest.issues.cron import CrontabTrigger, fire_times, next_fire_time, previous_fire_time
+from digest.cron import CrontabTrigger, fire_times, next_fire_time, previous_fire_time
 from digest.scheduling.rules import (
     Candidate,
     approval_deadline,
