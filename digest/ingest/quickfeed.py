@@ -13,11 +13,12 @@ xml:base, XHTML content, RSS 0.90/1.0 (RDF), Atom 0.3, or no items. feedparser t
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET  # DOCTYPEs (hence entity expansion) are refused first
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
-
-from feedparser.datetimes import _parse_date
 
 ATOM = "{http://www.w3.org/2005/Atom}"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
@@ -62,8 +63,19 @@ def _text(element: ET.Element | None) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-def _date(value: str) -> Any:
-    return _parse_date(value) if value else None
+def _date(value: str) -> time.struct_time | None:
+    """A UTC struct_time, as feedparser's `*_parsed` fields hold: RFC 822 (RSS) or ISO 8601
+    (Atom); a date in any other shape declines the feed, and feedparser's many parsers read it."""
+    if not value:
+        return None
+    try:
+        iso = value[:4].isdigit()
+        moment = datetime.fromisoformat(value) if iso else parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise _Decline from exc
+    if moment.tzinfo is None:
+        raise _Decline  # no zone: feedparser decides what it means (it reads none)
+    return moment.utctimetuple()
 
 
 # -- RSS 2.0 -------------------------------------------------------------------------------------

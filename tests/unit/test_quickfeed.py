@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import feedparser
 import pytest
 
 from digest.ingest import quickfeed
@@ -111,3 +112,38 @@ RSS = '<rss version="2.0" xmlns:media="http://search.yahoo.com/mrss/"><channel><
 )
 def test_the_quick_reader_declines_what_feedparser_interprets(snippet: str) -> None:
     assert quickfeed.read(snippet.encode(), "utf-8") is None
+
+
+@pytest.mark.parametrize(
+    "date",
+    [
+        "Wed, 25 Nov 2026 10:00:00 +0300",
+        "Wed, 25 Nov 2026 07:00:00 GMT",
+        "25 Nov 2026 07:00 +0000",
+    ],
+)
+def test_rss_dates_read_as_feedparser_reads_them(date: str) -> None:
+    data = RSS.format(f"<title>t</title><pubDate>{date}</pubDate>").encode()
+    quick = quickfeed.read(data, "utf-8")
+    assert quick is not None
+    assert (
+        quick.entries[0]["published_parsed"] == feedparser.parse(data).entries[0].published_parsed
+    )
+
+
+def test_atom_dates_read_as_feedparser_reads_them() -> None:
+    data = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom"><title>f</title><entry><title>t</title>'
+        b"<id>x</id><published>2026-11-25T10:00:00+03:00</published></entry></feed>"
+    )
+    quick = quickfeed.read(data, "utf-8")
+    assert quick is not None
+    assert (
+        quick.entries[0]["published_parsed"] == feedparser.parse(data).entries[0].published_parsed
+    )
+
+
+@pytest.mark.parametrize("date", ["25/11/2026 07:00", "Wed, 25 Nov 2026 07:00:00"])
+def test_a_date_in_another_shape_or_without_zone_goes_to_feedparser(date: str) -> None:
+    data = RSS.format(f"<title>t</title><pubDate>{date}</pubDate>").encode()
+    assert quickfeed.read(data, "utf-8") is None
