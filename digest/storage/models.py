@@ -149,7 +149,7 @@ class IssueArticle(SQLModel, table=True):
 
 
 class DeliveryStatus(StrEnum):
-    """Where one recipient of an issue stands. Read counts through `sending.delivery_counts`.
+    """Where one recipient of an issue stands. Counts read it through `digest.sending.counts`.
 
     The row stores only what happened to this recipient alone (skipped, failed or unknown on
     its own, provider events). While it is `pending` its batch speaks for it (as Ghost's

@@ -3,7 +3,7 @@
 A transport takes an `OutgoingBatch` (one shared message plus up to `max_batch_size`
 recipients, each with the values of the per-recipient tokens) and answers with one
 `SendResult` per recipient, in order. It never touches the database: the delivery ledger in
-`digest.sending.send` decides what to send and records what came back. Three outcomes only:
+`digest.sending.ledger` decides what to send and records what came back. Three outcomes only:
 
 - accepted: the provider took responsibility for the message (SendGrid 202, SMTP 250, file
   written). Not "delivered": that comes later, from provider events.

@@ -78,3 +78,24 @@ def test_every_environment_variable_is_documented() -> None:
     names = [value for key, value in vars(config).items() if key.startswith("ENV_")]
     missing = [name for name in names if f"`{name}`" not in README]
     assert missing == [], f"document these variables in README.md: {missing}"
+
+
+def test_the_architecture_table_names_every_package_and_module() -> None:
+    section = README[README.index("## Architecture") : README.index("## Development")]
+    root = Path(__file__).resolve().parents[2] / "digest"
+    packages = sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file())
+    assert "sending" in packages
+    missing = [p for p in packages if f"`digest/{p}/`" not in section]
+    assert missing == [], f"add these packages to README.md's Architecture: {missing}"
+    loose = sorted(
+        p.name for p in root.glob("*.py") if p.name not in {"__init__.py", "__main__.py"}
+    )
+    assert [m for m in loose if f"`{m}`" not in section and f"`digest/{m}`" not in section] == []
+    modules = {
+        (package, module.stem)
+        for package in packages
+        for module in (root / package).glob("*.py")
+        if module.stem != "__init__" and package not in {"cli", "web", "transports"}
+    }
+    unnamed = sorted(f"{p}/{m}" for p, m in modules if f"`{m}`" not in section)
+    assert unnamed == [], f"say what these modules own in README.md's Architecture: {unnamed}"
