@@ -4,7 +4,8 @@ The official ``sendgrid`` library is pointed at this server instead of being moc
 request the transport builds really crosses HTTP and is checked against SendGrid's own OpenAPI
 description (twilio/sendgrid-oai ``tsg_mail_v3.json``) plus the documented rules the schema does
 not encode. Faults (429, 5xx, slow answers, per-address rejections) can be injected to test the
-retry logic.
+retry logic. A request cut off mid-body (its client killed or gone before Content-Length bytes
+arrived) is recorded in ``aborted``, not judged: it is neither accepted nor an invalid request.
 
 Usage::
 
@@ -49,6 +50,7 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator, FormatChecker
 
 __all__ = [
+    "AbortedRequest",
     "AcceptedRequest",
     "RejectedRequest",
     "SendGridServer",
@@ -59,6 +61,7 @@ __all__ = [
 ]
 
 ValidateMode = Literal["full", "rules"]
+AbortReason = Literal["eof", "reset"]
 
 MAIL_SEND_PATH = "/v3/mail/send"
 MAX_RECIPIENTS = 1000
@@ -135,6 +138,32 @@ class RejectedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AbortedRequest:
+    """A request whose client went away before its whole body arrived (killed, timed out).
+
+    The client's fault, not the payload's: never judged, answered, accepted or counted as
+    rejected. ``received`` is the number of body bytes that did arrive, ``expected`` the
+    Content-Length; ``reason`` is "eof" (connection closed early) or "reset" (connection reset).
+    """
+
+    expected: int
+    received: int
+    reason: AbortReason
+    headers: dict[str, str]  # lower-cased names
+    received_at: float
+
+
+class _IncompleteBody(Exception):
+    """Raised by ``_Handler._drain`` when the connection ends before Content-Length bytes."""
+
+    def __init__(self, expected: int, received: int, reason: AbortReason) -> None:
+        super().__init__(f"{reason} after {received} of {expected} body bytes")
+        self.expected = expected
+        self.received = received
+        self.reason: AbortReason = reason
+
+
+@dataclass(frozen=True, slots=True)
 class _Fault:
     status: int
     headers: Mapping[str, str]
@@ -166,6 +195,7 @@ class _State:
 
     requests: list[AcceptedRequest] = field(default_factory=list)
     rejected: list[RejectedRequest] = field(default_factory=list)
+    aborted: list[AbortedRequest] = field(default_factory=list)
     attempts: int = 0
     accepted_requests: int = 0
     accepted_recipients: int = 0
@@ -520,7 +550,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _not_here(self) -> None:
-        self._drain()
+        try:
+            self._drain()
+        except _IncompleteBody:
+            self.close_connection = True  # nobody left to answer
+            return
         if self.path.split("?", 1)[0] == MAIL_SEND_PATH:
             self._send(405, _error_body(Violation(None, "method not allowed")), {"Allow": "POST"})
         else:
@@ -529,7 +563,11 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_PUT = do_PATCH = do_DELETE = _not_here
 
     def _drain(self) -> bytes | None:
-        """Read the whole body (keeping the connection usable); None without a valid length."""
+        """Read the whole body (keeping the connection usable); None without a valid length.
+
+        Raises ``_IncompleteBody`` if the connection closes or resets before Content-Length
+        bytes arrived: a client killed mid-request must not look like a malformed body.
+        """
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
@@ -538,9 +576,14 @@ class _Handler(BaseHTTPRequestHandler):
         remaining = length
         chunks: list[bytes] = []
         while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
+            try:
+                chunk = self.rfile.read(min(remaining, 1 << 20))
+            except OSError as exc:  # ConnectionResetError, mostly
+                self.close_connection = True
+                raise _IncompleteBody(length, length - remaining, "reset") from exc
             if not chunk:
-                break
+                self.close_connection = True
+                raise _IncompleteBody(length, length - remaining, "eof")
             remaining -= len(chunk)
             if length <= MAX_BODY_BYTES:
                 chunks.append(chunk)
@@ -550,7 +593,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != MAIL_SEND_PATH:
             self._not_here()
             return
-        raw = self._drain()
+        try:
+            raw = self._drain()
+        except _IncompleteBody as cut:
+            self.server.owner._abort(dict(self.headers.items()), cut)
+            return  # the client is gone: no answer, and the connection is closed
         status, body, headers = self.server.owner._handle(dict(self.headers.items()), raw)
         self._send(status, body, headers)
 
@@ -661,8 +708,19 @@ class SendGridServer:
             return list(self._state.rejected)
 
     @property
+    def aborted(self) -> list[AbortedRequest]:
+        """Requests cut off before their whole body arrived; neither accepted nor rejected."""
+        with self._lock:
+            return list(self._state.aborted)
+
+    @property
+    def aborted_requests(self) -> int:
+        with self._lock:
+            return len(self._state.aborted)
+
+    @property
     def attempts(self) -> int:
-        """Every POST to /v3/mail/send, whatever the answer: counts retries."""
+        """Every POST to /v3/mail/send, whatever the answer: counts retries and aborted ones."""
         with self._lock:
             return self._state.attempts
 
@@ -701,7 +759,10 @@ class SendGridServer:
             return [r.message_id for r in self._state.requests]
 
     def assert_all_valid(self) -> None:
-        """Raise AssertionError listing violations if any request was ever refused as invalid."""
+        """Raise AssertionError listing violations if any request was ever refused as invalid.
+
+        Aborted requests (the client went away mid-body) are not invalid and do not count.
+        """
         rejected = self.rejected
         if rejected:
             lines = [
@@ -820,6 +881,19 @@ class SendGridServer:
         except (ValueError, UnicodeDecodeError) as exc:
             return 400, [Violation(None, f"Bad Request: body is not valid JSON ({exc})")], None
         return 202, [], body
+
+    def _abort(self, raw_headers: Mapping[str, str], cut: _IncompleteBody) -> None:
+        """Record a cut-off request. It consumes no injected fault or delay: nobody hears it."""
+        record = AbortedRequest(
+            expected=cut.expected,
+            received=cut.received,
+            reason=cut.reason,
+            headers={k.lower(): v for k, v in raw_headers.items()},
+            received_at=time.time(),
+        )
+        with self._lock:
+            self._state.attempts += 1
+            self._state.aborted.append(record)
 
     def _handle(
         self, raw_headers: Mapping[str, str], raw: bytes | None
@@ -948,7 +1022,8 @@ def main(argv: list[str] | None = None) -> None:
             pass
     print(
         f"accepted {server.accepted_requests} requests / {server.accepted_recipients} recipients, "
-        f"rejected {len(server.rejected)}, injected {server.injected_failures}",
+        f"rejected {len(server.rejected)}, aborted {server.aborted_requests}, "
+        f"injected {server.injected_failures}",
         flush=True,
     )
 

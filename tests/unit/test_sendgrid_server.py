@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import gzip
 import json
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -396,6 +398,95 @@ def test_gzip_body_is_accepted(sg: SendGridServer) -> None:
     )
     assert status == 202
     assert sg.accepted_recipients == 2
+
+
+# ---- requests cut off mid-body (a sender killed while sending) -----------------------------
+
+
+def _request_head(server: SendGridServer, content_length: int, *extra: str) -> bytes:
+    lines = [
+        "POST /v3/mail/send HTTP/1.1",
+        f"Host: 127.0.0.1:{server.port}",
+        "Authorization: Bearer SG.test",
+        "Content-Type: application/json",
+        f"Content-Length: {content_length}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+@pytest.mark.parametrize("sent", [0, 40], ids=["headers only", "part of the body"])
+def test_body_cut_off_by_close_is_aborted_not_invalid(sg: SendGridServer, sent: int) -> None:
+    """Headers promise more bytes than arrive before the connection closes (FIN)."""
+    body = json.dumps(make_payload(2)).encode()
+    sg.fail_next(1, status=503)  # an aborted request must not use up a fault: nobody hears it
+    with socket.create_connection(("127.0.0.1", sg.port), timeout=5) as sock:
+        sock.sendall(_request_head(sg, len(body)) + body[:sent])
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1024) == b""  # no answer: the server just closes
+
+    assert _eventually(lambda: sg.aborted_requests == 1), sg.rejected
+    (aborted,) = sg.aborted
+    assert (aborted.expected, aborted.received, aborted.reason) == (len(body), sent, "eof")
+    assert aborted.headers["authorization"] == "Bearer SG.test"
+    assert sg.rejected == []
+    assert (sg.accepted_requests, sg.accepted_recipients, sg.attempts) == (0, 0, 1)
+    sg.assert_all_valid()  # a cut-off request is the client's fault, not a schema failure
+
+    client = client_for(sg)  # the server carries on, and the fault is still pending
+    with pytest.raises(HTTPError) as info:
+        client.send(make_payload(1))
+    assert info.value.status_code == 503
+    assert client.send(make_payload(1)).status_code == 202
+    assert (sg.aborted_requests, sg.accepted_requests) == (1, 1)
+
+
+def test_body_cut_off_by_reset_is_aborted_not_invalid(sg: SendGridServer) -> None:
+    """The connection is reset (RST) while the server waits for the rest of the body."""
+    body = json.dumps(make_payload(2)).encode()
+    sock = socket.create_connection(("127.0.0.1", sg.port), timeout=5)
+    try:
+        sock.sendall(_request_head(sg, len(body), "Expect: 100-continue"))
+        # 100 Continue: the server has parsed the headers and is about to read the body.
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100")
+        sock.sendall(body[:40])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    finally:
+        sock.close()  # with a zero linger time: RST instead of FIN
+
+    assert _eventually(lambda: sg.aborted_requests == 1), sg.rejected
+    (aborted,) = sg.aborted
+    assert aborted.expected == len(body) and aborted.received <= 40
+    assert sg.rejected == []
+    assert sg.accepted_requests == 0
+    sg.assert_all_valid()
+
+
+@pytest.mark.parametrize("body", [b'{"personalizations": [', b""], ids=["truncated JSON", "empty"])
+def test_complete_but_malformed_body_is_still_invalid(sg: SendGridServer, body: bytes) -> None:
+    """All Content-Length bytes arrived: bad JSON is the payload's fault, not an abort."""
+    with socket.create_connection(("127.0.0.1", sg.port), timeout=5) as sock:
+        sock.sendall(_request_head(sg, len(body), "Connection: close") + body)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"not valid JSON" in answer
+    assert sg.aborted_requests == 0
+    assert len(sg.rejected) == 1
+    assert sg.accepted_requests == 0
+    with pytest.raises(AssertionError, match="not valid JSON"):
+        sg.assert_all_valid()
 
 
 # ---- authentication ------------------------------------------------------------------------
