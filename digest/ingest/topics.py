@@ -20,9 +20,9 @@ from sqlalchemy import Table, bindparam, delete, update
 from sqlmodel import Session, SQLModel, col, select
 
 from digest.config import NewsletterConfig, Settings, TopicRules
-from digest.ingest.bulk import insert_rows
 from digest.ingest.normalize import fold
 from digest.storage.models import Article, ArticleTopic
+from subscribers.bulk import insert_rows
 from subscribers.timestamps import utcnow
 
 ARTICLE_TOPIC: Table = SQLModel.metadata.tables[ArticleTopic.__tablename__]

@@ -22,11 +22,11 @@ from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 from sqlmodel import Session, SQLModel
 
 from digest.config import NewsletterConfig, parse_duration
-from digest.ingest.bulk import insert_rows, update_rows
 from digest.ingest.feeds import ArticleData
 from digest.ingest.normalize import fold, title_key
 from digest.ingest.topics import FoldedArticle, classify_compiled, compile_newsletters, link_topics
 from digest.storage.models import Article, DateSource
+from subscribers.bulk import insert_rows, update_rows
 
 FUTURE_TOLERANCE = timedelta(days=1)  # clocks and time zones are often a few hours off
 SIMILAR_SUMMARY = 0.5  # word overlap (Jaccard) above which same-titled items are one article

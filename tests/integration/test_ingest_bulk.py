@@ -1,4 +1,4 @@
-"""digest.ingest.bulk stores exactly what a Core INSERT stores, on SQLite and PostgreSQL."""
+"""subscribers.bulk.insert_rows and update_rows store what Core stores, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, bindparam, insert, text, update
 
-from digest.ingest.bulk import insert_rows, update_rows
 from digest.ingest.upsert import ARTICLE
+from subscribers.bulk import insert_rows, update_rows
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ISTANBUL = timezone(timedelta(hours=3))
