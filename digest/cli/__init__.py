@@ -1,7 +1,8 @@
 """The `digest` command line: `digest <noun> <verb>`.
 
 This module holds the root app and global options only; each command area lives in its own
-module (`db`, `content`, `issues`, `sending`, `people`, `ops`) and registers itself here.
+module (`db`, `content`, `issues`, `sending`, `people`, `ops`, `schedule`) and registers itself
+here. The top of the stack: may import any stage; nothing imports it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ recipients, each with the values of the per-recipient tokens) and answers with o
 - failed: the provider refused it and said so; sending it again will not help by itself.
 - unknown: the request may or may not have gone through (a response lost to a read timeout or a
   dropped connection). Resending could mail the person twice, so the operator decides.
+
+May import `mail` and below; never the database (checked by `tests/unit/test_boundaries.py`).
 """
 
 from __future__ import annotations
