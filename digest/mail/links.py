@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import quote
 
 from digest.config import Settings
 from subscribers.tokens import (
@@ -89,12 +88,6 @@ class Links:
 
     def confirm(self, subscriber_id: int, newsletter: str) -> str:
         return self.signed(Purpose.CONFIRM, subscriber_id=subscriber_id, newsletter=newsletter)
-
-    def subscribe(self, slug: str) -> str:
-        return self.absolute(SUBSCRIBE_ROUTE.format(slug=quote(slug, safe="")))
-
-    def studio(self, slug: str | None = None) -> str:
-        return self.absolute(STUDIO_ROUTE + (f"/{quote(slug, safe='')}" if slug else ""))
 
     def verify(self, token: str, purpose: Purpose | str) -> TokenClaims:
         """The claims of a token of ours for `purpose` that has not expired; TokenError
