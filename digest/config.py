@@ -14,11 +14,10 @@ import tomllib
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -29,6 +28,7 @@ from pydantic import (
 )
 
 from digest import paths
+from digest.config_types import Duration, HeaderText, TimeZoneName, parse_duration
 
 # A development-only key: used when DIGEST_SECRET_KEY is unset and the site is local, so that
 # `make demo` works on a fresh machine. `Settings.check_production()` refuses it elsewhere.
@@ -54,35 +54,6 @@ class ConfigError(Exception):
         super().__init__(f"{self.file}: {key}: {reason}" if key else f"{self.file}: {reason}")
 
 
-def _timezone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {value!r}") from exc
-    return value
-
-
-TimeZoneName = Annotated[str, AfterValidator(_timezone)]
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> timedelta:
-    """'7d', '36h', '90m', '2w' → timedelta."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"not a duration like '7d', '36h' or '90m': {text!r}")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
-def _duration(value: str) -> str:
-    parse_duration(value)
-    return value
-
-
-Duration = Annotated[str, AfterValidator(_duration)]
-
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -106,15 +77,6 @@ class SiteConfig(_Strict):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an absolute http(s) URL such as https://news.example.com")
         return value.rstrip("/")
-
-
-def _no_newlines(value: str) -> str:
-    if "\r" in value or "\n" in value:
-        raise ValueError("must not contain line breaks")
-    return value
-
-
-HeaderText = Annotated[str, AfterValidator(_no_newlines)]
 
 
 class SenderConfig(_Strict):

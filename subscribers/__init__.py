@@ -13,7 +13,9 @@ from subscribers.audience import (
     count_audience,
     mailable,
 )
-from subscribers.csv_io import ImportReport, LineError, SkippedLine, export_csv, import_csv
+from subscribers.csv_export import export_csv
+from subscribers.csv_io import import_csv
+from subscribers.csv_lines import ImportReport, LineError, SkippedLine
 from subscribers.directory import SubscriberSummary, list_subscribers
 from subscribers.membership import (
     AddOutcome,

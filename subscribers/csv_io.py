@@ -1,4 +1,4 @@
-"""CSV import and export of subscribers.
+"""CSV import of subscribers (export is in `csv_export`, line checks in `csv_lines`).
 
 Import maps columns by their header (email, name, newsletters, timezone, locale, with common
 aliases), checks every row, reports each bad line with its number, field and reason, and imports
@@ -11,9 +11,6 @@ take seconds, not minutes (`benchmarks/bench_import.py`).
 from __future__ import annotations
 
 import csv
-import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -22,8 +19,17 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from subscribers import consent
-from subscribers.addresses import InvalidAddress, normalize_email
 from subscribers.bulk import among, insert_missing, refresh_statistics
+from subscribers.csv_export import export_csv
+from subscribers.csv_lines import (
+    ImportReport,
+    LineError,
+    Row,
+    RowChecker,
+    SkippedLine,
+    read_header,
+    records,
+)
 from subscribers.membership import SUBSCRIPTION_KEY, skip_reason, subscription_row
 from subscribers.models import (
     ConsentAction,
@@ -32,100 +38,20 @@ from subscribers.models import (
     SubscriptionStatus,
     Suppression,
 )
-from subscribers.profile import (
-    InvalidField,
-    clean_locale,
-    clean_name,
-    clean_timezone,
-    from_spreadsheet,
-    spreadsheet_safe,
-)
+
+__all__ = [
+    "ANALYZE_AFTER",
+    "CHUNK_ROWS",
+    "ImportReport",
+    "LineError",
+    "SkippedLine",
+    "export_csv",
+    "import_csv",
+]
 
 CHUNK_ROWS = 5000
 ANALYZE_AFTER = 10_000  # new subscriptions that make the planner's statistics stale
-COLUMNS = ("email", "name", "newsletters", "timezone", "locale")
-_ALIASES = {
-    "email": "email",
-    "e_mail": "email",
-    "email_address": "email",
-    "mail": "email",
-    "name": "name",
-    "full_name": "name",
-    "fullname": "name",
-    "display_name": "name",
-    "newsletters": "newsletters",
-    "newsletter": "newsletters",
-    "lists": "newsletters",
-    "list": "newsletters",
-    "timezone": "timezone",
-    "time_zone": "timezone",
-    "tz": "timezone",
-    "locale": "locale",
-    "language": "locale",
-    "lang": "locale",
-}
-_LIST_SEPARATORS = re.compile(r"[;|,\s]+")
 _PROFILE = ("name", "timezone", "locale")
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    field: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.field}: {self.reason}"
-
-
-@dataclass(frozen=True)
-class SkippedLine:
-    line: int
-    email: str
-    newsletter: str | None
-    reason: str
-
-    def __str__(self) -> str:
-        where = f" ({self.newsletter})" if self.newsletter else ""
-        return f"line {self.line}: {self.email}{where}: skipped, {self.reason}"
-
-
-@dataclass
-class ImportReport:
-    file_name: str
-    rows: int = 0  # data lines read
-    subscribers_created: int = 0
-    subscriptions_created: int = 0
-    already_subscribed: int = 0
-    profiles_updated: int = 0
-    skipped: list[SkippedLine] = field(default_factory=list)
-    errors: list[LineError] = field(default_factory=list)
-    ignored_columns: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def added(self) -> int:
-        """New subscribers this import created."""
-        return self.subscribers_created
-
-    def summary(self) -> str:
-        return (
-            f"{self.file_name}: {self.rows} rows; {self.subscriptions_created} subscriptions "
-            f"created ({self.subscribers_created} new subscribers), {self.already_subscribed} "
-            f"already subscribed, {self.profiles_updated} profiles updated, {len(self.skipped)} "
-            f"skipped, {len(self.errors)} bad lines"
-        )
-
-
-@dataclass
-class _Row:
-    line: int
-    email: str
-    newsletters: list[str]
-    profile: dict[str, str | None]
 
 
 def import_csv(
@@ -141,12 +67,12 @@ def import_csv(
     """Import subscribers from a CSV file; see the module docstring for the rules."""
     report = ImportReport(file_name=file_name)
     reader = csv.reader(file)
-    columns = _read_header(reader, report)
+    columns = read_header(reader, report)
     if columns is None:
         return report
-    check = _RowChecker(columns, default_newsletter, known_newsletters, report)
-    chunk: list[_Row] = []
-    for line, cells in _records(reader, report):
+    check = RowChecker(columns, default_newsletter, known_newsletters, report)
+    chunk: list[Row] = []
+    for line, cells in records(reader, report):
         report.rows += 1
         row = check(line, cells)
         if row is not None:
@@ -160,123 +86,9 @@ def import_csv(
     return report
 
 
-def _read_header(reader: Any, report: ImportReport) -> dict[str, int] | None:
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        report.errors.append(LineError(1, "header", f"not valid CSV: {exc}"))
-        return None
-    if not header:
-        report.errors.append(LineError(1, "header", "the file is empty (expected a header line)"))
-        return None
-    columns: dict[str, int] = {}
-    for index, title in enumerate(header):
-        key = re.sub(r"[\s-]+", "_", title.replace("\ufeff", "").strip().lower())
-        target = _ALIASES.get(key)
-        if target is None:
-            report.ignored_columns.append(title.strip())
-        elif target in columns:
-            report.errors.append(LineError(1, "header", f"two columns mean {target!r}: {title!r}"))
-            return None
-        else:
-            columns[target] = index
-    if "email" not in columns:
-        titles = ", ".join(repr(t) for t in header)
-        report.errors.append(LineError(1, "email", f"no email column (header has {titles})"))
-        return None
-    return columns
-
-
-def _records(reader: Any, report: ImportReport) -> Iterator[tuple[int, list[str]]]:
-    """(first line number, cells) for each record; unreadable records become errors."""
-    while True:
-        start = reader.line_num + 1
-        try:
-            cells = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            report.rows += 1
-            report.errors.append(LineError(start, "row", f"not valid CSV: {exc}"))
-            continue
-        if cells and any(cell.strip() for cell in cells):
-            yield start, cells
-
-
-class _RowChecker:
-    """Turns one record into a _Row, or records why it cannot be imported."""
-
-    def __init__(
-        self,
-        columns: dict[str, int],
-        default_newsletter: str | None,
-        known: set[str] | None,
-        report: ImportReport,
-    ) -> None:
-        self.columns = columns
-        self.width = len(columns) + len(report.ignored_columns)
-        self.default = default_newsletter
-        self.known = known
-        self.report = report
-        self._lists: dict[str, list[str]] = {}
-        self._locales: dict[str, str | None] = {}
-
-    def __call__(self, line: int, cells: list[str]) -> _Row | None:
-        try:
-            return self._check(line, cells)
-        except InvalidField as exc:
-            self.report.errors.append(LineError(line, exc.field, exc.reason))
-            return None
-
-    def _check(self, line: int, cells: list[str]) -> _Row:
-        if len(cells) > self.width:
-            raise InvalidField("row", f"{len(cells)} fields but the header has {self.width}")
-        values = dict.fromkeys(COLUMNS, "")
-        for name, index in self.columns.items():
-            if index < len(cells):
-                cell = cells[index].strip()
-                values[name] = from_spreadsheet(cell) if cell[:1] == "'" else cell
-        try:
-            email = normalize_email(values["email"])
-        except InvalidAddress as exc:
-            reason = "missing" if not values["email"] else f"{values['email']!r}: {exc}"
-            raise InvalidField("email", reason) from exc
-        profile = {
-            "name": clean_name(values["name"]),
-            "timezone": clean_timezone(values["timezone"]),
-            "locale": self._locale(values["locale"]),
-        }
-        return _Row(line, email, self._newsletters(values["newsletters"]), profile)
-
-    def _locale(self, text: str) -> str | None:
-        if text not in self._locales:
-            self._locales[text] = clean_locale(text)
-        return self._locales[text]
-
-    def _newsletters(self, text: str) -> list[str]:
-        """The row's newsletters (a file repeats a few combinations: each is checked once)."""
-        if text not in self._lists:
-            self._lists[text] = self._parse_newsletters(text)
-        return self._lists[text]
-
-    def _parse_newsletters(self, text: str) -> list[str]:
-        slugs = list(dict.fromkeys(s for s in _LIST_SEPARATORS.split(text) if s))
-        if not slugs and self.default:
-            slugs = [self.default]
-        if not slugs:
-            raise InvalidField(
-                "newsletters", "no newsletter (fill the newsletters column or pass one)"
-            )
-        unknown = [s for s in slugs if self.known is not None and s not in self.known]
-        if unknown:
-            known = ", ".join(sorted(self.known or ())) or "none configured"
-            raise InvalidField("newsletters", f"unknown newsletter {unknown[0]!r} ({known})")
-        return slugs
-
-
 def _import_chunk(
     session: Session,
-    rows: list[_Row],
+    rows: list[Row],
     report: ImportReport,
     *,
     now: datetime,
@@ -304,7 +116,7 @@ def _import_chunk(
 
 
 def _subscriber_ids(
-    session: Session, rows: list[_Row], report: ImportReport, *, now: datetime
+    session: Session, rows: list[Row], report: ImportReport, *, now: datetime
 ) -> dict[str, int]:
     """Ids for every address in `rows`: existing ones updated, new ones created."""
     connection = session.connection()
@@ -352,7 +164,7 @@ def _subscriber_ids(
 
 def _subscribe(
     session: Session,
-    rows: list[_Row],
+    rows: list[Row],
     ids: dict[str, int],
     report: ImportReport,
     *,
@@ -409,57 +221,3 @@ def _subscribe(
         insert_missing(session, Subscription, new_rows, conflict=SUBSCRIPTION_KEY)
         consent.record_many(session, events)
         report.subscriptions_created += len(new_rows)
-
-
-def export_csv(session: Session, out: TextIO, *, newsletter: str | None = None) -> int:
-    """Write mailable subscribers (active, not suppressed) as CSV that imports back unchanged.
-
-    One row per subscriber, their active newsletters joined by ';'. Returns the rows written.
-    """
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    statement = (
-        sa_select(
-            col(Subscriber.id),
-            col(Subscriber.email),
-            col(Subscriber.name),
-            col(Subscriber.timezone),
-            col(Subscriber.locale),
-            col(Subscription.newsletter),
-        )
-        .join(Subscription, col(Subscription.subscriber_id) == col(Subscriber.id))
-        .where(
-            col(Subscription.status) == SubscriptionStatus.ACTIVE,
-            ~select(Suppression.id).where(col(Suppression.email) == col(Subscriber.email)).exists(),
-        )
-        .order_by(col(Subscriber.id), col(Subscription.newsletter))
-    )
-    if newsletter is not None:
-        statement = statement.where(col(Subscription.newsletter) == newsletter)
-    written = 0
-    current: list[Any] | None = None
-    result = session.connection().execution_options(yield_per=2000).execute(statement)
-    for sid, email, name, timezone, locale, slug in result:
-        if current is not None and current[0] == sid:
-            current[-1].append(slug)
-            continue
-        if current is not None:
-            written += _write_subscriber(writer, current)
-        current = [sid, email, name, timezone, locale, [slug]]
-    if current is not None:
-        written += _write_subscriber(writer, current)
-    return written
-
-
-def _write_subscriber(writer: Any, record: list[Any]) -> int:
-    _, email, name, timezone, locale, slugs = record
-    writer.writerow(
-        [
-            spreadsheet_safe(email),
-            spreadsheet_safe(name),
-            ";".join(slugs),
-            timezone or "",
-            locale or "",
-        ]
-    )
-    return 1

@@ -15,7 +15,8 @@ from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError
 from subscribers.addresses import InvalidAddress
-from subscribers.csv_io import export_csv, import_csv
+from subscribers.csv_export import export_csv
+from subscribers.csv_io import import_csv
 from subscribers.directory import list_subscribers
 from subscribers.membership import (
     AddOutcome,

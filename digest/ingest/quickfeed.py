@@ -3,7 +3,7 @@
 feedparser costs about 0.5 ms of CPU per item, most of ingestion's time: its generic machinery
 runs for every element. Most feeds are simple, well-formed RSS 2.0 or Atom 1.0, which
 ElementTree reads about ten times faster. This module turns such a document into the same
-entry mappings feedparser produces (the keys `feeds._entry` reads), so both paths share one
+entry mappings feedparser produces (the keys `syndication._entry` reads), so both paths share one
 normalization; `tests/unit/test_quickfeed.py` checks they agree on every fixture.
 
 It declines (returns None) on anything unusual: not well-formed, a DOCTYPE or entities,

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlmodel import Session, select
 
 from digest.config import NewsletterConfig, Settings, SourceConfig
-from digest.ingest.feeds import ArticleData, ParsedFeed, parse_source
+from digest.ingest.articles import ArticleData, ParsedFeed
+from digest.ingest.feeds import parse_source
 from digest.ingest.fetch import Fetcher, FetchRequest, FetchResult, default_user_agent
 from digest.ingest.upsert import Prepared, prepare, store_prepared
 from digest.storage.models import Source

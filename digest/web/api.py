@@ -1,7 +1,7 @@
 """The push API: `POST /api/articles` lets a CMS send articles as they are published.
 
 Authenticated with `Authorization: Bearer $DIGEST_API_TOKEN` (compared in constant time).
-The body is one article or a list of them (see `digest.ingest.feeds.ArticleIn`); the whole
+The body is one article or a list of them (see `digest.ingest.records.ArticleIn`); the whole
 request is rejected, naming each bad item's index and field, if any item is invalid.
 """
 
@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from digest.ingest.feeds import to_article, validate_items
+from digest.ingest.records import to_article, validate_items
 from digest.ingest.run import ingest_items
 from digest.web.deps import app_of
 

@@ -10,15 +10,10 @@ errors and unknown names become a message on the page, never a 500.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import (
@@ -37,10 +32,17 @@ from digest.rendering.render import RenderError
 from digest.storage.models import Issue
 from digest.web import live_reload, studio_view
 from digest.web.pages import environment, render_page
+from digest.web.studio_forms import (
+    FLASH_COOKIE,
+    Refused,
+    check_post,
+    mac,
+    set_flash,
+    take_flash,
+)
 
 router = APIRouter(prefix="/studio")
 
-FLASH_COOKIE = "digest_studio_flash"
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' https: data:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; frame-src 'self'; frame-ancestors 'self'; form-action 'self'; "
@@ -78,7 +80,7 @@ def _studio(request: Request) -> _Studio:
             app: App = state.digest
             studio = _Studio(
                 reloader=live_reload.Reloader(live_reload.Watch.for_app(app)),
-                csrf_token=_mac(app, b"digest-studio-csrf"),
+                csrf_token=mac(app, b"digest-studio-csrf"),
             )
             state.studio = studio
     return studio  # type: ignore[no-any-return]
@@ -89,16 +91,12 @@ def _app(request: Request) -> App:
     return _studio(request).reloader.current(request.app.state)
 
 
-def _mac(app: App, message: bytes) -> str:
-    return hmac.new(app.signing_key(), message, hashlib.sha256).hexdigest()[:32]
-
-
 # -- pages -------------------------------------------------------------------------------------
 
 
 def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     studio = _studio(request)
-    flash = _take_flash(request)
+    flash = take_flash(request)
     response = render_page(
         f"studio/{name}",
         {
@@ -239,42 +237,28 @@ def email_message(request: Request, slug: str, issue_id: int) -> Response:
 Csrf = Annotated[str, Form()]
 
 
-class _Refused(Exception):
-    """A POST that did not come from a studio page."""
-
-
 def _guard(request: Request, csrf: str) -> App:
     """The App, once the POST carries the studio's token and no foreign origin."""
-    studio = _studio(request)
-    if not hmac.compare_digest(csrf.encode(), studio.csrf_token.encode()):
-        raise _Refused("the form's security token is missing or stale")
-    claimed = request.headers.get("origin") or request.headers.get("referer")
-    if claimed and not _same_origin(claimed, str(request.base_url)):
-        raise _Refused("the form was posted from another site")
+    check_post(request, csrf, _studio(request).csrf_token)
     return _app(request)
-
-
-def _same_origin(claimed: str, base: str) -> bool:
-    a, b = urlsplit(claimed), urlsplit(base)
-    return (a.scheme, a.netloc.lower()) == (b.scheme, b.netloc.lower())
 
 
 def _act(request: Request, slug: str, issue_id: int, csrf: str, action: Any) -> Response:
     """Run an editorial action and go back to the issue page with what happened."""
     try:
         app = _guard(request, csrf)
-    except _Refused as exc:
+    except Refused as exc:
         return _problem(request, "Not allowed", f"{exc}; reload the studio and try again.", 403)
     back = RedirectResponse(f"/studio/{slug}", status_code=303)
     if _issue_of(app, slug, issue_id) is None:
-        _set_flash(back, app, "error", f"There is no issue {issue_id} of {slug}.")
+        set_flash(back, app, "error", f"There is no issue {issue_id} of {slug}.")
         return back
     try:
         message = action(app)
     except (AssemblyError, RenderError) as exc:
-        _set_flash(back, app, "error", str(exc))
+        set_flash(back, app, "error", str(exc))
     else:
-        _set_flash(back, app, "ok", message)
+        set_flash(back, app, "ok", message)
     return back
 
 
@@ -395,36 +379,3 @@ def send_test(
         return f"Test sent to {result.email} via {via}."
 
     return _act(request, slug, issue_id, csrf, action)
-
-
-# -- flash messages ----------------------------------------------------------------------------
-
-
-def _set_flash(response: Response, app: App, kind: str, text: str) -> None:
-    """Carry one message across the redirect in a signed, short-lived cookie."""
-    payload = base64.urlsafe_b64encode(json.dumps({"kind": kind, "text": text}).encode()).decode()
-    response.set_cookie(
-        FLASH_COOKIE,
-        f"{payload}.{_mac(app, payload.encode())}",
-        max_age=60,
-        path="/studio",
-        httponly=True,
-        samesite="strict",
-    )
-
-
-def _take_flash(request: Request) -> dict[str, str] | None:
-    raw = request.cookies.get(FLASH_COOKIE)
-    if not raw or "." not in raw:
-        return None
-    payload, _, signature = raw.rpartition(".")
-    app: App = request.app.state.digest
-    if not hmac.compare_digest(signature, _mac(app, payload.encode())):
-        return None
-    try:
-        data = json.loads(base64.urlsafe_b64decode(payload.encode()))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {"kind": str(data.get("kind", "ok")), "text": str(data.get("text", ""))}

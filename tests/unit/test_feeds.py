@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from digest.ingest.feeds import ArticleData, ParsedFeed, parse_source, validate_items
+from digest.ingest.articles import ArticleData, ParsedFeed
+from digest.ingest.feeds import parse_source
+from digest.ingest.records import validate_items
 from digest.storage.models import DateSource
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from digest.ingest.charsets import detect_charset
-from digest.ingest.feeds import parse_csv, parse_feed
+from digest.ingest.records import parse_csv
+from digest.ingest.syndication import parse_feed
 
 FEEDS = Path(__file__).resolve().parents[1] / "fixtures" / "feeds"
 

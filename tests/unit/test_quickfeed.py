@@ -10,7 +10,7 @@ import pytest
 
 from digest.ingest import quickfeed
 from digest.ingest.charsets import detect_charset
-from digest.ingest.feeds import parse_feed
+from digest.ingest.syndication import parse_feed
 
 ROOT = Path(__file__).resolve().parents[2]
 FEEDS = ROOT / "tests" / "fixtures" / "feeds"
