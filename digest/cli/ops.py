@@ -104,7 +104,7 @@ def serve(
     """Run the web app: preview studio, unsubscribe pages, webhooks and the push API."""
     import uvicorn
 
-    from digest.web.app import create_app
+    from digest.web.server import create_app
 
     uvicorn.run(create_app(get_app(ctx)), host=host, port=port, log_level="info")
 

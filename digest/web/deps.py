@@ -1,6 +1,6 @@
 """What a route handler asks of its request: the App that `create_app` put behind it.
 
-Routers import from here, never from `digest.web.app` (which imports every router).
+Routers import from here, never from `digest.web.server` (which imports every router).
 """
 
 from __future__ import annotations
@@ -11,5 +11,5 @@ from digest.app import App
 
 
 def app_of(request: Request) -> App:
-    """The App behind a request (set by `digest.web.app.create_app`)."""
+    """The App behind a request (set by `digest.web.server.create_app`)."""
     return request.app.state.digest  # type: ignore[no-any-return]

@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 
 from digest.app import App
-from digest.web.app import create_app
+from digest.web.server import create_app
 
 CHROMIUM_ARGS = [
     "--headless",

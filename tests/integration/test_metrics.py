@@ -14,8 +14,8 @@ from digest.app import App
 from digest.scheduling.leader import leading
 from digest.scheduling.tick import run_due
 from digest.storage.models import Source
-from digest.web.app import create_app
 from digest.web.metrics import Exposition
+from digest.web.server import create_app
 from subscribers import count_audience
 from tests.support.scheduling import RecordingPipeline, load_sample_subscribers
 

@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 
 from digest.app import App
 from digest.storage.models import Article, ArticleTopic, DateSource, Source
-from digest.web.app import create_app
+from digest.web.server import create_app
 from tests.conftest import DEFAULT_NOW
 
 TOKEN = "push-token-0123456789"

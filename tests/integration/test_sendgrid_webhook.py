@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from digest.app import App
 from digest.sending.counts import effective_status, with_batches
 from digest.storage.models import Delivery, WebhookEvent
-from digest.web.app import create_app
+from digest.web.server import create_app
 from subscribers import (
     add_subscriber,
     audience_page,

@@ -27,7 +27,7 @@ from digest.ops.stats import newsletter_stats
 from digest.sending.counts import delivery_counts
 from digest.sending.events import apply_sendgrid_events
 from digest.storage.models import Delivery
-from digest.web.app import create_app
+from digest.web.server import create_app
 from subscribers import add_subscriber
 from subscribers.models import ConsentEvent
 from tests.conftest import DEFAULT_NOW, TEST_SECRET

@@ -21,7 +21,7 @@ from digest.rendering.personalize import leaks
 from digest.rendering.render import Renderer
 from digest.storage.models import Issue, IssueStatus
 from digest.web import live_reload
-from digest.web.app import create_app
+from digest.web.server import create_app
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
 from tests.support.articles import add_turkey_week
 

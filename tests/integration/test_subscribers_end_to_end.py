@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from digest.app import App
 from digest.sending.send import send_issue
-from digest.web.app import create_app
+from digest.web.server import create_app
 from subscribers import import_csv
 from tests.conftest import DEFAULT_NOW
 from tests.support.sending import make_issue, outbox_messages

@@ -21,7 +21,7 @@ from sqlmodel import select
 
 from digest.app import App, fixed_clock
 from digest.storage.models import Issue
-from digest.web.app import create_app
+from digest.web.server import create_app
 from digest.web.subscribe import confirmation_sender
 from subscribers import add_subscriber, count_audience, is_suppressed, subscriptions_of
 from subscribers.models import ConsentEvent
