@@ -18,9 +18,7 @@ assert digest.storage.models  # keep the import: it registers the pipeline table
 def run_migrations() -> None:
     engine = context.config.attributes.get("engine")
     if engine is None:
-        engine = make_engine(
-            os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.db")
-        )
+        engine = make_engine(os.environ.get("DIGEST_DATABASE_URL", "sqlite:///var/digest.db"))
     with engine.begin() as connection:
         context.configure(
             connection=connection,
