@@ -7,12 +7,13 @@ import os
 from alembic import context
 from sqlmodel import SQLModel
 
+import digest.storage.access
 import digest.storage.models
 import subscribers.models  # noqa: F401 - registers the tables on SQLModel.metadata
 from digest.storage.db import make_engine
 
 target_metadata = SQLModel.metadata
-assert digest.storage.models  # keep the import: it registers the pipeline tables
+assert digest.storage.models and digest.storage.access  # keep the import: it registers the pipeline tables
 
 
 def run_migrations() -> None:

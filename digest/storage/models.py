@@ -191,6 +191,8 @@ class Delivery(SQLModel, table=True):
     batch_id: int | None = Field(default=None, index=True)
     # Only when it differs from its batch's (SendGrid split the batch into several requests).
     provider_message_id: str | None = Field(default=None, max_length=200)
+    # Our Message-ID for this recipient: random, written when the audience is frozen.
+    message_id: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=_text())
     opened: bool = False
     clicked: bool = False

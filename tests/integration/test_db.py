@@ -8,6 +8,7 @@ from sqlalchemy import Engine, inspect
 from sqlmodel import SQLModel
 from typer.testing import CliRunner
 
+import digest.storage.access
 import digest.storage.models
 import subscribers.models
 from digest.cli import app as cli_app
@@ -15,7 +16,7 @@ from digest.storage.db import current_revision, head_revision, upgrade
 
 
 def test_upgrade_creates_every_table_and_is_idempotent(any_engine: Engine) -> None:
-    assert digest.storage.models and subscribers.models
+    assert digest.storage.models and digest.storage.access and subscribers.models
     before, after = upgrade(any_engine)  # the fixture already migrated: nothing to do
     assert before == after == head_revision(any_engine)
     tables = set(inspect(any_engine).get_table_names())
@@ -23,7 +24,7 @@ def test_upgrade_creates_every_table_and_is_idempotent(any_engine: Engine) -> No
 
 
 def test_migrations_match_the_models(any_engine: Engine) -> None:
-    """Fails when a model changed without its migration (regenerate 0001 until release)."""
+    """Fails when a model changed without its migration (add the next revision)."""
     with any_engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         differences = compare_metadata(context, SQLModel.metadata)
