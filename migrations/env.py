@@ -13,7 +13,8 @@ import subscribers.models  # noqa: F401 - registers the tables on SQLModel.metad
 from digest.storage.db import make_engine
 
 target_metadata = SQLModel.metadata
-assert digest.storage.models and digest.storage.access  # keep the import: it registers the pipeline tables
+# keep the imports: they register the pipeline tables
+assert digest.storage.models and digest.storage.access
 
 
 def run_migrations() -> None:
