@@ -8,6 +8,7 @@ the signing key and the SendGrid key come from `DIGEST_DATABASE_URL`, `DIGEST_SE
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -15,6 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import (
@@ -70,6 +72,8 @@ class SiteConfig(_Strict):
     base_url: str = "http://127.0.0.1:8000"
     timezone: TimeZoneName = "UTC"
     locale: str = "en"
+    # Host names `digest serve` answers besides base_url's (another name behind the same proxy).
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("base_url")
     @classmethod
@@ -239,6 +243,33 @@ class LoggingConfig(_Strict):
     level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
 
 
+class StudioAuth(StrEnum):
+    LOGIN = "login"  # editors sign in with a password or a mailed one-time link
+    PROXY = "proxy"  # an authenticating proxy (SSO) names the editor in a header
+    NONE = "none"  # no sign-in: only when base_url is a loopback address
+
+
+class StudioConfig(_Strict):
+    auth: StudioAuth = StudioAuth.LOGIN
+    proxy_header: HeaderText = "X-Forwarded-Email"
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    # Domains an editor may send a test to besides their own address.
+    test_domains: list[str] = Field(default_factory=list)
+    session_idle: Duration = "12h"
+    session_max: Duration = "14d"
+    sign_in_link_ttl: Duration = "15m"
+
+
+class FormsConfig(_Strict):
+    # One confirmation email per address per this long, however often the form is posted.
+    confirmation_cooldown: Duration = "1h"
+    # Per client address (IP) per hour: subscribe posts, and studio sign-in attempts.
+    subscribe_per_hour: int = Field(default=20, ge=1)
+    sign_in_per_hour: int = Field(default=20, ge=1)
+    # Per editor account per hour, whatever the client.
+    sign_in_per_account_per_hour: int = Field(default=10, ge=1)
+
+
 class Settings(_Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
@@ -247,6 +278,8 @@ class Settings(_Strict):
     sendgrid: SendGridConfig = Field(default_factory=SendGridConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    studio: StudioConfig = Field(default_factory=StudioConfig)
+    forms: FormsConfig = Field(default_factory=FormsConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -277,10 +310,40 @@ class Settings(_Strict):
     def newsletter_timezone(self, newsletter: NewsletterConfig) -> ZoneInfo:
         return ZoneInfo(newsletter.timezone or self.site.timezone)
 
+    def on_loopback(self) -> bool:
+        """True when `site.base_url` is this machine only (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback_host(urlsplit(self.site.base_url).hostname or "")
+
+    def has_dev_key(self) -> bool:
+        """True when links would be signed with the key printed in our source (or none)."""
+        secret = self.secret_key.get_secret_value()
+        return not secret or secret == DEV_SECRET_KEY
+
+    def require_secret_key(self) -> None:
+        """Refuse to run with the development key anywhere but on this machine."""
+        if self.has_dev_key() and not self.on_loopback():
+            raise ConfigError(
+                self.source_file,
+                "site.base_url",
+                f"{ENV_SECRET_KEY} is not set: links for {self.site.base_url} would be signed "
+                f"with the public development key (set {ENV_SECRET_KEY}, e.g. "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            )
+
     def verification_keys(self) -> list[bytes]:
         """The current signing key first, then retired keys that still verify."""
         keys = [self.secret_key, *self.old_secret_keys]
         return [k.get_secret_value().encode() for k in keys]
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _require_unique(values: list[str], section: str, key: str) -> None:
