@@ -8,9 +8,11 @@ another newsletter or another action. Verification tries the current key, then r
 
 Making a token is one HMAC and one base64 call, and it runs once per recipient per send: the
 HMAC's padded-key states and the payload prefix shared by a whole send are cached, so each call
-only hashes its own payload (`benchmarks/bench_tokens.py`). The MAC key is derived from the
-configured secret (`HMAC(secret, "digest subscriber token")`), so the secret used elsewhere
-never signs data that could pass for a token.
+only hashes its own payload (`benchmarks/bench_tokens.py`). Each purpose signs with its own
+key, derived from the configured secret with HKDF (`derive_key(secret, "token:unsubscribe")`):
+a key that leaks or is misused for one purpose says nothing about the others, and the secret
+itself never signs anything. Links signed before per-purpose keys (one key for all purposes,
+`HMAC(secret, "digest subscriber token")`) still verify until they expire.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 _VERSION = "v1"
 _MAC_SIZE = 32
@@ -70,15 +75,31 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 
 
-@lru_cache(maxsize=16)
-def _pads(key: bytes) -> tuple[Any, Any]:
-    """HMAC-SHA256's inner and outer hash states for the derived key (RFC 2104), ready to copy."""
-    subkey = hmac.digest(key, b"digest subscriber token", "sha256").ljust(64, b"\0")
+@lru_cache(maxsize=64)
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    """A 32-byte key for one purpose, derived from the configured secret (HKDF-SHA256)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"digest {purpose}".encode())
+    return hkdf.derive(secret)
+
+
+# Until every link signed before per-purpose keys has expired (400 days after 2026-12-01).
+_LEGACY = "legacy"
+
+
+@lru_cache(maxsize=64)
+def _pads(key: bytes, purpose: str) -> tuple[Any, Any]:
+    """HMAC-SHA256's inner and outer hash states for the purpose's key (RFC 2104), ready to
+    copy."""
+    if purpose == _LEGACY:
+        subkey = hmac.digest(key, b"digest subscriber token", "sha256")
+    else:
+        subkey = derive_key(key, f"token:{purpose}")
+    subkey = subkey.ljust(64, b"\0")
     return hashlib.sha256(subkey.translate(_IPAD)), hashlib.sha256(subkey.translate(_OPAD))
 
 
-def _mac(key: bytes, data: bytes) -> bytes:
-    inner, outer = _pads(key)
+def _mac(key: bytes, data: bytes, purpose: str) -> bytes:
+    inner, outer = _pads(key, purpose)
     inner = inner.copy()
     inner.update(data)
     outer = outer.copy()
@@ -102,7 +123,7 @@ def make_token(
 ) -> str:
     """A URL-safe token naming this subscriber, newsletter and purpose, signed with `key`."""
     data = _prefix(purpose, issued_at, newsletter) + b"%d" % subscriber_id
-    return _encode(data + _mac(key, data))
+    return _encode(data + _mac(key, data, purpose))
 
 
 def signer(
@@ -114,7 +135,7 @@ def signer(
     two links per recipient, a million recipients in a large send).
     """
     prefix = _prefix(purpose, issued_at, newsletter)
-    inner_pad, outer_pad = _pads(key)
+    inner_pad, outer_pad = _pads(key, purpose)
 
     def sign(subscriber_id: int) -> str:
         data = prefix + b"%d" % subscriber_id
@@ -146,10 +167,11 @@ def verify_token(
     data, mac = _split(token)
     if not keys:
         raise TokenError("no verification key configured")
-    # Check every key so the time taken does not say which one matched.
+    # Check every key, and the legacy derivation, so the time taken does not say which matched.
     valid = False
     for key in keys:
-        valid |= hmac.compare_digest(mac, _mac(key, data))
+        for derivation in (str(purpose), _LEGACY):
+            valid |= hmac.compare_digest(mac, _mac(key, data, derivation))
     if not valid:
         raise TokenError("signature does not match")
     claims = _parse(data)

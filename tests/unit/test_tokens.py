@@ -81,9 +81,10 @@ def test_payload_edited_to_another_subscriber_is_refused() -> None:
 
 
 def test_another_newsletter_or_purpose_is_refused() -> None:
-    with pytest.raises(TokenError, match="not 'unsubscribe'"):
+    # Each purpose has its own key: another purpose's token does not even verify.
+    with pytest.raises(TokenError, match="signature"):
         verify(token(purpose=Purpose.PREFERENCES))
-    with pytest.raises(TokenError, match="not 'confirm'"):
+    with pytest.raises(TokenError, match="signature"):
         verify(token(), purpose=Purpose.CONFIRM)
     claims = verify(token(newsletter="climate-weekly"))
     assert claims.newsletter == "climate-weekly"  # the newsletter is whatever was signed
@@ -166,12 +167,39 @@ def test_cached_pad_mac_equals_the_standard_library_hmac() -> None:
     import hashlib
     import hmac as std_hmac
 
-    from subscribers.tokens import _mac
+    from subscribers.tokens import _mac, derive_key
 
     for key in (b"k", b"x" * 64, b"y" * 200, "ключ-😀".encode()):
-        subkey = std_hmac.digest(key, b"digest subscriber token", "sha256")
+        legacy = std_hmac.digest(key, b"digest subscriber token", "sha256")
+        unsubscribe = derive_key(key, "token:unsubscribe")
         for data in (b"", b"v1|unsubscribe|1764000000|turkey-unpacked|42", bytes(range(256))):
-            assert _mac(key, data) == std_hmac.new(subkey, data, hashlib.sha256).digest()
+            expected = std_hmac.new(unsubscribe, data, hashlib.sha256).digest()
+            assert _mac(key, data, "unsubscribe") == expected
+            assert _mac(key, data, "legacy") == std_hmac.new(legacy, data, hashlib.sha256).digest()
+
+
+def test_each_purpose_signs_with_its_own_derived_key() -> None:
+    from subscribers.tokens import derive_key
+
+    keys = {p: derive_key(KEY, f"token:{p}") for p in Purpose}
+    assert len(set(keys.values())) == len(Purpose)
+    assert KEY not in keys.values() and all(len(k) == 32 for k in keys.values())
+    assert derive_key(KEY, "token:unsubscribe") != derive_key(OLD_KEY, "token:unsubscribe")
+
+
+def test_links_signed_before_per_purpose_keys_still_verify() -> None:
+    """An unsubscribe link in an email sent before the change: one key for every purpose."""
+    import hashlib
+    import hmac as std_hmac
+
+    from subscribers.tokens import _encode
+
+    data = f"v1|unsubscribe|{int(NOW.timestamp())}|turkey-unpacked|42".encode()
+    legacy = std_hmac.digest(KEY, b"digest subscriber token", "sha256")
+    old_link = _encode(data + std_hmac.new(legacy, data, hashlib.sha256).digest())
+    assert verify(old_link).subscriber_id == 42
+    with pytest.raises(TokenError):
+        verify(old_link, keys=(OLD_KEY,))
 
 
 def test_a_sends_signer_makes_the_same_tokens_as_make_token() -> None:
