@@ -1,32 +1,35 @@
-"""SMTP: one connection per sending thread, reused for every message, one message per recipient.
+"""SMTP: a pool of reused connections, one message per recipient, pipelined where offered.
 
-Each recipient gets a complete message with the tokens filled in (`digest.mail.message`). The
-conversation is driven step by step (MAIL, RCPT, DATA) rather than through `sendmail`, so that a
-failure is placed exactly: refused before DATA means not sent (a 4xx is retried after a pause,
-a 5xx fails that recipient only); a connection lost before DATA is reconnected and retried; a
-connection lost *during* DATA may have delivered the message, so it is reported unknown.
+The issue is serialised once and each recipient's tokens are filled into the bytes
+(`smtp_message.SharedMessage`). With PIPELINING (RFC 2920) MAIL, RCPT and DATA go in one write
+and their replies are read in order, then the body: two round trips a message instead of four.
+A failure is placed exactly: refused before DATA means not sent (a 4xx is retried after a
+pause, a 5xx fails that recipient only); a connection lost before the body went is reconnected
+and retried; a connection lost *during* the body may have delivered the message, so it is
+reported unknown. smtplib still connects, says EHLO, STARTTLS and AUTH.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import smtplib
 import socket
-import ssl
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest.config import Settings, SmtpSecurity
 from digest.mail.message import one_line
-from digest.transports import (
-    OutgoingBatch,
-    OutgoingMessage,
-    OutgoingRecipient,
-    SendOutcome,
-    SendResult,
-    recipient_mime,
-)
+from digest.transports import OutgoingBatch, OutgoingMessage, SendOutcome, SendResult
 from digest.transports.retry import RetryPolicy
+from digest.transports.smtp_message import SharedMessage
+
+if TYPE_CHECKING:
+    import ssl
+
+    from digest.transports import OutgoingRecipient
+
+_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _text(reply: bytes | str) -> str:
@@ -50,7 +53,21 @@ class _Unusable(Exception):
 
 
 class _CutDuringData(Exception):
-    """The connection failed after DATA began: the server may have queued the message."""
+    """The connection failed after the body began: the server may have queued the message."""
+
+
+def _envelope(address: str) -> bytes:
+    """`<address>` for MAIL/RCPT; ValueError for what would break the command line."""
+    address = address.strip()
+    if not address.isascii() or not address.isprintable() or any(c in address for c in "<> "):
+        raise ValueError(f"not an address SMTP can carry without SMTPUTF8: {address!r}")
+    return b"<" + address.encode() + b">"
+
+
+def _body(data: bytes) -> bytes:
+    """The DATA payload: leading dots doubled (RFC 5321 §4.5.2), ended by CRLF . CRLF."""
+    quoted = _LEADING_DOT.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
+    return quoted + (b".\r\n" if quoted.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 class SmtpTransport:
@@ -68,9 +85,10 @@ class SmtpTransport:
         self.policy = policy or RetryPolicy()
         self.max_batch_size = settings.delivery.batch_size
         self._ssl_context = ssl_context
-        self._local = threading.local()
-        self._all: list[smtplib.SMTP] = []
+        self._idle: list[smtplib.SMTP] = []  # the pool: connections not in use by a thread
         self._lock = threading.Lock()
+        self._shared: SharedMessage | None = None
+        self._mail_from = _envelope(settings.sender.from_email)
 
     @classmethod
     def from_settings(
@@ -82,11 +100,18 @@ class SmtpTransport:
     ) -> SmtpTransport:
         return cls(settings, policy=policy, ssl_context=ssl_context)
 
-    # -- connection -----------------------------------------------------------------------------
+    # -- connections ----------------------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext:
+        """Made once, and only when TLS is used: create_default_context costs ~10 ms."""
+        if self._ssl_context is None:
+            import ssl
+
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
-        context = self._ssl_context or ssl.create_default_context()
         connection: smtplib.SMTP
         # EHLO with the host name as is: smtplib's default, socket.getfqdn(), can spend
         # seconds in reverse DNS on every connection.
@@ -94,7 +119,7 @@ class SmtpTransport:
         if config.security == SmtpSecurity.SSL:
             connection = smtplib.SMTP_SSL(
                 config.host, config.port, local_hostname=name, timeout=config.timeout,
-                context=context,
+                context=self._tls(),
             )  # fmt: skip
         else:
             connection = smtplib.SMTP(
@@ -103,41 +128,41 @@ class SmtpTransport:
         try:
             connection.ehlo()
             if config.security == SmtpSecurity.STARTTLS:
-                connection.starttls(context=context)
+                connection.starttls(context=self._tls())
                 connection.ehlo()
             if config.username:
-                password = config.password.get_secret_value() if config.password else ""
-                try:
-                    connection.login(config.username, password)
-                except smtplib.SMTPAuthenticationError as exc:
-                    raise _Unusable(
-                        f"SMTP authentication as {config.username!r} at {config.host}:"
-                        f"{config.port} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
-                    ) from exc
-                except smtplib.SMTPNotSupportedError as exc:
-                    raise _Unusable(f"SMTP server {config.host} offers no AUTH: {exc}") from exc
+                self._login(connection)
         except BaseException:
             _quietly_close(connection)
             raise
+        return connection
+
+    def _login(self, connection: smtplib.SMTP) -> None:
+        config = self.config
+        password = config.password.get_secret_value() if config.password else ""
+        try:
+            connection.login(config.username or "", password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise _Unusable(
+                f"SMTP authentication as {config.username!r} at {config.host}:"
+                f"{config.port} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+            ) from exc
+        except smtplib.SMTPNotSupportedError as exc:
+            raise _Unusable(f"SMTP server {config.host} offers no AUTH: {exc}") from exc
+
+    def _take(self) -> smtplib.SMTP:
         with self._lock:
-            self._all.append(connection)
-        return connection
+            if self._idle:
+                return self._idle.pop()
+        return self._connect()
 
-    def _connection(self) -> smtplib.SMTP:
-        connection: smtplib.SMTP | None = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = self._local.connection = self._connect()
-        return connection
-
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            _quietly_close(connection)
+    def _give_back(self, connection: smtplib.SMTP) -> None:
+        with self._lock:
+            self._idle.append(connection)
 
     def close(self) -> None:
         with self._lock:
-            connections, self._all = self._all, []
+            connections, self._idle = self._idle, []
         for connection in connections:
             try:
                 connection.quit()
@@ -146,11 +171,19 @@ class SmtpTransport:
 
     # -- sending --------------------------------------------------------------------------------
 
+    def _message(self, message: OutgoingMessage) -> SharedMessage:
+        with self._lock:
+            shared = self._shared
+            if shared is None or shared.message is not message:
+                shared = self._shared = SharedMessage(self.settings, message)
+            return shared
+
     def send(self, batch: OutgoingBatch) -> list[SendResult]:
+        shared = self._message(batch.message)
         results: list[SendResult] = []
         for recipient in batch.recipients:
             try:
-                results.append(self._send_one(batch.message, recipient))
+                results.append(self._send_one(shared, recipient))
             except _Unusable as exc:  # the same for everyone: do not try each recipient
                 results += [
                     SendResult(r.email, SendOutcome.FAILED, None, str(exc))
@@ -159,32 +192,37 @@ class SmtpTransport:
                 break
         return results
 
-    def _send_one(self, message: OutgoingMessage, recipient: OutgoingRecipient) -> SendResult:
+    def _send_one(self, shared: SharedMessage, recipient: OutgoingRecipient) -> SendResult:
         try:
-            data = recipient_mime(self.settings, message, recipient).as_bytes()
+            data = _body(shared.bytes_for(recipient))
+            to = _envelope(recipient.email)
         except ValueError as exc:
             return SendResult(recipient.email, SendOutcome.FAILED, None, str(exc))
         policy = self.policy
         deadline = policy.deadline()
         attempt = 0
+        where = f"{self.config.host}:{self.config.port}"
         while True:
             attempt += 1
+            connection = None
             try:
-                self._converse(self._connection(), recipient.email, data)
+                connection = self._take()
+                self._converse(connection, to, data)
+                self._give_back(connection)
                 return SendResult(recipient.email, SendOutcome.ACCEPTED)
             except _Refused as refused:
                 error = refused.message
+                self._reset(connection)
                 if not refused.temporary:
                     return SendResult(recipient.email, SendOutcome.FAILED, None, error)
             except _CutDuringData as cut:
-                self._drop()
-                where = f"{self.config.host}:{self.config.port}"
+                _quietly_close(connection)
                 error = f"SMTP connection to {where} lost during DATA: {cut.__cause__}"
                 if not policy.retry_ambiguous:
                     return SendResult(recipient.email, SendOutcome.UNKNOWN, None, error)
             except (smtplib.SMTPException, OSError) as exc:
-                self._drop()
-                error = f"SMTP connection to {self.config.host}:{self.config.port}: {exc}"
+                _quietly_close(connection)
+                error = f"SMTP connection to {where}: {exc}"
             wait = policy.backoff(attempt)
             if attempt >= policy.max_attempts or policy.clock() + wait > deadline:
                 return SendResult(
@@ -195,34 +233,61 @@ class SmtpTransport:
                 )
             policy.sleep(wait)
 
-    def _converse(self, connection: smtplib.SMTP, to: str, data: bytes) -> None:
-        """MAIL, RCPT, DATA; raises _Refused for a refusal (after RSET), OSError when cut off."""
-        code, reply = connection.mail(self.settings.sender.from_email)
-        if code != 250:
-            self._reset(connection)
-            raise _Refused(code, reply, "MAIL FROM")
-        code, reply = connection.rcpt(to)
-        if code not in (250, 251):
-            self._reset(connection)
-            raise _Refused(code, reply, "RCPT TO")
+    def _converse(self, connection: smtplib.SMTP, to: bytes, data: bytes) -> None:
+        """MAIL, RCPT, DATA (in one write if pipelining), then the body.
+
+        Raises _Refused for a refusal, _CutDuringData once body bytes may have gone, and
+        SMTPException/OSError when cut off before (nothing was delivered).
+        """
+        commands = [b"MAIL FROM:" + self._mail_from, b"RCPT TO:" + to, b"DATA"]
+        if connection.has_extn("pipelining"):
+            connection.send(b"\r\n".join(commands) + b"\r\n")
+            replies = [connection.getreply() for _ in commands]
+        else:
+            replies = []
+            for command in commands:
+                connection.send(command + b"\r\n")
+                replies.append(connection.getreply())
+                if replies[-1][0] not in (250, 251, 354):
+                    replies += [(503, b"not sent")] * (len(commands) - len(replies))
+                    break
+        (mail_code, mail_reply), (rcpt_code, rcpt_reply), (data_code, data_reply) = replies
+        refusal = None
+        if mail_code != 250:
+            refusal = _Refused(mail_code, mail_reply, "MAIL FROM")
+        elif rcpt_code not in (250, 251):
+            refusal = _Refused(rcpt_code, rcpt_reply, "RCPT TO")
+        elif data_code != 354:
+            refusal = _Refused(data_code, data_reply, "DATA")
+        if refusal is not None:
+            if data_code == 354:  # DATA accepted after all (RFC 2920 §3.1): an empty message
+                connection.send(b".\r\n")
+                connection.getreply()
+            raise refusal
         try:
-            code, reply = connection.data(data)
-        except smtplib.SMTPDataError as exc:  # refused before any message byte was sent
-            self._reset(connection)
-            raise _Refused(exc.smtp_code, exc.smtp_error, "DATA") from exc
+            connection.send(data)
+            code, reply = connection.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             raise _CutDuringData() from exc
         if code != 250:
-            self._reset(connection)
             raise _Refused(code, reply, "end of DATA")
 
-    def _reset(self, connection: smtplib.SMTP) -> None:
+    def _reset(self, connection: smtplib.SMTP | None) -> None:
+        """RSET after a refusal, and back to the pool; a connection that fails it is dropped."""
+        if connection is None:
+            return
         try:
-            connection.rset()
+            code, _ = connection.rset()
         except (smtplib.SMTPException, OSError):
-            self._drop()
+            _quietly_close(connection)
+            return
+        if code == 250:
+            self._give_back(connection)
+        else:
+            _quietly_close(connection)
 
 
 def _quietly_close(connection: Any) -> None:
-    with contextlib.suppress(OSError):
-        connection.close()
+    if connection is not None:
+        with contextlib.suppress(OSError):
+            connection.close()

@@ -21,7 +21,6 @@ from digest.rendering import personalize
 from digest.transports import OutgoingMessage, OutgoingRecipient, recipient_mime
 
 _TEMPLATE_EMAIL = "template@digest.invalid"
-_TOKEN = re.compile("|".join(re.escape(t) for t in personalize.TOKENS).encode())
 _PLAIN_BODY = (b"Content-Transfer-Encoding: 7bit", b"Content-Transfer-Encoding: 8bit")
 _MAX_LINE = 998  # the policy's max_line_length in build_mime: longer lines change the encoding
 # An address the email package writes as it is (dot-atom local part, plain domain).
@@ -43,7 +42,12 @@ class SharedMessage:
     def __init__(self, settings: Settings, message: OutgoingMessage) -> None:
         self.settings = settings
         self.message = message
-        self._subject_varies = any(t in message.subject for t in personalize.TOKENS)
+        # The issue's token names where it has its own, the fixed ones otherwise.
+        names = getattr(message, "tokens", None)
+        self._tokens: tuple[str, ...] = tuple(names.all) if names else personalize.TOKENS
+        self._unsubscribe: str = getattr(names, "unsubscribe_url", personalize.UNSUBSCRIBE_URL)
+        self._token = re.compile("|".join(re.escape(t) for t in self._tokens).encode())
+        self._subject_varies = any(t in message.subject for t in self._tokens)
         self._template: list[tuple[bytes, bytes]] | None = None  # header name → line
         self._pieces: list[bytes | tuple[str, bool]] = []  # body: literals and (token, html)
         self._lines: list[tuple[int, list[tuple[str, bool]]]] = []  # token lines: length, tokens
@@ -63,7 +67,7 @@ class SharedMessage:
         overridden = {name.lower() for name in self.message.headers}
         if overridden & {"to", "subject", "list-unsubscribe", "list-unsubscribe-post"}:
             return
-        tokens_kept = {t: t for t in personalize.TOKENS}
+        tokens_kept = {t: t for t in self._tokens}
         stand_in = OutgoingRecipient(0, 0, _TEMPLATE_EMAIL, None, tokens_kept)
         data = recipient_mime(self.settings, self.message, stand_in).as_bytes()
         head, _, body = data.partition(b"\r\n\r\n")
@@ -84,7 +88,7 @@ class SharedMessage:
         pieces: list[bytes | tuple[str, bool]] = [b"\r\n\r\n"]
         lines: dict[int, tuple[int, list[tuple[str, bool]]]] = {}
         at = 0
-        for match in _TOKEN.finditer(body):
+        for match in self._token.finditer(body):
             token = (match.group().decode(), match.start() > html_from)
             pieces += [body[at : match.start()], token]
             at = match.end()
@@ -100,7 +104,7 @@ class SharedMessage:
 
     def _fast(self, recipient: OutgoingRecipient) -> bytes | None:
         values = recipient.values
-        if recipient.delivery_id is None or any(t not in values for t in personalize.TOKENS):
+        if recipient.delivery_id is None or any(t not in values for t in self._tokens):
             return None
         filled = self._filled(values)
         if filled is None:
@@ -116,7 +120,7 @@ class SharedMessage:
     def _filled(self, values: Mapping[str, str]) -> dict[tuple[str, bool], bytes] | None:
         """Each token's bytes in the text and HTML parts, or None if the encoding would change."""
         filled: dict[tuple[str, bool], bytes] = {}
-        for token in personalize.TOKENS:
+        for token in self._tokens:
             value = values[token]
             if not value.isprintable() or (self._ascii_only and not value.isascii()):
                 return None
@@ -129,7 +133,7 @@ class SharedMessage:
 
     def _head(self, recipient: OutgoingRecipient, values: Mapping[str, str]) -> bytes | None:
         assert self._template is not None
-        unsubscribe = one_line(list_unsubscribe(self.settings, values[personalize.UNSUBSCRIBE_URL]))
+        unsubscribe = one_line(list_unsubscribe(self.settings, values[self._unsubscribe]))
         to = self._to(recipient)
         if to is None or not _plain(unsubscribe):
             return None
@@ -145,17 +149,21 @@ class SharedMessage:
                     return None
                 out.append(subject)
             elif name == b"Message-ID":
-                mid = message_id(
-                    self.settings, issue_id=self.message.issue_id, delivery_id=recipient.delivery_id
-                )
-                out.append(b"Message-ID: " + mid.encode())
+                out.append(b"Message-ID: " + self._message_id(recipient).encode())
             elif name == b"List-Unsubscribe":
                 out.append(b"List-Unsubscribe: " + unsubscribe.encode())
-                if values[personalize.UNSUBSCRIBE_URL].startswith("https://"):
+                if values[self._unsubscribe].startswith("https://"):
                     out.append(b"List-Unsubscribe-Post: " + ONE_CLICK.encode())
             else:
                 out.append(b"X-Digest-Delivery: " + str(recipient.delivery_id).encode())
         return b"\r\n".join(out)
+
+    def _message_id(self, recipient: OutgoingRecipient) -> str:
+        """The delivery's stored Message-ID where it has one, else as `recipient_mime` makes it."""
+        stored: str | None = getattr(recipient, "message_id", None)
+        return stored or message_id(
+            self.settings, issue_id=self.message.issue_id, delivery_id=recipient.delivery_id
+        )
 
     def _to(self, recipient: OutgoingRecipient) -> bytes | None:
         address = recipient.email.strip()

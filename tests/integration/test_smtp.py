@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -37,6 +38,7 @@ from digest.transports import (
 from digest.transports.smtp import SmtpTransport
 from tests.conftest import DEFAULT_NOW, make_settings
 from tests.support.sending import FakeTime, add_audience, address, make_issue
+from tests.support.smtp_sink import SmtpSink
 
 
 @dataclass
@@ -48,13 +50,14 @@ class Handler:
     refuse: dict[str, list[str]] = field(default_factory=dict)  # address → replies, in turn
     drop_at_rcpt: int = 0  # drop the connection at the next N RCPT commands
     drop_in_data: int = 0  # take the message, then drop instead of answering, N times
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads commands in order anyway)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         self.ehlos += 1
         session.host_name = hostname
-        return responses
+        return [*responses[:1], "250-PIPELINING", *responses[1:]] if self.pipelining else responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -196,10 +199,12 @@ def test_one_connection_for_many_personalised_messages(
     assert handler.messages[0][0] == "news@example.com"
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 def test_refusals_fail_one_recipient_and_temporary_ones_are_retried(
-    tmp_path: Path, smtp_server: Callable[..., tuple[Handler, int]]
+    tmp_path: Path, smtp_server: Callable[..., tuple[Handler, int]], pipelining: bool
 ) -> None:
     handler, port = smtp_server()
+    handler.pipelining = pipelining
     handler.refuse[address(2)] = ["550 5.1.1 no such user"]
     handler.refuse[address(3)] = ["451 4.7.1 try later", "250 OK"]  # then accepted
     settings = _settings(tmp_path, port)
@@ -211,10 +216,12 @@ def test_refusals_fail_one_recipient_and_temporary_ones_are_retried(
     assert sorted(r[0] for _, r, _ in handler.messages) == [address(i) for i in (1, 3, 4)]
 
 
+@pytest.mark.parametrize("pipelining", [False, True])
 def test_a_drop_before_data_reconnects_a_drop_during_data_is_unknown(
-    tmp_path: Path, smtp_server: Callable[..., tuple[Handler, int]]
+    tmp_path: Path, smtp_server: Callable[..., tuple[Handler, int]], pipelining: bool
 ) -> None:
     handler, port = smtp_server()
+    handler.pipelining = pipelining
     settings = _settings(tmp_path, port)
     transport = _transport(settings)
     handler.drop_at_rcpt = 1
@@ -299,3 +306,26 @@ def test_send_issue_over_smtp(
         address(i) for i in range(first, last + 1)
     ]
     assert handler.ehlos <= 2  # one connection per sending thread
+
+
+def test_pipelined_to_the_sink_the_same_bytes_two_round_trips_and_no_tls_context(
+    tmp_path: Path, smtp_server: Callable[..., tuple[Handler, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def no_context(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        raise AssertionError("a TLS context for a connection without TLS")
+
+    monkeypatch.setattr(ssl, "create_default_context", no_context)
+    handler, port = smtp_server()
+    with SmtpSink(keep=True) as sink:
+        batch = _batch(_settings(tmp_path, port), 5)
+        via_sink = _transport(_settings(tmp_path, sink.port)).send(batch)
+        via_aiosmtpd = _transport(_settings(tmp_path, port)).send(batch)
+    assert all(r.accepted for r in via_sink + via_aiosmtpd)
+    assert sink.state.pipelined_groups == 5 and sink.state.connections == 1
+    assert sink.recipients() == [address(i) for i in range(1, 6)]
+    # aiosmtpd (not pipelined) got the same bytes (aside from boundary and Message-ID).
+    boundary = re.compile(rb"(?m)={15}\d+==|^Message-ID: .*$")
+    assert [boundary.sub(b"B", m) for _, _, m in sink.state.kept] == [
+        boundary.sub(b"B", m) for _, _, m in handler.messages
+    ]

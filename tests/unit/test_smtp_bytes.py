@@ -20,7 +20,7 @@ from digest.transports.smtp_message import SharedMessage
 from tests.support.sample_issue import sample_contents
 
 NOW = datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
-BOUNDARY = re.compile(rb"={15}\d+==")
+BOUNDARY = re.compile(rb"(?m)={15}\d+==|^Message-ID: .*$")
 
 
 def _settings(base_url: str) -> Settings:
