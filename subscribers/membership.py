@@ -60,7 +60,8 @@ def skip_reason(
 
 
 def find_subscriber(session: Session, email: str) -> Subscriber | None:
-    address = normalize_email(email)
+    """The subscriber with this address, however it is spelled (raises InvalidAddress)."""
+    address = normalize_email(email, smtputf8=True)
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
 
 

@@ -48,11 +48,15 @@ MAILABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
 
 
 def lookup_address(email: str) -> str:
-    """The stored form of an address we are told about (a provider event, a CLI argument)."""
+    """The stored form of an address we are told about (a provider event, a CLI argument).
+
+    Lower-cased like every stored address; an address we would refuse as input (not valid, or
+    non-ASCII before the @-sign) is still looked up, so it can be found and suppressed.
+    """
     try:
-        return normalize_email(email)
+        return normalize_email(email, smtputf8=True)
     except InvalidAddress:
-        return email.strip()
+        return email.strip().lower()
 
 
 def suppress(

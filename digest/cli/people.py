@@ -14,7 +14,7 @@ from rich.table import Table
 from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError
-from subscribers.addresses import InvalidAddress
+from subscribers.addresses import InvalidAddress, normalize_email
 from subscribers.csv_export import export_csv
 from subscribers.csv_io import import_csv
 from subscribers.directory import list_subscribers
@@ -27,7 +27,7 @@ from subscribers.membership import (
 )
 from subscribers.models import SuppressionReason
 from subscribers.profile import InvalidField
-from subscribers.suppression import suppress
+from subscribers.suppression import lookup_address, suppress
 
 subscribers_app = typer.Typer(
     help="Subscribers: add, import, export, list, unsubscribe, suppress.", no_args_is_help=True
@@ -65,8 +65,8 @@ def add(
     if result.outcome is AddOutcome.SKIPPED:
         fail(f"{email} not subscribed to {slug}: {result.reason}")
     verb = "subscribed" if result.outcome is AddOutcome.CREATED else "already subscribed"
-    console.print(
-        f"{escape(email.strip())}: {verb} to {slug} ({result.status})",
+    console.print(  # the address as stored: lower-cased, one subscriber per mailbox
+        f"{escape(normalize_email(email))}: {verb} to {slug} ({result.status})",
         highlight=False,
         soft_wrap=True,
     )
@@ -224,7 +224,7 @@ def suppress_command(
         fail(f"{email!r}: {exc}")
     state = "suppressed" if changed else "was already suppressed"
     console.print(
-        f"{escape(email.strip())} {state} ({reason.value})", highlight=False, soft_wrap=True
+        f"{escape(lookup_address(email))} {state} ({reason.value})", highlight=False, soft_wrap=True
     )
 
 

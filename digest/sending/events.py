@@ -24,11 +24,10 @@ from typing import Any
 from sqlmodel import Session, select
 
 from digest.storage.models import Delivery, DeliveryStatus, Issue, WebhookEvent
-from subscribers.addresses import InvalidAddress, normalize_email
 from subscribers.bulk import insert_missing
 from subscribers.membership import unsubscribe, unsubscribe_all
 from subscribers.models import Subscriber, SuppressionReason
-from subscribers.suppression import suppress
+from subscribers.suppression import lookup_address, suppress
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +108,7 @@ def _context(session: Session, raw: dict[str, Any], now: datetime) -> _Context:
     delivery_id = _int(raw.get("digest_delivery_id"))
     if delivery_id is not None:
         delivery = session.get(Delivery, delivery_id)
-        if delivery is not None and email and delivery.email.lower() != email.lower():
+        if delivery is not None and email and lookup_address(delivery.email) != email:
             log.warning("event for delivery %s names another address; ignored", delivery_id)
             delivery = None
     issue_id = _int(raw.get("digest_issue_id")) or (delivery.issue_id if delivery else None)
@@ -120,7 +119,8 @@ def _context(session: Session, raw: dict[str, Any], now: datetime) -> _Context:
     reason = " ".join(str(raw[k]) for k in ("status", "reason", "type") if raw.get(k))
     return _Context(
         kind=str(raw["event"]),
-        email=email or (delivery.email if delivery else None),
+        # Addresses compare lower-cased (one mailbox, one subscriber), whoever spelled them.
+        email=email or (lookup_address(delivery.email) if delivery else None),
         delivery=delivery,
         issue_id=issue_id,
         newsletter=newsletter,
@@ -238,10 +238,7 @@ def _unsubscribe(session: Session, event: _Context, *, everything: bool) -> bool
 def _address(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
-    try:
-        return normalize_email(value)
-    except InvalidAddress:
-        return value.strip()
+    return lookup_address(value)
 
 
 def _int(value: Any) -> int | None:

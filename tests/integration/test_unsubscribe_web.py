@@ -292,7 +292,7 @@ def test_double_opt_in_form_then_confirm(app: App) -> None:
     assert answer.status_code == 200 and "Check your inbox" in answer.text
     assert len(outbox.sent) == 1
     email, url, title = outbox.sent[0]
-    assert (email, title) == ("Zoe@example.net", "Climate Weekly")
+    assert (email, title) == ("zoe@example.net", "Climate Weekly")
     assert url.startswith("https://news.example.com/confirm/")
     with app.session() as session:
         assert count_audience(session, CW) == 0
