@@ -123,6 +123,8 @@ def base_config(tmp_path: Path) -> dict[str, Any]:
             "name": "Test Post",
             "base_url": "https://news.example.com",
             "timezone": "Europe/Istanbul",
+            # The Host that starlette's TestClient sends.
+            "allowed_hosts": ["testserver"],
         },
         "sender": {
             "from_email": "news@example.com",

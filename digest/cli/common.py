@@ -45,6 +45,17 @@ def get_app(ctx: typer.Context) -> App:
     return lazy.get()
 
 
+def get_signing_app(ctx: typer.Context) -> App:
+    """The App of a command that signs links or mails people (serve, send, scheduler,
+    run-due): it refuses to run with the development key unless base_url is loopback."""
+    app = get_app(ctx)
+    try:
+        app.settings.require_secret_key()
+    except ConfigError as exc:
+        fail(str(exc))
+    return app
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from digest.cli.common import console, get_app, print_json
+from digest.cli.common import console, fail, get_app, get_signing_app, print_json
 
 
 def status(
@@ -104,9 +104,16 @@ def serve(
     """Run the web app: preview studio, unsubscribe pages, webhooks and the push API."""
     import uvicorn
 
+    from digest.config import StudioAuth
     from digest.web.server import create_app
 
-    uvicorn.run(create_app(get_app(ctx)), host=host, port=port, log_level="info")
+    app = get_signing_app(ctx)
+    if app.settings.studio.auth == StudioAuth.NONE and not app.settings.on_loopback():
+        fail(
+            f'studio.auth = "none" lets anyone who reaches {app.settings.site.base_url} edit '
+            'and approve issues: use "login" or "proxy" (or a loopback base_url)'
+        )
+    uvicorn.run(create_app(app), host=host, port=port, log_level="info")
 
 
 def demo(

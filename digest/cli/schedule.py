@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from digest.app import App, fixed_clock, system_clock
-from digest.cli.common import LazyApp, console, fail, get_app, print_json
+from digest.cli.common import LazyApp, console, fail, get_signing_app, print_json
 from digest.config import LogFormat
 from digest.ops.logs import configure_logging
 
@@ -70,7 +70,7 @@ def run_due_command(
     from digest.scheduling.pipeline import real_pipeline
     from digest.scheduling.tick import run_due
 
-    app = get_app(ctx)
+    app = get_signing_app(ctx)
     if now:
         app = App(settings=app.settings, clock=fixed_clock(_parse_now(now)), _engine=app.engine)
     _configure_logs(app, log_format)
@@ -115,7 +115,7 @@ def scheduler_command(ctx: typer.Context, log_format: LogFormatOption = None) ->
     from digest.scheduling.service import SchedulerService
 
     root = ctx.find_root().obj
-    app = get_app(ctx)
+    app = get_signing_app(ctx)
     if isinstance(root, LazyApp):
         if root.clock is not system_clock:
             fail("--now cannot drive the long-running scheduler; use `digest run-due --now`")

@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.text import Text
 
 from digest.app import App
-from digest.cli.common import console, err_console, fail, get_app, print_json
+from digest.cli.common import console, err_console, fail, get_app, get_signing_app, print_json
 from digest.config import ConfigError
 from digest.issues import assemble
 from digest.sending.counts import SEND_STATES, delivery_counts
@@ -69,7 +69,7 @@ def send(
 ) -> None:
     """Send the current issue (built first when needed). Run again to resume; once everything
     is final it says there is nothing left. Exit 2 when some recipients failed or are unknown."""
-    app = get_app(ctx)
+    app = get_signing_app(ctx)
     _known(app, slug)
     issue = assemble.current_issue(app, slug)
     if issue.status == IssueStatus.SKIPPED:

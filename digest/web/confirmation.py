@@ -1,4 +1,5 @@
-"""The double opt-in email: "confirm your subscription", sent through the configured transport.
+"""One-off emails sent from the web: the double opt-in "confirm your subscription", and an
+editor's one-time studio sign-in link, both through the configured transport.
 
 It is a one-off message to one address, so it goes through the same transport as the issues
 (`digest.transports.build_transport`) as a message without a delivery row (the outbox writes it
@@ -8,13 +9,14 @@ and nothing else is sent unless the link is followed.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from digest import paths
 from digest.app import App
-from digest.config import NewsletterConfig
+from digest.config import NewsletterConfig, parse_duration
 from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,
@@ -23,6 +25,8 @@ from digest.transports import (
     TransportError,
     build_transport,
 )
+
+log = logging.getLogger(__name__)
 
 # Someone is waiting on the page: one quick retry, then tell them to try again later.
 VISITOR_WAITING = RetryPolicy(max_attempts=2, base_delay=0.5, max_wait=2.0, give_up_after=10.0)
@@ -90,3 +94,33 @@ def send_confirmation(
         transport.close()
     if not result.accepted:
         raise ConfirmationNotSent(f"{result.outcome}: {result.error or 'no reason given'}")
+
+
+def send_sign_in_link(app: App, address: str, sign_in_url: str) -> None:
+    """Mail an editor their one-time sign-in link. A failure is logged (without the link), not
+    shown: the page answers the same whether or not the address belongs to an editor."""
+    minutes = int(parse_duration(app.settings.studio.sign_in_link_ttl).total_seconds() // 60)
+    context = {"site_name": app.settings.site.name, "sign_in_url": sign_in_url, "minutes": minutes}
+    env = _mail_templates()
+    studio = NewsletterConfig(slug="studio", title=f"{app.settings.site.name} studio")
+    message = OutgoingMessage(
+        issue_id=None,
+        newsletter=studio,
+        subject=f"Sign in to the {app.settings.site.name} studio",
+        html=env.get_template("sign-in.html").render(context),
+        text=env.get_template("sign-in.txt").render(context),
+    )
+    recipient = OutgoingRecipient(
+        delivery_id=None, subscriber_id=0, email=address, name=None, values={}
+    )
+    try:
+        transport = build_transport(app.settings, policy=VISITOR_WAITING)
+        try:
+            (result,) = transport.send(OutgoingBatch(message=message, recipients=[recipient]))
+        finally:
+            transport.close()
+    except TransportError as exc:
+        log.error("sign-in link not sent: %s", exc)
+        return
+    if not result.accepted:
+        log.error("sign-in link not accepted: %s", result.error or result.outcome)

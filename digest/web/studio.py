@@ -2,8 +2,8 @@
 
 Server-rendered pages under `/studio` (templates in `templates/web/studio/`). Every change is a
 POST form handled by `digest.issues.editorial`, answered with a 303 back to the issue page, so
-reloading never repeats an action. The studio is meant for localhost or editors behind an
-authenticating proxy; on top of that, each POST must carry the studio's CSRF token and, when the
+reloading never repeats an action. Every page needs a signed-in editor (`digest.web.access`),
+approving needs a publisher, and each POST must carry the session's CSRF token and, when the
 browser sends one, a same-origin `Origin`/`Referer`. Editor mistakes (`AssemblyError`), template
 errors and unknown names become a message on the page, never a 500.
 """
@@ -29,16 +29,18 @@ from digest.config import ConfigError
 from digest.issues import assemble, editorial
 from digest.issues.assemble import AssemblyError
 from digest.rendering.render import RenderError
+from digest.storage.access import EditorRole
 from digest.storage.models import Issue
 from digest.web import live_reload, studio_view
+from digest.web.access import AnyEditor, Identity, Publisher
 from digest.web.pages import environment, render_page
 from digest.web.studio_forms import (
     FLASH_COOKIE,
     Refused,
     check_post,
-    mac,
     set_flash,
     take_flash,
+    test_address_allowed,
 )
 
 router = APIRouter(prefix="/studio")
@@ -63,10 +65,9 @@ _HEADERS = {
 
 @dataclass
 class _Studio:
-    """Per-web-app studio state: the live reloader and the CSRF token."""
+    """Per-web-app studio state: the live reloader."""
 
     reloader: live_reload.Reloader
-    csrf_token: str
 
 
 _state_lock = threading.Lock()
@@ -78,10 +79,7 @@ def _studio(request: Request) -> _Studio:
         studio = getattr(state, "studio", None)
         if studio is None:
             app: App = state.digest
-            studio = _Studio(
-                reloader=live_reload.Reloader(live_reload.Watch.for_app(app)),
-                csrf_token=mac(app, b"digest-studio-csrf"),
-            )
+            studio = _Studio(reloader=live_reload.Reloader(live_reload.Watch.for_app(app)))
             state.studio = studio
     return studio  # type: ignore[no-any-return]
 
@@ -94,13 +92,17 @@ def _app(request: Request) -> App:
 # -- pages -------------------------------------------------------------------------------------
 
 
-def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def _page(
+    request: Request, who: Identity, name: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
     studio = _studio(request)
     flash = take_flash(request)
     response = render_page(
         f"studio/{name}",
         {
-            "csrf": studio.csrf_token,
+            "csrf": who.csrf,
+            "who": who,
+            "can_publish": who.may(EditorRole.PUBLISHER),
             "live_version": studio.reloader.version,
             "reload_error": studio.reloader.error,
             "flash": flash,
@@ -114,12 +116,14 @@ def _page(request: Request, name: str, status_code: int = 200, **context: Any) -
     return response
 
 
-def _problem(request: Request, title: str, message: str, status_code: int) -> HTMLResponse:
-    return _page(request, "problem.html", status_code, title=title, message=message)
+def _problem(
+    request: Request, who: Identity, title: str, message: str, status_code: int
+) -> HTMLResponse:
+    return _page(request, who, "problem.html", status_code, title=title, message=message)
 
 
 @router.get("", response_class=HTMLResponse)
-def index(request: Request) -> HTMLResponse:
+def index(request: Request, who: AnyEditor) -> HTMLResponse:
     """Every newsletter with its next issue: status, subject, article count and size."""
     app = _app(request)
     rows = []
@@ -137,7 +141,7 @@ def index(request: Request) -> HTMLResponse:
             row["count"] = studio_view.article_count(app, issue.id or 0)
             row["lint_errors"] = sum(1 for f in issue.lint if f.get("level") == "error")
         rows.append(row)
-    return _page(request, "index.html", rows=rows)
+    return _page(request, who, "index.html", rows=rows)
 
 
 @router.get("/live-reload.js", include_in_schema=False)
@@ -154,7 +158,7 @@ def live_reload_script() -> Response:
 
 
 @router.get("/events", include_in_schema=False)
-async def events(request: Request, v: str = "") -> StreamingResponse:
+async def events(request: Request, who: AnyEditor, v: str = "") -> StreamingResponse:
     """Server-sent events: `reload` once a template or the config file changes."""
     watch = _studio(request).reloader.watch
     return StreamingResponse(
@@ -165,25 +169,28 @@ async def events(request: Request, v: str = "") -> StreamingResponse:
 
 
 @router.get("/{slug}", response_class=HTMLResponse)
-def issue_page(request: Request, slug: str) -> HTMLResponse:
+def issue_page(request: Request, slug: str, who: AnyEditor) -> HTMLResponse:
     """The next issue of a newsletter: the email at two widths, text, budgets, lint, articles."""
     app = _app(request)
     try:
         app.settings.newsletter(slug)
     except ConfigError:
-        return _problem(request, "Unknown newsletter", f"There is no newsletter {slug!r}.", 404)
+        return _problem(
+            request, who, "Unknown newsletter", f"There is no newsletter {slug!r}.", 404
+        )
     try:
         issue = assemble.next_issue(app, slug)
         view = studio_view.issue_page(app, issue)
     except (RenderError, AssemblyError) as exc:
         return _page(
             request,
+            who,
             "issue.html",
             newsletter=app.settings.newsletter(slug),
             view=None,
             error=str(exc),
         )
-    return _page(request, "issue.html", newsletter=view.newsletter, view=view, error=None)
+    return _page(request, who, "issue.html", newsletter=view.newsletter, view=view, error=None)
 
 
 def _issue_of(app: App, slug: str, issue_id: int) -> Issue | None:
@@ -193,7 +200,7 @@ def _issue_of(app: App, slug: str, issue_id: int) -> Issue | None:
 
 
 @router.get("/{slug}/issue/{issue_id}/email.html", response_class=HTMLResponse)
-def email_html(request: Request, slug: str, issue_id: int) -> Response:
+def email_html(request: Request, slug: str, issue_id: int, who: AnyEditor) -> Response:
     """The stored issue's HTML personalised for a sample subscriber (shown in the iframes)."""
     from digest.mail.preview import sample_message
 
@@ -213,7 +220,7 @@ def email_html(request: Request, slug: str, issue_id: int) -> Response:
 
 
 @router.get("/{slug}/issue/{issue_id}/message.eml")
-def email_message(request: Request, slug: str, issue_id: int) -> Response:
+def email_message(request: Request, slug: str, issue_id: int, who: AnyEditor) -> Response:
     """The complete message for a sample subscriber, to open in a mail client."""
     from digest.mail.preview import sample_message
 
@@ -237,18 +244,17 @@ def email_message(request: Request, slug: str, issue_id: int) -> Response:
 Csrf = Annotated[str, Form()]
 
 
-def _guard(request: Request, csrf: str) -> App:
-    """The App, once the POST carries the studio's token and no foreign origin."""
-    check_post(request, csrf, _studio(request).csrf_token)
-    return _app(request)
-
-
-def _act(request: Request, slug: str, issue_id: int, csrf: str, action: Any) -> Response:
-    """Run an editorial action and go back to the issue page with what happened."""
+def _act(
+    request: Request, slug: str, issue_id: int, csrf: str, action: Any, who: Identity
+) -> Response:
+    """Run an editorial action (once the POST carries the session's token and no foreign
+    origin) and go back to the issue page with what happened."""
     try:
-        app = _guard(request, csrf)
+        check_post(request, csrf, who.csrf)
     except Refused as exc:
-        return _problem(request, "Not allowed", f"{exc}; reload the studio and try again.", 403)
+        message = f"{exc}; reload the studio and try again."
+        return _problem(request, who, "Not allowed", message, 403)
+    app = _app(request)
     back = RedirectResponse(f"/studio/{slug}", status_code=303)
     if _issue_of(app, slug, issue_id) is None:
         set_flash(back, app, "error", f"There is no issue {issue_id} of {slug}.")
@@ -264,13 +270,19 @@ def _act(request: Request, slug: str, issue_id: int, csrf: str, action: Any) -> 
 
 @router.post("/{slug}/issue/{issue_id}/articles/{article_id}/pin")
 def pin(
-    request: Request, slug: str, issue_id: int, article_id: int, csrf: Csrf, pinned: bool = Form()
+    request: Request,
+    slug: str,
+    issue_id: int,
+    article_id: int,
+    csrf: Csrf,
+    who: AnyEditor,
+    pinned: bool = Form(),
 ) -> Response:
     def action(app: App) -> str:
         editorial.pin(app, issue_id, article_id, pinned=pinned)
         return f"Article {article_id} {'pinned' if pinned else 'unpinned'}."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/articles/{article_id}/exclude")
@@ -280,13 +292,14 @@ def exclude(
     issue_id: int,
     article_id: int,
     csrf: Csrf,
+    who: AnyEditor,
     excluded: bool = Form(),
 ) -> Response:
     def action(app: App) -> str:
         editorial.exclude(app, issue_id, article_id, excluded=excluded)
         return f"Article {article_id} {'excluded' if excluded else 'restored'}."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/articles/{article_id}/move")
@@ -296,6 +309,7 @@ def move(
     issue_id: int,
     article_id: int,
     csrf: Csrf,
+    who: AnyEditor,
     direction: str = Form(pattern="^(up|down)$"),
 ) -> Response:
     """Swap an article with its neighbour; it and those above it become pinned in order."""
@@ -317,12 +331,12 @@ def move(
         editorial.reorder(app, issue_id, order[: max(index, other) + 1])
         return f"Article {article_id} moved {direction}."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/subject")
 def subject(
-    request: Request, slug: str, issue_id: int, csrf: Csrf, subject: str = Form("")
+    request: Request, slug: str, issue_id: int, csrf: Csrf, who: AnyEditor, subject: str = Form("")
 ) -> Response:
     def action(app: App) -> str:
         issue = editorial.set_subject(app, issue_id, subject)
@@ -330,43 +344,48 @@ def subject(
             "Subject back to the template." if not subject.strip() else f"Subject: {issue.subject}"
         )
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/intro")
 def intro(
-    request: Request, slug: str, issue_id: int, csrf: Csrf, intro: str = Form("")
+    request: Request, slug: str, issue_id: int, csrf: Csrf, who: AnyEditor, intro: str = Form("")
 ) -> Response:
     def action(app: App) -> str:
         editorial.set_intro(app, issue_id, intro)
         return "Introduction saved."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/approve")
-def approve(request: Request, slug: str, issue_id: int, csrf: Csrf) -> Response:
+def approve(request: Request, slug: str, issue_id: int, csrf: Csrf, who: Publisher) -> Response:
     def action(app: App) -> str:
-        editorial.approve(app, issue_id, by="studio")
+        editorial.approve(app, issue_id, by=who.email)
         return f"Issue {issue_id} approved: its content is now frozen."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)
 
 
 @router.post("/{slug}/issue/{issue_id}/test")
 def send_test(
-    request: Request, slug: str, issue_id: int, csrf: Csrf, to: str = Form("")
+    request: Request, slug: str, issue_id: int, csrf: Csrf, who: AnyEditor, to: str = Form("")
 ) -> Response:
-    """Send the issue to one address through the configured transport, subject "[TEST] …"."""
+    """Send the issue to one address through the configured transport, subject "[TEST] …":
+    the editor's own, or one in `studio.test_domains` (never anyone else's inbox)."""
 
     def action(app: App) -> str:
         from digest.sending.send import SendRefused
         from digest.sending.send import send_test as send
         from digest.transports import TransportError
 
-        address = to.strip()
-        if not address:
-            raise AssemblyError("enter an address to send the test to")
+        address = to.strip() or who.email
+        if not test_address_allowed(app, who, address):
+            domains = ", ".join(app.settings.studio.test_domains) or "none configured"
+            raise AssemblyError(
+                f"tests go to your own address ({who.email}) or to studio.test_domains "
+                f"({domains}), not to {address}"
+            )
         try:
             result = send(app, issue_id, address)
         except (SendRefused, TransportError) as exc:
@@ -378,4 +397,4 @@ def send_test(
         via = f"{transport}, message id {result.message_id}" if result.message_id else transport
         return f"Test sent to {result.email} via {via}."
 
-    return _act(request, slug, issue_id, csrf, action)
+    return _act(request, slug, issue_id, csrf, action, who)

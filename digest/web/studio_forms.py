@@ -1,8 +1,9 @@
 """What the studio trusts in a POST, and the one message it carries across the redirect.
 
-Both rest on MACs under the App's signing key: the CSRF token every form carries, checked with
-a same-origin `Origin`/`Referer`, and the signed flash cookie. Kept out of `studio` so its
-routes read as pages and actions, and the security checks can be reviewed in one place.
+The CSRF token every form carries (the session's, see `digest.web.access`) is checked with a
+same-origin `Origin`/`Referer`; the flash cookie is signed with a key of its own, derived from
+the secret. Tests go only to the editor's own address or to `studio.test_domains`. Kept out of
+`studio` so its routes read as pages and actions, and the checks can be reviewed in one place.
 """
 
 from __future__ import annotations
@@ -17,12 +18,28 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from digest.app import App
+from digest.web.access import Identity
+from subscribers.addresses import InvalidAddress, normalize_email
+from subscribers.tokens import derive_key
 
 FLASH_COOKIE = "digest_studio_flash"
 
 
 def mac(app: App, message: bytes) -> str:
-    return hmac.new(app.signing_key(), message, hashlib.sha256).hexdigest()[:32]
+    key = derive_key(app.signing_key(), "studio:flash")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
+def test_address_allowed(app: App, who: Identity, address: str) -> bool:
+    """The editor's own address, or one at a domain the newsroom lists as its test domains."""
+    try:
+        wanted = normalize_email(address).lower()
+    except InvalidAddress:
+        return False
+    if wanted == who.email.lower():
+        return True
+    domain = wanted.rpartition("@")[2]
+    return domain in {d.lower().lstrip("@") for d in app.settings.studio.test_domains}
 
 
 # -- the POST guard ----------------------------------------------------------------------------

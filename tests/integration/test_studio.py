@@ -24,6 +24,7 @@ from digest.web import live_reload
 from digest.web.server import create_app
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
 from tests.support.articles import add_turkey_week
+from tests.support.studio import sign_in
 
 SLUG = "turkey-unpacked"
 ORIGIN = "http://testserver"
@@ -37,6 +38,7 @@ def app(engine: Engine, make_app: Callable[..., App]) -> App:
 @pytest.fixture
 def client(app: App) -> Iterator[TestClient]:
     with TestClient(create_app(app), follow_redirects=False) as test_client:
+        sign_in(test_client, app)
         yield test_client
 
 
@@ -176,6 +178,7 @@ def test_a_candidate_over_the_cap_can_be_pinned_in(
     )
     newest, middle, oldest = add_turkey_week(app, 3)
     with TestClient(create_app(app), follow_redirects=False) as client:
+        sign_in(client, app)
         page, csrf, issue_id = _open(client)
         assert _order(page) == [newest, middle]
         assert _order(page, "candidates") == [oldest]
@@ -210,7 +213,7 @@ def test_subject_intro_and_approve(app: App, client: TestClient) -> None:
     with app.session() as session:
         issue = session.get(Issue, issue_id)
         assert issue is not None
-        assert issue.status == IssueStatus.APPROVED and issue.approved_by == "studio"
+        assert issue.status == IssueStatus.APPROVED and issue.approved_by == "editor@example.com"
 
 
 def test_editor_errors_are_messages_not_500s(app: App, client: TestClient) -> None:
@@ -282,18 +285,32 @@ def test_send_a_test_goes_through_the_transport_and_says_so(app: App, client: Te
     _, csrf, issue_id = _open(client)
     path = f"/studio/{SLUG}/issue/{issue_id}/test"
 
-    _post(client, path, csrf, to=" Editor@Example.COM ")
+    _post(client, path, csrf, to=" editor@Example.COM ")  # the signed-in editor's own address
     sent = client.get(f"/studio/{SLUG}").text
-    _post(client, path, csrf, to="not an address")
+    _post(client, path, csrf, to="stranger@elsewhere.example")
     refused = client.get(f"/studio/{SLUG}").text
+    _post(client, path, csrf, to="not an address")
+    malformed = client.get(f"/studio/{SLUG}").text
 
-    assert 'data-flash="ok"' in sent and "Test sent to Editor@example.com via outbox" in sent
+    assert 'data-flash="ok"' in sent and "Test sent to editor@example.com via outbox" in sent
     files = list(Path(app.settings.delivery.outbox_dir).rglob("*.eml"))
-    assert len(files) == 1
+    assert len(files) == 1  # nothing went to the stranger
     message = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
     assert str(message["Subject"]).startswith("[TEST] Turkey Unpacked")
-    assert "Editor@example.com" in str(message["To"])
-    assert 'data-flash="error"' in refused and "not a usable address" in refused
+    assert "editor@example.com" in str(message["To"])
+    assert 'data-flash="error"' in refused and "tests go to your own address" in refused
+    assert 'data-flash="error"' in malformed and "tests go to your own address" in malformed
+
+
+def test_a_test_domain_may_receive_tests(engine: Engine, make_app: Callable[..., App]) -> None:
+    app = make_app(engine, studio={"test_domains": ["newsroom.example"]})
+    add_turkey_week(app, 3)
+    with TestClient(create_app(app), follow_redirects=False) as client:
+        sign_in(client, app, role="editor")
+        _, csrf, issue_id = _open(client)
+        _post(client, f"/studio/{SLUG}/issue/{issue_id}/test", csrf, to="desk@newsroom.example")
+        page = client.get(f"/studio/{SLUG}").text
+    assert "Test sent to desk@newsroom.example" in page
 
 
 def test_a_refused_test_send_is_a_message(
@@ -334,6 +351,7 @@ def test_a_template_error_is_shown_with_its_file_and_line(
     add_turkey_week(app, 3)
 
     with TestClient(create_app(app)) as client:
+        sign_in(client, app)
         page = client.get(f"/studio/{SLUG}")
         index = client.get("/studio")
 
@@ -384,7 +402,9 @@ def test_an_edited_config_swaps_in_a_fresh_app(engine: Engine, tmp_path: Path) -
     )
     web.state.studio = types.SimpleNamespace(reloader=reloader, csrf_token="t" * 32)
 
-    with TestClient(web) as client:
+    # No [site] in this config: base_url is the loopback default, which is the Host to use.
+    with TestClient(web, base_url=app.settings.site.base_url) as client:
+        sign_in(client, app)
         assert "Turkey Unpacked" in client.get(f"/studio/{SLUG}").text
         _write_config(config, engine, "Turkey Unfolded")
         _touch_later(config)
