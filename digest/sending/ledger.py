@@ -284,7 +284,13 @@ def heartbeat(session: Db, *, issue_id: int, claimer: Claimer, now: datetime) ->
 def release_stale(
     session: Session, *, issue_id: int, me: Claimer, now: datetime, lease: timedelta
 ) -> list[int]:
-    """Mark `unknown` the batches left in flight by senders that are gone; returns their ids."""
+    """Mark `unknown` the batches left in flight by senders that are gone; returns their ids.
+
+    A batch sent row by row (`digest.sending.stream`) goes back to pending instead, with only
+    its rows in flight marked unknown.
+    """
+    from digest.sending.stream import release_streamed
+
     stale: list[int] = []
     rows = session.execute(
         select(_B.c.id, _B.c.claimed_by, _B.c.claimed_at).where(
@@ -294,6 +300,9 @@ def release_stale(
     for batch_id, claimed_by, claimed_at in rows:
         holder = Claimer.parse(claimed_by)
         if me.judges_alive(holder, _aware(claimed_at), now, lease):
+            continue
+        if release_streamed(session, batch_id=batch_id, claimed_by=claimed_by, now=now):
+            stale.append(int(batch_id))
             continue
         result = session.execute(
             update(_B)

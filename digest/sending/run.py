@@ -238,6 +238,10 @@ class SendRun:
             self._stop.set()
 
     def _one_batch(self, quota: int | None) -> bool:
+        if getattr(self.transport, "confirms_each", False):  # SMTP: see digest.sending.stream
+            from digest.sending import stream
+
+            return stream.one_batch(self, quota)
         app = self.app
         seen = self._pages
         with self._writing, app.engine.begin() as db:

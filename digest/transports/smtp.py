@@ -72,6 +72,9 @@ def _body(data: bytes) -> bytes:
 
 class SmtpTransport:
     name = "smtp"
+    # Every message is answered on its own: the sender records each before the next goes
+    # (digest.sending.stream), so a crash leaves only the messages in flight unknown.
+    confirms_each = True
 
     def __init__(
         self,

@@ -1,0 +1,171 @@
+"""One recipient at a time, each one's outcome recorded before the next goes: SMTP's crash window.
+
+A transport that answers per message (`confirms_each`, SMTP) would otherwise leave a whole
+batch unknown when its sender dies mid-batch. Here a claimed batch is sent in delivery order
+and the ledger learns of each row as it happens, one transaction per message:
+
+- a row is handed over by a compare-and-set `pending → sending` on the row itself, and only
+  while this sender still holds the batch; only after that commits does it reach the transport;
+- the same transaction records the previous row's outcome (`sending → accepted | failed |
+  unknown`, on the row), so at most one row per sending thread is ever in flight;
+- `ledger.release_stale` finds a dead sender's batch: its `sending` rows become unknown, and
+  the batch goes back to pending, since its untouched rows were never handed to the transport.
+
+The claim, the read of the batch and the hand-over of its first row are one transaction, so
+there is no moment at which a claimed batch has no row in flight (which would make it all
+unknown). Exactly-once rests on the same compare-and-sets as batches do, one level down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, exists, select, update
+
+from digest.sending import ledger
+from digest.sending.claimer import Claimer
+from digest.storage.db import Db
+from digest.storage.models import BatchStatus, Delivery, DeliveryStatus, SendBatch
+from digest.transports import OutgoingBatch, SendOutcome, SendResult
+
+if TYPE_CHECKING:
+    from digest.sending.run import SendRun
+
+_D = Delivery.__table__  # type: ignore[attr-defined]
+_B = SendBatch.__table__  # type: ignore[attr-defined]
+
+_ROW_STATUS = {
+    SendOutcome.ACCEPTED: DeliveryStatus.ACCEPTED,
+    SendOutcome.FAILED: DeliveryStatus.FAILED,
+    SendOutcome.UNKNOWN: DeliveryStatus.UNKNOWN,
+}
+
+
+def hand_over(db: Db, *, batch_id: int, delivery_id: int, claimer: Claimer, now: datetime) -> None:
+    """`pending → sending` for one row of a batch this sender holds; LostClaim if not."""
+    held = exists().where(
+        _B.c.id == batch_id, _B.c.status == BatchStatus.SENDING, _B.c.claimed_by == str(claimer)
+    )
+    done = db.execute(
+        update(_D)
+        .where(_D.c.id == delivery_id, _D.c.status == DeliveryStatus.PENDING, held)
+        .values(status=DeliveryStatus.SENDING, updated_at=now)
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise ledger.LostClaim(f"delivery {delivery_id} of batch {batch_id} was not ours to send")
+
+
+def confirm(db: Db, *, delivery_id: int, result: SendResult, now: datetime) -> None:
+    """`sending → ` the transport's outcome, on the row."""
+    done = db.execute(
+        update(_D)
+        .where(_D.c.id == delivery_id, _D.c.status == DeliveryStatus.SENDING)
+        .values(
+            status=_ROW_STATUS[result.outcome],
+            error=None if result.accepted else result.error,
+            provider_message_id=result.message_id if result.accepted else None,
+            updated_at=now,
+        )
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise ledger.LostClaim(f"delivery {delivery_id} was no longer in flight when answered")
+
+
+def finish(
+    db: Db, *, batch_id: int, results: Sequence[SendResult], claimer: Claimer, now: datetime
+) -> None:
+    """Close the batch; its rows carry their own outcomes already."""
+    outcomes = {r.outcome for r in results}
+    status = BatchStatus.ACCEPTED
+    if results and SendOutcome.ACCEPTED not in outcomes:
+        status = BatchStatus.UNKNOWN if SendOutcome.UNKNOWN in outcomes else BatchStatus.FAILED
+    done = db.execute(
+        update(_B)
+        .where(
+            _B.c.id == batch_id,
+            _B.c.claimed_by == str(claimer),
+            _B.c.status == BatchStatus.SENDING,
+        )
+        .values(status=status, error=next((r.error for r in results if r.error), None),
+                updated_at=now)
+    )  # fmt: skip
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise ledger.LostClaim(f"batch {batch_id} was taken from {claimer} while in flight")
+
+
+def release_streamed(db: Db, *, batch_id: int, claimed_by: str, now: datetime) -> bool:
+    """A dead sender's batch sent row by row: its rows in flight → unknown, the batch → pending
+    (its rows still pending never reached the transport). False if it was not sent so."""
+    in_flight = list(
+        db.execute(
+            select(_D.c.id).where(
+                and_(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.SENDING)
+            )
+        ).scalars()
+    )
+    if not in_flight:
+        return False
+    taken = db.execute(
+        update(_B)
+        .where(_B.c.id == batch_id, _B.c.status == BatchStatus.SENDING,
+               _B.c.claimed_by == claimed_by)
+        .values(status=BatchStatus.PENDING, claimed_by=None, claimed_at=None, updated_at=now)
+    )  # fmt: skip
+    if not taken.rowcount:  # type: ignore[attr-defined]
+        return False
+    db.execute(
+        update(_D)
+        .where(_D.c.id.in_(in_flight), _D.c.status == DeliveryStatus.SENDING)
+        .values(
+            status=DeliveryStatus.UNKNOWN,
+            error=f"its sender ({claimed_by}) stopped while this message was in flight",
+            updated_at=now,
+        )
+    )
+    return True
+
+
+def one_batch(run: SendRun, quota: int | None) -> bool:
+    """Claim a batch and send it row by row (see the module); False when there is none."""
+    app, claimer = run.app, run.claimer
+    seen = run._pages
+    with run._writing, app.engine.begin() as db:
+        batch_id = ledger.claim(
+            db, issue_id=run.issue_id, claimer=claimer, now=app.now(), zones=run.zones
+        )
+        batch = None
+        if batch_id is not None:
+            batch = ledger.open_batch(
+                db, issue_id=run.issue_id, batch_id=batch_id, now=app.now(),
+                newsletter=run.newsletter.slug, max_recipients=quota,
+            )  # fmt: skip
+            if batch.recipients:
+                hand_over(db, batch_id=batch_id, delivery_id=batch.recipients[0].delivery_id,
+                          claimer=claimer, now=app.now())  # fmt: skip
+    taken = 0 if batch is None else len(batch.recipients) + batch.skipped
+    if quota is not None:
+        run._give_back(quota - taken)
+    if batch is None:
+        return run._wait_for_a_page(seen)
+    outgoing = run._outgoing(batch)
+    results: list[SendResult] = []
+    for n, recipient in enumerate(outgoing.recipients):
+        run.limiter.acquire(1)
+        (result,) = run.transport.send(OutgoingBatch(outgoing.message, [recipient], batch_id))
+        results.append(result)
+        following = outgoing.recipients[n + 1] if n + 1 < len(outgoing.recipients) else None
+        with run._writing, app.engine.begin() as db:
+            now = app.now()
+            confirm(db, delivery_id=recipient.delivery_id or 0, result=result, now=now)
+            if following is not None:
+                hand_over(db, batch_id=batch.batch_id, delivery_id=following.delivery_id or 0,
+                          claimer=claimer, now=now)  # fmt: skip
+            else:
+                finish(db, batch_id=batch.batch_id, results=results, claimer=claimer, now=now)
+    if not outgoing.recipients:
+        with run._writing, app.engine.begin() as db:
+            finish(db, batch_id=batch.batch_id, results=[], claimer=claimer, now=app.now())
+    run._note(batch, results, taken)
+    return True
