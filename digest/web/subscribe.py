@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -20,8 +21,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
 from digest.app import App
-from digest.config import NewsletterConfig
+from digest.config import NewsletterConfig, parse_duration
 from digest.mail.links import CONFIRM_ROUTE, SUBSCRIBE_ROUTE
+from digest.web import limits
 from digest.web.confirmation import ConfirmationNotSent, send_confirmation
 from digest.web.deps import app_of
 from digest.web.signed import (
@@ -87,6 +89,14 @@ def _subscribe(
         log.info("subscribe form: ignored a post that filled the hidden field")
         return _check_inbox(app, newsletter)
     now = app.now()
+    if not _client_allowed(app, ip, now):
+        return message_page(
+            app,
+            "Too many attempts",
+            "We've had a lot of sign-ups from your network in the last hour. "
+            "Please try again later.",
+            status_code=429,
+        )
     try:
         with app.session() as session:
             request = request_subscription(
@@ -104,7 +114,11 @@ def _subscribe(
         return _form(
             app, newsletter, path, error=_form_error(exc), email=email, name=name, status_code=400
         )
-    if request.send_confirmation and request.subscriber_id is not None:
+    if (
+        request.send_confirmation
+        and request.subscriber_id is not None
+        and _confirmation_due(app, address, now)
+    ):
         try:
             sender(
                 app,
@@ -129,6 +143,24 @@ def _subscribe(
             f"Welcome to {newsletter.title}. Every email has a link to unsubscribe.",
         )
     return _check_inbox(app, newsletter)
+
+
+def _client_allowed(app: App, ip: str | None, now: datetime) -> bool:
+    """At most `forms.subscribe_per_hour` posts per client address (shared by every process)."""
+    limit = app.settings.forms.subscribe_per_hour
+    key = f"subscribe:client:{ip or 'unknown'}"
+    return limits.allow(app.engine, key, limit=limit, window=timedelta(hours=1), now=now)
+
+
+def _confirmation_due(app: App, address: str, now: datetime) -> bool:
+    """One confirmation email per address per `forms.confirmation_cooldown`: a form posted fifty
+    times mails once, and the page answers the same either way."""
+    period = parse_duration(app.settings.forms.confirmation_cooldown)
+    key = f"confirm:address:{address.lower()}"
+    if limits.cooldown(app.engine, key, period=period, now=now):
+        return True
+    log.info("subscribe form: a confirmation went to this address recently; not sent again")
+    return False
 
 
 @router.get(CONFIRM_ROUTE, response_class=HTMLResponse)
