@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import select
 
 from digest.app import App, fixed_clock
 from digest.config import load_settings
@@ -33,6 +34,31 @@ def _ids(page: Any, card: str) -> list[int]:
     return [int(items.nth(i).get_attribute("data-article-id")) for i in range(items.count())]
 
 
+LOCAL = {"base_url": "http://127.0.0.1:8000"}  # the Host the browser sends: 127.0.0.1:<port>
+PASSWORD = "correct horse battery staple"
+
+
+def _editor(app: App, email: str = "publisher@example.com", role: str = "publisher") -> str:
+    from digest.ops.editors import add_editor
+    from digest.storage.access import EditorRole
+
+    with app.session() as session:
+        add_editor(session, email, EditorRole(role), password=PASSWORD, now=app.now())
+    return email
+
+
+def _sign_in(page: Any, server: Any, email: str, then: str) -> None:
+    """Open `then`, get the sign-in page, sign in with the password, land back on `then`."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{server.url}{then}")
+    expect(page.locator("h1")).to_contain_text("digest studio")
+    page.fill("#email", email)
+    page.fill("#password", PASSWORD)
+    page.locator("form[action='/studio/login'] button[type=submit]").click()
+    page.wait_for_url(f"{server.url}{then}")
+
+
 def _article_button(page: Any, article_id: int, action: str) -> Any:
     return page.locator(f'li[data-article-id="{article_id}"] button[data-action="{action}"]')
 
@@ -42,7 +68,7 @@ def test_studio_shows_the_issue_and_pin_and_exclude_change_it(
 ) -> None:
     from playwright.sync_api import expect
 
-    app = make_app(engine)
+    app = make_app(engine, site=LOCAL)
     newest_first = add_turkey_week(app, 5)
     titles = {}
     with app.session() as session:
@@ -55,7 +81,7 @@ def test_studio_shows_the_issue_and_pin_and_exclude_change_it(
     server = serve(app)
     page = browser_page
 
-    page.goto(f"{server.url}/studio/{SLUG}")
+    _sign_in(page, server, _editor(app, role="editor"), f"/studio/{SLUG}")
     expect(page.locator("h1")).to_contain_text("Turkey Unpacked")
     assert _ids(page, "articles") == newest_first
 
@@ -105,7 +131,7 @@ def test_studio_reloads_when_the_config_changes(
     server = serve(app)
     page = browser_page
 
-    page.goto(f"{server.url}/studio/{SLUG}")
+    _sign_in(page, server, _editor(app), f"/studio/{SLUG}")
     expect(page.locator("h1")).to_contain_text("Turkey Unpacked")
     page.wait_for_function("() => document.readyState === 'complete'")
 
@@ -125,7 +151,7 @@ def _config_toml(engine: Engine, title: str) -> str:
     url = "{url}"
     [site]
     name = "Test Post"
-    base_url = "https://news.example.com"
+    base_url = "http://127.0.0.1:8000"
     timezone = "Europe/Istanbul"
     [sender]
     from_email = "news@example.com"
@@ -141,3 +167,40 @@ def _config_toml(engine: Engine, title: str) -> str:
     """,
         flags=re.MULTILINE,
     )
+
+
+def test_a_publisher_signs_in_approves_and_signs_out(
+    engine: Engine, make_app: Callable[..., App], serve: Any, browser_page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from digest.storage.models import Issue
+
+    app = make_app(engine, site=LOCAL)
+    add_turkey_week(app, 3)
+    server = serve(app)
+    page = browser_page
+
+    page.goto(f"{server.url}/studio")
+    assert "/studio/login" in page.url  # nothing of the studio without signing in
+    assert page.locator("input[name=csrf]").count() == 0
+    page.fill("#email", _editor(app))
+    page.fill("#password", "not the password at all")
+    page.locator("form[action='/studio/login'] button[type=submit]").click()
+    expect(page.locator("[role=status]")).to_contain_text("don't match")
+
+    _sign_in(page, server, "publisher@example.com", f"/studio/{SLUG}")
+    expect(page.locator("header .who")).to_contain_text("publisher@example.com · publisher")
+    page.locator("#approve-form button").click()
+    expect(page.locator("[data-flash=ok]")).to_contain_text("approved")
+    with app.session() as session:
+        [issue] = session.exec(select(Issue)).all()
+        assert (issue.status, issue.approved_by) == ("approved", "publisher@example.com")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "studio-approved.png"), full_page=True)
+
+    page.locator("#sign-out").click()
+    page.wait_for_url(f"{server.url}/studio/login")
+    page.goto(f"{server.url}/studio/{SLUG}")
+    assert "/studio/login" in page.url  # the session is over, on the server too
+    assert page.problems == []
