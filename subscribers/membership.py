@@ -19,6 +19,7 @@ from subscribers.bulk import insert_missing
 from subscribers.models import (
     ConsentAction,
     Subscriber,
+    SubscriberAlias,
     Subscription,
     SubscriptionStatus,
     SuppressionReason,
@@ -63,6 +64,16 @@ def find_subscriber(session: Session, email: str) -> Subscriber | None:
     """The subscriber with this address, however it is spelled (raises InvalidAddress)."""
     address = normalize_email(email, smtputf8=True)
     return session.exec(select(Subscriber).where(Subscriber.email == address)).first()
+
+
+def current_subscriber_id(session: Session, subscriber_id: int) -> int | None:
+    """The id that now stands for `subscriber_id` (a signed link's): itself, the subscriber it
+    was merged into (one mailbox, one subscriber), or None if neither exists."""
+    if session.get(Subscriber, subscriber_id) is not None:
+        return subscriber_id
+    return session.exec(
+        select(SubscriberAlias.subscriber_id).where(SubscriberAlias.old_id == subscriber_id)
+    ).first()
 
 
 def subscriptions_of(session: Session, subscriber_id: int) -> dict[str, Subscription]:

@@ -52,6 +52,18 @@ class Subscriber(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+class SubscriberAlias(SQLModel, table=True):
+    """A subscriber id merged into another: one mailbox, one subscriber (migration 0003 merged
+    spellings like `Carol@…` and `carol@…`). Links signed for the old id, in emails already
+    sent, still reach the person (`membership.current_subscriber_id`)."""
+
+    __tablename__ = "subscriber_alias"
+
+    old_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    subscriber_id: int = Field(foreign_key="subscriber.id", ondelete="CASCADE", index=True)
+    merged_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+
+
 class Subscription(SQLModel, table=True):
     __tablename__ = "subscription"
     __table_args__ = (
