@@ -12,7 +12,6 @@ reported unknown. smtplib still connects, says EHLO, STARTTLS and AUTH.
 from __future__ import annotations
 
 import contextlib
-import re
 import smtplib
 import socket
 import threading
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     import ssl
 
     from digest.transports import OutgoingRecipient
-
-_LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _text(reply: bytes | str) -> str:
@@ -62,12 +59,6 @@ def _envelope(address: str) -> bytes:
     if not address.isascii() or not address.isprintable() or any(c in address for c in "<> "):
         raise ValueError(f"not an address SMTP can carry without SMTPUTF8: {address!r}")
     return b"<" + address.encode() + b">"
-
-
-def _body(data: bytes) -> bytes:
-    """The DATA payload: leading dots doubled (RFC 5321 §4.5.2), ended by CRLF . CRLF."""
-    quoted = _LEADING_DOT.sub(b"..", data) if b"\n." in data or data[:1] == b"." else data
-    return quoted + (b".\r\n" if quoted.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 class SmtpTransport:
@@ -197,7 +188,7 @@ class SmtpTransport:
 
     def _send_one(self, shared: SharedMessage, recipient: OutgoingRecipient) -> SendResult:
         try:
-            data = _body(shared.bytes_for(recipient))
+            data = shared.wire_for(recipient)
             to = _envelope(recipient.email)
         except ValueError as exc:
             return SendResult(recipient.email, SendOutcome.FAILED, None, str(exc))

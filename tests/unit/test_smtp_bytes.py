@@ -73,7 +73,7 @@ def test_a_rendered_issue_is_byte_identical_for_every_kind_of_recipient(base_url
     for n, (email, name) in enumerate(PEOPLE):
         _same(shared, _recipient(settings, n, email, name))
     plain = _recipient(settings, 1, "ann@example.com", "Ann")
-    assert shared._fast(plain) is not None  # the common case does not fall back
+    assert shared._fast(plain, shared._pieces) is not None  # the common case does not fall back
     assert b"List-Unsubscribe-Post" in shared.bytes_for(plain) or base_url.startswith("http:")
 
 
@@ -85,11 +85,13 @@ def test_a_personal_subject_an_ascii_issue_and_a_line_the_values_make_too_long()
     shared = SharedMessage(settings, _message(settings, "For %%NAME%%", html, text))
     for n, (email, name) in enumerate(PEOPLE):
         _same(shared, _recipient(settings, n, email, name))
-    assert shared._fast(_recipient(settings, 1, "ann@example.com", "Ann")) is None  # QP now
+    assert (
+        shared._fast(_recipient(settings, 1, "ann@example.com", "Ann"), shared._pieces) is None
+    )  # QP now
     short = SharedMessage(settings, _message(settings, "For %%NAME%%", html, "Hi %%NAME%%\n"))
     ours = _same(short, _recipient(settings, 1, "ann@example.com", "Ann"))
     assert b"Subject: For Ann\r\n" in ours and b"7bit" in ours
-    assert short._fast(_recipient(settings, 1, "ann@example.com", "Ann")) is not None
+    assert short._fast(_recipient(settings, 1, "ann@example.com", "Ann"), short._pieces) is not None
     for n, (email, name) in enumerate(PEOPLE):  # a non-ASCII name turns 7bit into 8bit
         _same(short, _recipient(settings, n, email, name))
 
@@ -99,3 +101,18 @@ def test_an_unusable_address_still_raises() -> None:
     shared = SharedMessage(settings, _message(settings, "S", "<p>%%NAME%%</p>", "%%NAME%%\n"))
     with pytest.raises(ValueError):
         shared.bytes_for(_recipient(settings, 1, "no-at-sign", "Ann"))
+
+
+def test_the_data_payload_doubles_leading_dots_as_smtplib_does() -> None:
+    import smtplib
+
+    settings = _settings("https://news.example.com")
+    text = ".starts with a dot\n%%NAME%% at a line start\n..two\nmid . dot\n"
+    shared = SharedMessage(settings, _message(settings, "S", "<p>.%%NAME%%</p>\n", text))
+    for n, name in enumerate(["Ann", ".Dot", None]):
+        recipient = _recipient(settings, n, "ann@example.com", name)
+        message = shared.bytes_for(recipient)
+        quoted = smtplib._quote_periods(message)  # type: ignore[attr-defined]
+        assert BOUNDARY.sub(b"", shared.wire_for(recipient)) == BOUNDARY.sub(b"", quoted + b".\r\n")
+        assert b"\r\n..starts" in quoted and b"\r\n...two" in quoted
+    assert shared._fast(_recipient(settings, 1, "a@example.com", ".Dot"), shared._wire) is None
