@@ -87,12 +87,7 @@ def request_link(request: Request, email: Annotated[str, Form(max_length=320)] =
         return _page(request, "This studio signs in through the newsroom's proxy.", "error", 404)
     if not _attempt_allowed(app, request, email):
         return _page(request, TOO_MANY, "error", 429)
-    with app.session() as session:
-        editor = find_editor(session, email)
-        secret = _new_link(app, session, editor) if editor is not None else None
-        address = editor.email if editor is not None else None
-    if secret is not None and address is not None:
-        _mail_link(app, address, secret)
+    mail_sign_in_link(app, email)
     return _page(request, LINK_SENT, "ok")
 
 
@@ -214,9 +209,15 @@ def _new_link(app: App, session: Session, editor: Editor) -> str:
     return secret
 
 
-def _mail_link(app: App, address: str, secret: str) -> None:
+def mail_sign_in_link(app: App, email: str) -> None:
+    """Mail a one-time sign-in link if `email` is an editor's; nothing otherwise."""
     from digest.web.confirmation import send_sign_in_link
 
+    with app.session() as session:
+        editor = find_editor(session, email)
+        if editor is None:
+            return
+        secret, address = _new_link(app, session, editor), editor.email
     send_sign_in_link(app, address, app.links().absolute(f"/studio/login/link/{secret}"))
 
 

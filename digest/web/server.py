@@ -11,7 +11,17 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from digest.app import App
 from digest.config import Settings
-from digest.web import api, health, login, metrics, studio, subscribe, unsubscribe, webhooks
+from digest.web import (
+    api,
+    health,
+    login,
+    metrics,
+    studio,
+    studio_editors,
+    subscribe,
+    unsubscribe,
+    webhooks,
+)
 from digest.web.access import NotAllowed, SignInRequired, sign_in_url, wants_html
 from digest.web.pages import render_page
 
@@ -21,6 +31,7 @@ ROUTERS = (
     subscribe.router,  # /subscribe/…, /confirm/…
     webhooks.router,  # /webhooks/sendgrid
     login.router,  # /studio/login…, /studio/logout (before the studio's /studio/{slug})
+    studio_editors.router,  # /studio/editors (admins)
     studio.router,  # /studio
     api.router,  # /api/articles
     metrics.router,  # /metrics

@@ -367,3 +367,36 @@ def test_subscribe_posts_are_limited_per_client(
     assert count(app, Subscriber) == 5
     other = web(app, client=("198.51.100.7", 4000))
     assert other.post(f"/subscribe/{SLUG}", data={"email": "r9@example.org"}).status_code == 200
+
+
+def test_only_an_admin_manages_editors_in_the_studio(app: App) -> None:
+    publisher = web(app)
+    sign_in(publisher, app, "chief@example.com", role="publisher")
+    assert publisher.get("/studio/editors").status_code == 403
+    token = re.search(r'name="csrf" value="([^"]+)"', publisher.get("/studio").text)
+    assert token
+    refused = publisher.post(
+        "/studio/editors", data={"csrf": token[1], "email": "me2@example.com", "role": "admin"}
+    )
+    assert refused.status_code == 403 and count(app, EditorSession) == 1
+
+    admin = web(app)
+    sign_in(admin, app, "boss@example.com", role="admin")
+    page = admin.get("/studio/editors").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert csrf and "chief@example.com" in page
+    added = admin.post(
+        "/studio/editors", data={"csrf": csrf[1], "email": "New@Example.com", "role": "editor"}
+    )
+    assert added.status_code == 303
+    mails = list(Path(app.settings.delivery.outbox_dir).rglob("*.eml"))
+    assert len(mails) == 1 and b"/studio/login/link/" in mails[0].read_bytes()
+    removed = admin.post(
+        "/studio/editors/remove", data={"csrf": csrf[1], "email": "chief@example.com"}
+    )
+    assert removed.status_code == 303
+    assert publisher.get("/studio").status_code == 401  # the publisher's session ended
+    listing = admin.get("/studio/editors").text
+    assert "Removed chief@example.com" in listing  # the flash; the table no longer has them
+    assert 'data-editor="new@example.com"' in listing
+    assert 'data-editor="chief@example.com"' not in listing
