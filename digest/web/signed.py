@@ -9,6 +9,7 @@ never leaks to another site) and `Cache-Control: no-store`.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
@@ -17,6 +18,7 @@ from sqlmodel import Session
 
 from digest.app import App
 from digest.web.pages import render_page
+from subscribers.membership import current_subscriber_id
 from subscribers.models import Subscriber
 from subscribers.tokens import TokenClaims, TokenError
 
@@ -65,12 +67,19 @@ def invalid_link(app: App) -> HTMLResponse:
 
 
 def verified(app: App, token: str, purpose: str) -> TokenClaims | None:
-    """The token's claims if it is ours, for `purpose`, and fresh; None otherwise."""
+    """The token's claims if it is ours, for `purpose`, and fresh; None otherwise. A link that
+    names a subscriber since merged into another (one mailbox, one subscriber) speaks for the
+    one they were merged into: old emails' unsubscribe links keep working."""
     try:
-        return app.links().verify(token, purpose)
+        claims = app.links().verify(token, purpose)
     except TokenError as exc:
         log.info("refused a %s link: %s", purpose, exc)  # never log the token itself
         return None
+    with app.session() as session:
+        current = current_subscriber_id(session, claims.subscriber_id)
+    if current is None:
+        return None
+    return claims if current == claims.subscriber_id else replace(claims, subscriber_id=current)
 
 
 def client_of(request: Request) -> tuple[str | None, str | None]:

@@ -517,3 +517,27 @@ def test_migration_on_a_database_without_duplicates_changes_only_case(
     with Session(engine_at_0002) as session:
         assert subscribers_in(session) == ["solo@example.com", "plain@example.com"]
         assert current_subscriber_id(session, 1) == 1
+
+
+def test_an_old_emails_link_to_a_merged_subscriber_still_unsubscribes(
+    engine_at_0002: Engine, make_app: Callable[..., App]
+) -> None:
+    """Subscriber 1 was merged into 3; the one-click link in an email sent to 1 must still work
+    (RFC 8058), and act on 3."""
+    from fastapi.testclient import TestClient
+
+    from digest.web.server import create_app
+    from subscribers.tokens import Purpose, make_token
+
+    engine = engine_at_0002
+    _old_rows(engine)
+    command.upgrade(alembic_config(engine), "head")
+    app = make_app(engine)
+    token = make_token(
+        app.signing_key(), subscriber_id=1, newsletter=CW, purpose=Purpose.UNSUBSCRIBE,
+        issued_at=app.now(),
+    )  # fmt: skip
+    answer = TestClient(create_app(app)).post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    with Session(engine) as session:
+        assert subscriptions_of(session, 3)[CW].status == "unsubscribed"
