@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
-from rich.table import Column, Table
-from sqlalchemy import func
-from sqlmodel import Session, col, select
 
-from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, print_json
 from digest.config import ConfigError, parse_duration
-from digest.ingest.run import IngestReport, UnknownSourceError, run_ingest
-from digest.ingest.topics import reclassify
-from digest.storage.models import Article, ArticleTopic, Source
+
+if TYPE_CHECKING:  # imported where used: `digest --help` should not load the database layer
+    from sqlmodel import Session
+
+    from digest.app import App
+    from digest.ingest.run import IngestReport, SourceReport
+    from digest.storage.models import Article, Source
 
 articles_app = typer.Typer(help="Stored articles.", no_args_is_help=True)
 sources_app = typer.Typer(help="Content sources and their health.", no_args_is_help=True)
@@ -25,7 +24,7 @@ topics_app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
-_FINAL = ("fetching", "parsing")
+REFRESHES_PER_SECOND = 4  # the live bar redraws at most this often, however many sources
 
 
 def ingest(
@@ -39,9 +38,11 @@ def ingest(
 
     Exits 0 when a source fails (its error is printed and recorded); 1 only for bad usage.
     """
+    from digest.ingest.run import UnknownSourceError
+
     app = get_app(ctx)
     try:
-        report = _ingest_with_progress(app, source, show=not as_json)
+        report = _ingest_with_progress(app, source, show=not as_json and console.is_terminal)
     except UnknownSourceError as exc:
         fail(str(exc))
     if as_json:
@@ -51,23 +52,42 @@ def ingest(
 
 
 def _ingest_with_progress(app: App, source: str | None, *, show: bool) -> IngestReport:
+    """One aggregate bar (sources done, items, errors) while it runs, on a terminal only.
+
+    Updates only change the bar's numbers; rich redraws it from its own thread at most
+    REFRESHES_PER_SECOND times a second, so 500 sources cost no more to show than 5.
+    """
+    from rich import progress as bar
+
+    from digest.ingest.run import run_ingest, select_sources
+
     if not show:
         return run_ingest(app, source=source)
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), console=err_console, transient=True
+    total = len(select_sources(app.settings, source))
+    columns = (
+        bar.TextColumn("ingest"), bar.BarColumn(), bar.MofNCompleteColumn(),
+        bar.TextColumn("sources · {task.fields[items]} items · {task.fields[errors]} errors"),
+        bar.TimeElapsedColumn(),
+    )  # fmt: skip
+    with bar.Progress(
+        *columns, console=err_console, transient=True, refresh_per_second=REFRESHES_PER_SECOND
     ) as progress:
-        tasks: dict[str, TaskID] = {}
+        task = progress.add_task("ingest", total=total, items=0, errors=0)
+        items = errors = 0
 
-        def update(name: str, message: str) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=1)
-            done = message not in _FINAL
-            progress.update(tasks[name], description=f"{name}: {message}", completed=int(done))
+        def finished(report: SourceReport) -> None:
+            nonlocal items, errors
+            items += report.fetched
+            errors += len(report.errors)
+            progress.update(task, advance=1, items=items, errors=errors)
 
-        return run_ingest(app, source=source, progress=update)
+        return run_ingest(app, source=source, finished=finished)
 
 
 def _print_report(report: IngestReport) -> None:
+    """The per-source table, once, at the end."""
+    from rich.table import Column, Table
+
     table = Table(
         Column("source", no_wrap=True), "fetched", "new", "updated", "unchanged", "errors"
     )
@@ -149,6 +169,8 @@ def list_articles(
             app.settings.newsletter(topic)
         except ConfigError as exc:
             fail(exc.reason)
+    from rich.table import Column, Table
+
     start = parse_when(since, app.now()) if since else None
     with app.session() as session:
         documents = article_documents(session, topic=topic, since=start, source=source, limit=limit)
@@ -174,6 +196,10 @@ def article_documents(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Articles as JSON-ready dicts, newest first; `topics` lists newsletter slugs."""
+    from sqlmodel import col, select
+
+    from digest.storage.models import Article, ArticleTopic
+
     statement = select(Article)
     if topic is not None:
         statement = statement.join(
@@ -216,6 +242,8 @@ def _article_document(article: Article, topics: dict[str, list[str]]) -> dict[st
 @sources_app.command("status")
 def sources_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Each source's health: last success, last error, failures in a row, articles stored."""
+    from rich.table import Column, Table
+
     app = get_app(ctx)
     with app.session() as session:
         documents = source_documents(session, [s.name for s in app.settings.sources])
@@ -238,6 +266,11 @@ def sources_status(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 def source_documents(session: Session, configured: list[str]) -> list[dict[str, Any]]:
     """Configured sources first (in config order), then sources only seen in the database."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from digest.storage.models import Article, Source
+
     rows = {s.name: s for s in session.exec(select(Source)).all()}
     counts = dict(
         session.execute(select(Article.source, func.count()).group_by(col(Article.source))).all()  # type: ignore[arg-type]
@@ -285,6 +318,8 @@ def _short(iso: str | None) -> str:
 @topics_app.command("reclassify")
 def topics_reclassify(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Re-apply the newsletters' current topic rules to every stored article."""
+    from digest.ingest.topics import reclassify
+
     app = get_app(ctx)
     with app.session() as session:
         report = reclassify(session, app.settings, now=app.now())

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, str], None]
+Finished = Callable[["SourceReport"], None]
 MAX_LISTED_ERRORS = 20
 POOL_MIN_SOURCES = 4  # below this, worker processes cost more than they save
 
@@ -89,16 +90,25 @@ class UnknownSourceError(LookupError):
 
 
 def run_ingest(
-    app: App, *, source: str | None = None, progress: Progress | None = None
+    app: App,
+    *,
+    source: str | None = None,
+    progress: Progress | None = None,
+    finished: Finished | None = None,
 ) -> IngestReport:
-    """Ingest every configured source, or only `source`; one report per source, config order."""
+    """Ingest every configured source, or only `source`; one report per source, config order.
+
+    `progress(name, message)` hears each step of each source; `finished(report)` each source's
+    report as it is stored (both on the event loop's thread).
+    """
     configs = select_sources(app.settings, source)
     if not configs:
         return IngestReport([])
     now = app.now()
     requests = sync_sources(app, configs)
     with _old_objects_frozen():
-        reports = _run(_Run(app, configs, now, progress or _no_progress).run(requests))
+        run = _Run(app, configs, now, progress or _no_progress, finished or _no_report)
+        reports = _run(run.run(requests))
     order = {c.name: i for i, c in enumerate(configs)}
     return IngestReport(sorted(reports, key=lambda r: order[r.name]))
 
@@ -152,6 +162,10 @@ def _no_progress(_name: str, _message: str) -> None:
     return None
 
 
+def _no_report(_report: SourceReport) -> None:
+    return None
+
+
 T = TypeVar("T")
 
 
@@ -169,13 +183,19 @@ class _Run:
     """One ingest run: fetch → parse (workers) → store (one DB thread), overlapping."""
 
     def __init__(
-        self, app: App, configs: Sequence[SourceConfig], now: datetime, progress: Progress
+        self,
+        app: App,
+        configs: Sequence[SourceConfig],
+        now: datetime,
+        progress: Progress,
+        finished: Finished,
     ) -> None:
         self.app = app
         self.settings = app.settings
         self.kinds = {c.name: str(c.kind) for c in configs}
         self.now = now
         self.progress = progress
+        self.finished = finished
         self.order: list[str] = []
         self.turns: dict[str, asyncio.Event] = {}
 
@@ -214,6 +234,7 @@ class _Run:
         finally:
             self.turns[name].set()  # never leave the next source waiting
         self.progress(name, _summary(report))
+        self.finished(report)
         return report
 
     async def _read(self, result: FetchResult, parser: Executor | None) -> ReadSource | None:

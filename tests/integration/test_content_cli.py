@@ -145,3 +145,36 @@ def test_topics_reclassify(config: Path) -> None:
         and "Reclassified 24 article(s)" in out
         and "1 with new reasons" in " ".join(out.split())
     )
+
+
+def test_ingest_progress_is_one_bar_redrawn_at_a_bounded_rate_and_only_on_a_terminal(
+    any_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from digest.cli import content
+
+    sources = "".join(
+        f'[[sources]]\nname = "feed-{n:02}"\nurl = "{SAMPLES / "world.xml"}"\n' for n in range(40)
+    )
+    path = tmp_path / "many.toml"
+    url = any_engine.url.render_as_string(hide_password=False)
+    path.write_text(f'[database]\nurl = "{url}"\n{sources}', encoding="utf-8")
+    code, _, err = digest(path, "ingest")  # CliRunner: stdout is not a terminal
+    assert code == 0 and "items ·" not in err  # no live display at all
+
+    out, live = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(content, "console", Console(file=out, force_terminal=True, width=140))
+    monkeypatch.setattr(content, "err_console", Console(file=live, force_terminal=True, width=140))
+    started = time.monotonic()
+    code, _, _ = digest(path, "ingest")
+    elapsed = time.monotonic() - started
+    assert code == 0
+    frames = live.getvalue().count("items ·")
+    assert 1 <= frames <= elapsed * content.REFRESHES_PER_SECOND + 3  # not one per update
+    assert "40/40" in live.getvalue() and "feed-" not in live.getvalue()  # one bar, no rows
+    table = out.getvalue()
+    assert all(table.count(f"feed-{n:02}") == 1 for n in range(40))  # the table, once
