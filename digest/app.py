@@ -10,14 +10,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-from sqlmodel import Session
+if TYPE_CHECKING:  # imported where used: a `digest --help` or an idle tick never needs them
+    from sqlalchemy import Engine
+    from sqlmodel import Session
 
-from digest.config import Settings, load_settings
-from digest.mail.links import Links
-from digest.storage.db import make_engine, session_scope
-
-if TYPE_CHECKING:
+    from digest.config import Settings
+    from digest.mail.links import Links
     from digest.rendering.render import Renderer
 
 Clock = Callable[[], datetime]
@@ -43,10 +41,14 @@ class App:
 
     @classmethod
     def from_config(cls, path: str | Path | None = None, *, clock: Clock = system_clock) -> App:
+        from digest.config import load_settings
+
         return cls(settings=load_settings(path), clock=clock)
 
     @cached_property
     def engine(self) -> Engine:
+        from digest.storage.db import make_engine
+
         return self._engine or make_engine(self.settings.database.url)
 
     @cached_property
@@ -60,11 +62,15 @@ class App:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        from digest.storage.db import session_scope
+
         with session_scope(self.engine) as session:
             yield session
 
     def links(self) -> Links:
         """The site's public URLs, signed as of now (see `digest.mail.links`)."""
+        from digest.mail.links import Links
+
         return Links.of(self.settings, self.now())
 
     def signing_key(self) -> bytes:

@@ -14,7 +14,6 @@ import typer
 
 from digest.app import App, fixed_clock, system_clock
 from digest.cli import common
-from digest.config import ConfigError
 
 app = typer.Typer(
     name="digest",
@@ -62,8 +61,12 @@ _register()
 def main() -> None:
     try:
         app()
-    except ConfigError as exc:
-        common.fail(f"configuration error: {exc}")
+    except Exception as exc:
+        from digest.config import ConfigError  # not before: `digest --help` never needs it
+
+        if isinstance(exc, ConfigError):
+            common.fail(f"configuration error: {exc}")
+        raise
 
 
 __all__ = ["App", "app", "main"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -12,7 +13,26 @@ import typer
 from rich.console import Console
 
 from digest.app import App, Clock
-from digest.config import ConfigError
+
+
+def enum_value(target: str) -> Callable[[str], str]:
+    """A typer `parser` accepting the values of the enum `module:Name`, imported when used.
+
+    An enum annotation makes typer import its module for any `digest` command, even `--help`;
+    this imports it only when the option is parsed.
+    """
+
+    def parse(value: str) -> str:
+        import importlib
+
+        module, _, name = target.partition(":")
+        choices = [str(m.value) for m in getattr(importlib.import_module(module), name)]
+        if value.lower() not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value.lower()
+
+    return parse
+
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,6 +47,8 @@ class LazyApp:
     _app: App | None = field(default=None, repr=False)
 
     def get(self) -> App:
+        from digest.config import ConfigError
+
         if self._app is None:
             try:
                 self._app = App.from_config(self.config_path, clock=self.clock)
@@ -48,6 +70,8 @@ def get_app(ctx: typer.Context) -> App:
 def get_signing_app(ctx: typer.Context) -> App:
     """The App of a command that signs links or mails people (serve, send, scheduler,
     run-due): it refuses to run with the development key unless base_url is loopback."""
+    from digest.config import ConfigError
+
     app = get_app(ctx)
     try:
         app.settings.require_secret_key()

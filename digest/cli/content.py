@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from digest.cli.common import console, err_console, fail, get_app, print_json
-from digest.config import ConfigError, parse_duration
 
 if TYPE_CHECKING:  # imported where used: `digest --help` should not load the database layer
     from sqlmodel import Session
@@ -138,6 +137,8 @@ def _report_document(report: IngestReport) -> dict[str, Any]:
 
 def parse_when(text: str, now: datetime) -> datetime:
     """'7d' / '36h' (ago), '2026-11-20' or '2026-11-20T08:00:00+03:00' → aware UTC."""
+    from digest.config import parse_duration
+
     try:
         return now - parse_duration(text)
     except ValueError:
@@ -163,6 +164,8 @@ def list_articles(
     as_json: JsonFlag = False,
 ) -> None:
     """List stored articles, newest first, with their topics."""
+    from digest.config import ConfigError
+
     app = get_app(ctx)
     if topic is not None:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from digest.cli.common import console, get_app
-from digest.storage.db import upgrade
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
@@ -13,6 +12,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Create the schema or migrate it to the newest version (safe to run again)."""
+    from digest.storage.db import upgrade
+
     app = get_app(ctx)
     before, after = upgrade(app.engine)
     if before == after:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import webbrowser
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from digest.app import App
 from digest.cli.common import console, fail, get_app, print_json
-from digest.config import ConfigError
-from digest.issues import assemble, editorial
-from digest.issues.assemble import AssemblyError
-from digest.mail.preview import write_preview
-from digest.storage.models import Issue
+
+if TYPE_CHECKING:  # the rest is imported where used: `digest --help` loads none of it
+    from digest.app import App
+    from digest.storage.models import Issue
 
 issue_app = typer.Typer(help="Build, inspect and edit issues.", no_args_is_help=True)
 
@@ -27,6 +24,8 @@ IssueOpt = Annotated[
 
 def _known(app: App, slug: str) -> None:
     """Fail with the list of known newsletters when `slug` is not one of them."""
+    from digest.config import ConfigError
+
     try:
         app.settings.newsletter(slug)
     except ConfigError as exc:
@@ -34,6 +33,9 @@ def _known(app: App, slug: str) -> None:
 
 
 def _target(app: App, slug: str, issue_id: int | None) -> Issue:
+    from digest.issues import assemble
+    from digest.storage.models import Issue
+
     _known(app, slug)
     if issue_id is None:
         return assemble.next_issue(app, slug)
@@ -45,6 +47,8 @@ def _target(app: App, slug: str, issue_id: int | None) -> Issue:
 
 
 def issue_summary(app: App, issue: Issue) -> dict[str, Any]:
+    from digest.issues import assemble
+
     with app.session() as session:
         rows = assemble.issue_articles(session, issue.id or 0)
         articles = [
@@ -74,6 +78,8 @@ def issue_summary(app: App, issue: Issue) -> dict[str, Any]:
 
 
 def _show(app: App, issue: Issue, as_json: bool) -> None:
+    from rich.table import Table
+
     summary = issue_summary(app, issue)
     if as_json:
         print_json(summary)
@@ -96,6 +102,8 @@ def _show(app: App, issue: Issue, as_json: bool) -> None:
 @issue_app.command("build")
 def build(ctx: typer.Context, slug: str, as_json: JsonFlag = False) -> None:
     """Build (or refresh) the current period's issue of a newsletter."""
+    from digest.issues import assemble
+
     app = get_app(ctx)
     _show(app, assemble.build_issue(app, slug), as_json)
 
@@ -110,6 +118,8 @@ def show(
 
 
 def _edit(ctx: typer.Context, slug: str, issue_id: int | None, action: Any, *args: Any) -> None:
+    from digest.issues.assemble import AssemblyError
+
     app = get_app(ctx)
     issue = _target(app, slug, issue_id)
     try:
@@ -128,6 +138,8 @@ def pin(
     unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin.")] = False,
 ) -> None:
     """Pin an article to the top of the next issue (adding it if needed)."""
+    from digest.issues import editorial
+
     _edit(
         ctx,
         slug,
@@ -146,6 +158,8 @@ def exclude(
     restore: Annotated[bool, typer.Option("--restore", help="Put it back.")] = False,
 ) -> None:
     """Drop an article from the next issue."""
+    from digest.issues import editorial
+
     _edit(
         ctx,
         slug,
@@ -160,24 +174,32 @@ def reorder(
     ctx: typer.Context, slug: str, article_ids: list[int], issue_id: IssueOpt = None
 ) -> None:
     """Put these articles first, in this order."""
+    from digest.issues import editorial
+
     _edit(ctx, slug, issue_id, editorial.reorder, article_ids)
 
 
 @issue_app.command("subject")
 def subject(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -> None:
     """Set the subject line ('' returns to the subject template)."""
+    from digest.issues import editorial
+
     _edit(ctx, slug, issue_id, editorial.set_subject, text)
 
 
 @issue_app.command("intro")
 def intro(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -> None:
     """Set the editor's introduction shown above the articles."""
+    from digest.issues import editorial
+
     _edit(ctx, slug, issue_id, editorial.set_intro, text)
 
 
 @issue_app.command("approve")
 def approve(ctx: typer.Context, slug: str, issue_id: IssueOpt = None) -> None:
     """Approve the next issue for sending (needed when the newsletter requires approval)."""
+    from digest.issues import editorial
+
     _edit(ctx, slug, issue_id, editorial.approve)
 
 
@@ -192,6 +214,8 @@ def preview(
     ] = False,
 ) -> None:
     """Write the next issue as HTML, text and a complete .eml, exactly as subscribers get it."""
+    from digest.mail.preview import write_preview
+
     app = get_app(ctx)
     _known(app, slug)
     files = write_preview(app, slug, out)

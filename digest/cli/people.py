@@ -5,29 +5,16 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from digest.app import App
-from digest.cli.common import console, err_console, fail, get_app, print_json
-from digest.config import ConfigError
-from subscribers.addresses import InvalidAddress, normalize_email
-from subscribers.csv_export import export_csv
-from subscribers.csv_io import import_csv
-from subscribers.directory import list_subscribers
-from subscribers.membership import (
-    AddOutcome,
-    add_subscriber,
-    find_subscriber,
-    unsubscribe,
-    unsubscribe_all,
-)
-from subscribers.models import SuppressionReason
-from subscribers.profile import InvalidField
-from subscribers.suppression import lookup_address, suppress
+from digest.cli.common import console, enum_value, err_console, fail, get_app, print_json
+
+if TYPE_CHECKING:  # the rest is imported where used: `digest --help` loads none of it
+    from digest.app import App
 
 subscribers_app = typer.Typer(
     help="Subscribers: add, import, export, list, unsubscribe, suppress.", no_args_is_help=True
@@ -37,6 +24,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 
 def _known(app: App, slug: str) -> str:
+    from digest.config import ConfigError
+
     try:
         return app.settings.newsletter(slug).slug
     except ConfigError as exc:
@@ -53,6 +42,10 @@ def add(
     locale: Annotated[str | None, typer.Option(help="Locale, like en or tr.")] = None,
 ) -> None:
     """Subscribe an address (never re-subscribes someone who left or is suppressed)."""
+    from subscribers.addresses import InvalidAddress, normalize_email
+    from subscribers.membership import AddOutcome, add_subscriber
+    from subscribers.profile import InvalidField
+
     app = get_app(ctx)
     slug = _known(app, newsletter)
     try:
@@ -87,6 +80,8 @@ def import_(
     bounced, complained or is suppressed is skipped, never re-subscribed. Exits with 1 if any
     line was bad (the good lines are imported all the same).
     """
+    from subscribers.csv_io import import_csv
+
     app = get_app(ctx)
     default = _known(app, newsletter) if newsletter else None
     known = {n.slug for n in app.settings.newsletters}
@@ -133,6 +128,8 @@ def export(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="File (default: stdout).")] = None,
 ) -> None:
     """Export mailable subscribers (active, not suppressed) as CSV that imports back."""
+    from subscribers.csv_export import export_csv
+
     app = get_app(ctx)
     slug = _known(app, newsletter) if newsletter else None
     with app.session() as session:
@@ -154,6 +151,8 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List subscribers with each newsletter's status and any suppression."""
+    from subscribers.directory import list_subscribers
+
     app = get_app(ctx)
     slug = _known(app, newsletter) if newsletter else None
     with app.session() as session:
@@ -187,6 +186,9 @@ def unsubscribe_command(
     ] = False,
 ) -> None:
     """Unsubscribe an address from one newsletter, or from all of them."""
+    from subscribers.addresses import InvalidAddress
+    from subscribers.membership import find_subscriber, unsubscribe, unsubscribe_all
+
     if (newsletter is None) == (not everything):
         fail("give exactly one of --newsletter SLUG or --all")
     app = get_app(ctx)
@@ -212,10 +214,23 @@ def unsubscribe_command(
 def suppress_command(
     ctx: typer.Context,
     email: Annotated[str, typer.Argument(help="The address never to mail again.")],
-    reason: Annotated[SuppressionReason, typer.Option(help="Why.", case_sensitive=False)],
+    reason_name: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            metavar="[unsubscribed_all|hard_bounce|complaint|manual]",
+            help="Why.",
+            parser=enum_value("subscribers.models:SuppressionReason"),
+        ),
+    ],
     detail: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
 ) -> None:
     """Never mail an address again, whatever list it is on."""
+    from subscribers.addresses import InvalidAddress
+    from subscribers.models import SuppressionReason
+    from subscribers.suppression import lookup_address, suppress
+
+    reason = SuppressionReason(reason_name)
     app = get_app(ctx)
     try:
         with app.session() as session:

@@ -13,17 +13,18 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from digest.app import App, fixed_clock, system_clock
-from digest.cli.common import LazyApp, console, fail, get_signing_app, print_json
-from digest.config import LogFormat
-from digest.ops.logs import configure_logging
+from digest.cli.common import LazyApp, console, enum_value, fail, get_signing_app, print_json
 
 if TYPE_CHECKING:
     from digest.scheduling.tick import TickReport
 
 LogFormatOption = Annotated[
-    LogFormat | None,
-    typer.Option("--log-format", help="human or json lines (default: the logging.format key)."),
-]
+    str | None,
+    typer.Option(
+        "--log-format", metavar="[human|json]", parser=enum_value("digest.config:LogFormat"),
+        help="human or json lines (default: the logging.format key).",
+    ),
+]  # fmt: skip
 
 
 def _parse_now(text: str) -> datetime:
@@ -34,8 +35,12 @@ def _parse_now(text: str) -> datetime:
     return moment
 
 
-def _configure_logs(app: App, log_format: LogFormat | None) -> None:
-    configure_logging(log_format or app.settings.logging.format, app.settings.logging.level)
+def _configure_logs(app: App, log_format: str | None) -> None:
+    from digest.config import LogFormat
+    from digest.ops.logs import configure_logging
+
+    chosen = LogFormat(log_format) if log_format else app.settings.logging.format
+    configure_logging(chosen, app.settings.logging.level)
 
 
 @contextmanager

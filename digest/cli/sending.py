@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -17,14 +17,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from digest.app import App
 from digest.cli.common import console, err_console, fail, get_app, get_signing_app, print_json
-from digest.config import ConfigError
-from digest.issues import assemble
-from digest.sending.counts import SEND_STATES, delivery_counts
-from digest.sending.send import SendRefused, SendReport, send_issue, send_test, unfrozen
-from digest.storage.models import Issue, IssueStatus
-from digest.transports import TransportError
+
+if TYPE_CHECKING:  # the rest is imported where used: `digest --help` loads none of it
+    from digest.app import App
+    from digest.sending.send import SendReport
+    from digest.storage.models import Issue
 
 EXIT_ATTENTION = 2  # finished, but some recipients failed or are unknown
 
@@ -36,6 +34,8 @@ class _RateColumn(ProgressColumn):
 
 
 def _known(app: App, slug: str) -> None:
+    from digest.config import ConfigError
+
     try:
         app.settings.newsletter(slug)
     except ConfigError as exc:
@@ -69,6 +69,11 @@ def send(
 ) -> None:
     """Send the current issue (built first when needed). Run again to resume; once everything
     is final it says there is nothing left. Exit 2 when some recipients failed or are unknown."""
+    from digest.issues import assemble
+    from digest.sending.send import SendRefused
+    from digest.storage.models import IssueStatus
+    from digest.transports import TransportError
+
     app = get_signing_app(ctx)
     _known(app, slug)
     issue = assemble.current_issue(app, slug)
@@ -88,6 +93,8 @@ def send(
 
 
 def _send_test(app: App, issue: Issue, to: str) -> None:
+    from digest.sending.send import send_test
+
     result = send_test(app, issue.id or 0, to)
     if not result.accepted:
         fail(f"test copy to {to} {result.outcome}: {result.error}")
@@ -107,6 +114,8 @@ def _send_with_progress(
     retry_unknown: bool,
     force: bool,
 ) -> SendReport:
+    from digest.sending.send import send_issue
+
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -180,6 +189,11 @@ def deliveries(
     ] = None,
 ) -> None:
     """Delivery counts per state for the newsletter's latest issue (or --issue)."""
+    from digest.issues import assemble
+    from digest.sending.counts import SEND_STATES, delivery_counts
+    from digest.sending.send import unfrozen
+    from digest.storage.models import Issue
+
     app = get_app(ctx)
     _known(app, slug)
     with app.session() as session:

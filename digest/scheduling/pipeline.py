@@ -35,10 +35,20 @@ class Pipeline:
 
 
 def real_pipeline() -> Pipeline:
+    """The real stages, each imported when its step first runs: an idle tick imports none."""
+    return Pipeline(ingest=_ingest, build=_build_issue, send=_send_issue)
+
+
+def _ingest(app: App) -> object:
     from digest.ingest.run import run_ingest
+
+    return run_ingest(app)
+
+
+def _build_issue(app: App, slug: str, period: datetime) -> Issue:
     from digest.issues.assemble import build_issue
 
-    return Pipeline(ingest=lambda app: run_ingest(app), build=build_issue, send=_send_issue)
+    return build_issue(app, slug, period)
 
 
 def _send_issue(app: App, issue_id: int, request: SendRequest) -> SendSummary:

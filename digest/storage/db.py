@@ -5,17 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.engine import make_url
 from sqlmodel import Session, create_engine
 
 from digest import paths
+
+if TYPE_CHECKING:  # alembic is imported by the functions that migrate: a tick never needs it
+    from alembic.config import Config as AlembicConfig
 
 # What the hot paths of sending execute Core statements on: a Session anywhere, or a bare
 # Connection from `engine.begin()` where the ORM session's per-transaction cost shows (the
@@ -62,6 +61,8 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 def alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(paths.migrations_dir()))
     cfg.attributes["engine"] = engine
@@ -70,15 +71,21 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine) -> tuple[str | None, str | None]:
     """Create or migrate the schema to the newest revision; idempotent. Returns (before, after)."""
+    from alembic import command
+
     before = current_revision(engine)
     command.upgrade(alembic_config(engine), "head")
     return before, current_revision(engine)
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
 
 
 def head_revision(engine: Engine) -> str | None:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
