@@ -17,14 +17,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlmodel import Session
-
 from digest.cron import place
-from digest.sending import counts
-from digest.sending.freeze import Zoning
-from subscribers import audience_timezones
+
+if TYPE_CHECKING:  # the scheduler's rules import this module on every tick, idle ones too
+    from sqlmodel import Session
+
+    from digest.sending.freeze import Zoning
 
 # UTC-12 to UTC+14: a wall-clock time happens at most 26 hours apart around the world.
 MAX_LEAD = timedelta(hours=26)
@@ -65,6 +66,8 @@ def due_zones(
 
 def audience_zones(session: Session, newsletter: str, default: str) -> frozenset[str]:
     """The zones of the newsletter's audience (theirs, or the newsletter's)."""
+    from subscribers import audience_timezones
+
     return frozenset(
         effective_zone(name, default) for name in audience_timezones(session, newsletter)
     )
@@ -72,6 +75,9 @@ def audience_zones(session: Session, newsletter: str, default: str) -> frozenset
 
 def zoning(session: Session, newsletter: str, default: str) -> Zoning:
     """How the freeze places the audience in zones: each zone subscribers gave, validated."""
+    from digest.sending.freeze import Zoning
+    from subscribers import audience_timezones
+
     given = audience_timezones(session, newsletter)
     return Zoning({name: effective_zone(name, default) for name in given}, default)
 
@@ -79,6 +85,8 @@ def zoning(session: Session, newsletter: str, default: str) -> Zoning:
 def pending_zones(session: Session, issue_id: int, default: str) -> frozenset[str]:
     """The zones of an issue's batches not yet handed to the transport (a batch cut without a
     zone, before the newsletter sent in local time, counts in the newsletter's)."""
+    from digest.sending import counts
+
     return frozenset(default if z is None else z for z in counts.pending_zones(session, issue_id))
 
 
