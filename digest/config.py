@@ -378,7 +378,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         raise ConfigError(file, "", f"not valid TOML: {exc}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(file, "", f"cannot read: {exc}") from exc
-    return settings_from_mapping(raw, file=file, env=env)
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(file, "", "not valid TOML: arrays or tables nested too deeply") from None
+    try:
+        return settings_from_mapping(raw, file=file, env=env)
+    except RecursionError:
+        raise ConfigError(file, "", "arrays or tables nested too deeply") from None
 
 
 def settings_from_mapping(

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 from digest.app import App
 from digest.config import NewsletterConfig, Settings
 from digest.issues.periods import current_period, next_period, period_key
+from digest.rendering import personalize
 from digest.rendering.contents import ArticleView, IssueContents, SectionView
 from digest.storage.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
 
@@ -325,6 +326,12 @@ def contents_of(session: Session, settings: Settings, issue: Issue) -> IssueCont
         sections=[SectionView(title, items) for title, items in sections.items()],
         subject=issue.subject_override,
         intro=issue.intro,
+        tokens=personalize.for_issue(
+            settings.secret_key.get_secret_value().encode(),
+            newsletter=issue.newsletter,
+            period=issue.period,
+            issue_id=issue.id,
+        ),
     )
 
 

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import email.policy
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from digest.config import NewsletterConfig, Settings
 from digest.mail.links import Links
 from digest.rendering import personalize
 from subscribers.tokens import Purpose
+
+if TYPE_CHECKING:
+    from digest.storage.models import Issue
 
 ONE_CLICK = "List-Unsubscribe=One-Click"  # RFC 8058 §3.1: exactly this key/value pair
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -71,12 +76,52 @@ def list_headers(settings: Settings, unsubscribe_url: str) -> dict[str, str]:
     return headers
 
 
-def message_id(settings: Settings, *, issue_id: int | None, delivery_id: int | None) -> str:
-    """A Message-ID: deterministic per delivery (a resend is recognisably the same message)."""
-    domain = settings.sender.from_email.rpartition("@")[2] or site_host(settings)
-    if delivery_id is None:
-        return make_msgid("digest-test", domain=domain)
-    return f"<digest.{issue_id}.{delivery_id}@{domain}>"
+def message_id(
+    settings: Settings, *, issue_id: int | None = None, delivery_id: int | None = None
+) -> str:
+    """A fresh random Message-ID at the sender's domain: `<random@domain>`.
+
+    Nothing in it comes from row ids (which would tell readers how many subscribers and issues
+    there are). A delivery's is drawn once, when the audience is frozen, and stored on the row
+    (`Delivery.message_id`), so a resend of the same delivery carries the same Message-ID.
+    `issue_id` and `delivery_id` are accepted for older callers and ignored.
+    """
+    return f"<{secrets.token_urlsafe(18)}@{message_domain(settings)}>"
+
+
+def message_domain(settings: Settings) -> str:
+    return settings.sender.from_email.rpartition("@")[2] or site_host(settings)
+
+
+def tokens_of(settings: Settings, issue: Issue) -> personalize.Tokens:
+    """The token names `issue` was rendered with (see `digest.rendering.personalize`).
+
+    Derived from the issue and the secret key; after a key rotation the retired keys are tried
+    too, whichever names the stored HTML, text or subject holds. An issue rendered before
+    per-issue names existed holds the legacy names instead.
+    """
+    parts = (issue.html, issue.text, issue.subject)
+    keys = [settings.secret_key, *settings.old_secret_keys]
+    candidates = [
+        personalize.for_issue(
+            key.get_secret_value().encode(),
+            newsletter=issue.newsletter,
+            period=issue.period,
+            issue_id=issue.id,
+        )
+        for key in keys
+    ]
+    for tokens in candidates:
+        if tokens.used_in(*parts):
+            return tokens
+    if personalize.LEGACY.used_in(*parts) and not _has_suffixed_token(parts):
+        return personalize.LEGACY
+    return candidates[0]
+
+
+def _has_suffixed_token(parts: tuple[str, ...]) -> bool:
+    pattern = re.compile(r"%%(?:UNSUBSCRIBE_URL|PREFERENCES_URL|NAME)_[0-9a-f]{16}%%")
+    return any(pattern.search(part) for part in parts)
 
 
 class RecipientValues:
@@ -94,17 +139,20 @@ class RecipientValues:
         now: datetime,
         *,
         name_fallback: str,
+        tokens: personalize.Tokens = personalize.LEGACY,
     ) -> None:
         links = Links(settings.site.base_url, key, now)
+        self.tokens = tokens
         self._unsubscribe = links.signer(Purpose.UNSUBSCRIBE, newsletter=newsletter.slug)
         self._preferences = links.signer(Purpose.PREFERENCES, newsletter=newsletter.slug)
         self._fallback = clean_name(name_fallback)
 
     def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
+        tokens = self.tokens
         return {
-            personalize.UNSUBSCRIBE_URL: self._unsubscribe(subscriber_id),
-            personalize.PREFERENCES_URL: self._preferences(subscriber_id),
-            personalize.NAME: clean_name(name) or self._fallback,
+            tokens.unsubscribe_url: self._unsubscribe(subscriber_id),
+            tokens.preferences_url: self._preferences(subscriber_id),
+            tokens.name: clean_name(name) or self._fallback,
         }
 
 
@@ -117,10 +165,13 @@ def recipient_values(
     now: datetime,
     *,
     name_fallback: str,
+    tokens: personalize.Tokens = personalize.LEGACY,
 ) -> dict[str, str]:
     """The value of every token for one subscriber (links signed with `key`, issued `now`)."""
     newsletter = settings.newsletter(newsletter_slug)
-    values = RecipientValues(settings, newsletter, key, now, name_fallback=name_fallback)
+    values = RecipientValues(
+        settings, newsletter, key, now, name_fallback=name_fallback, tokens=tokens
+    )
     return values(subscriber_id, name)
 
 
@@ -142,12 +193,14 @@ def build_mime(
     to_name: str | None,
     values: Mapping[str, str],
     headers: Mapping[str, str] | None = None,
+    tokens: personalize.Tokens = personalize.LEGACY,
 ) -> EmailMessage:
     """The complete message for one recipient, tokens filled in.
 
     multipart/alternative with text/plain first and text/html last (clients show the last part
     they understand), UTF-8, lines ended by CRLF (`email.policy.SMTP`). `headers` adds or
     overrides headers such as Date, Message-ID, X-Digest-Issue; values are folded to one line.
+    `values` is keyed by the issue's token names (`tokens`); only those are filled.
     Raises ValueError for an address the e-mail parser cannot use.
     """
     sender = settings.sender
@@ -160,9 +213,9 @@ def build_mime(
         message["Reply-To"] = _address(sender.reply_to, None)
     message["Subject"] = one_line(personalize.fill(subject, values, html_escape=False))
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = message_id(settings, issue_id=None, delivery_id=None)
+    message["Message-ID"] = message_id(settings)
     message["List-Id"] = list_id(settings, newsletter)
-    unsubscribe = values.get(personalize.UNSUBSCRIBE_URL)
+    unsubscribe = values.get(tokens.unsubscribe_url)
     extra = dict(list_headers(settings, unsubscribe) if unsubscribe else {})
     extra.update(headers or {})
     for name, value in extra.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from digest.app import App
 from digest.issues import assemble
-from digest.mail.message import build_mime, recipient_values
+from digest.mail.message import build_mime, recipient_values, tokens_of
 from digest.rendering import personalize
 from digest.storage.models import Issue
 
@@ -22,6 +22,7 @@ def sample_message(
     """The complete message for a sample recipient, with its personalised HTML and text."""
     settings = app.settings
     newsletter = settings.newsletter(issue.newsletter)
+    tokens = tokens_of(settings, issue)  # the issue's own names: content's lookalikes stay text
     values = recipient_values(
         settings,
         issue.newsletter,
@@ -30,6 +31,7 @@ def sample_message(
         app.signing_key(),
         app.now(),
         name_fallback=app.renderer.name_fallback(newsletter),
+        tokens=tokens,
     )
     html = personalize.fill(issue.html, values, html_escape=True)
     text = personalize.fill(issue.text, values, html_escape=False)
@@ -42,6 +44,7 @@ def sample_message(
         to_email=to_email,
         to_name=SAMPLE_NAME,
         values=values,
+        tokens=tokens,
     )
     return message, html, text
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -85,3 +86,42 @@ def configure_logging(
     # APScheduler says "Running job ..." at INFO for every tick: keep it to warnings.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return handler
+
+
+# -- tokens out of access logs ------------------------------------------------------------------
+
+ACCESS_LOGGER = "uvicorn.access"
+REDACTED = "[redacted]"
+# Paths whose next segment is a signed token or a one-time secret (digest.mail.links, sign-in).
+_SECRET_PATH = re.compile(r"(/(?:u|preferences|confirm|login/link)/)[^/?#\s]+")
+_SECRET_QUERY = re.compile(r"([?&](?:token|sig|signature|key|code|t)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact(path: str) -> str:
+    """`path` (a request path with its query) with tokens and one-time secrets replaced."""
+    if "/" not in path and "=" not in path:
+        return path
+    return _SECRET_QUERY.sub(r"\1" + REDACTED, _SECRET_PATH.sub(r"\1" + REDACTED, path))
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites the path of uvicorn's access records (`record.args[2]`) through `redact`.
+
+    uvicorn logs `'%s - "%s %s HTTP/%s" %d'` with args (client, method, full path, version,
+    status); every other record is checked as a whole message, in case one quotes a URL.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], redact(args[2]), args[3], args[4])
+        elif isinstance(record.msg, str) and not args:
+            record.msg = redact(record.msg)
+        return True
+
+
+def redact_access_log() -> None:
+    """Install `RedactTokens` on uvicorn's access logger (idempotent; survives its dictConfig)."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    if not any(isinstance(f, RedactTokens) for f in logger.filters):
+        logger.addFilter(RedactTokens())

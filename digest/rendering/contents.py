@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from digest.config import NewsletterConfig, Settings
+from digest.rendering.personalize import Tokens, random_tokens
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,24 @@ class IssueContents:
     sections: list[SectionView]
     subject: str | None = None  # the editor's override; else the subject template decides
     intro: str = ""
+    # This issue's token names (`personalize.for_issue`); fresh random ones outside an issue.
+    tokens: Tokens = field(default_factory=random_tokens)
 
     @property
     def articles(self) -> list[ArticleView]:
         return [article for section in self.sections for article in section.articles]
+
+    def content_texts(self) -> list[str | None]:
+        """Every text that comes from content or editors rather than from the templates."""
+        texts: list[str | None] = [self.subject, self.intro]
+        for article in self.articles:
+            texts += [article.title, article.url, article.summary_text, article.summary_html]
+            texts += [article.image_url, article.author, article.source, *article.tags]
+        texts += [section.title for section in self.sections]
+        site, sender, newsletter = self.settings.site, self.settings.sender, self.newsletter
+        texts += [site.name, site.base_url, sender.from_name, sender.postal_address]
+        texts += [newsletter.title, newsletter.description]
+        return texts
 
 
 @dataclass(frozen=True)

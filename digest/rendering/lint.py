@@ -14,7 +14,7 @@ from lxml import html as lxml_html
 from lxml.etree import ParserError, _Element
 
 from digest.rendering.contents import LintFinding
-from digest.rendering.personalize import TOKENS, UNSUBSCRIBE_URL
+from digest.rendering.personalize import LEGACY, Tokens
 
 WARN_BYTES = 90 * 1024  # leaves room for click-tracking rewrites before Gmail's cut
 MAX_BYTES = 102 * 1024  # Gmail clips the message ("[Message clipped]") beyond about this
@@ -59,9 +59,20 @@ class _Findings:
         return findings
 
 
-def check(html: str, text: str) -> list[LintFinding]:
-    """All findings for an issue's HTML and text parts, errors first."""
+def check(
+    html: str,
+    text: str,
+    *,
+    tokens: Tokens = LEGACY,
+    content_placeholders: Iterable[str] = (),
+) -> list[LintFinding]:
+    """All findings for an issue's HTML and text parts, errors first.
+
+    `tokens` are the issue's own token names; `content_placeholders` the token-looking strings
+    that content or editors wrote (sent as they are, never filled: reported as a warning).
+    """
     findings = _size(html)
+    findings.extend(_content_placeholders(content_placeholders))
     found = _Findings()
     try:
         root = lxml_html.document_fromstring(html) if html.strip() else None
@@ -71,9 +82,9 @@ def check(html: str, text: str) -> list[LintFinding]:
         _markup(root, found)
         _styles(root, found)
         _images(root, found)
-        _links(root, found)
+        _links(root, found, tokens)
     findings.extend(found.result())
-    findings.extend(_unsubscribe(html, text))
+    findings.extend(_unsubscribe(html, text, tokens))
     return sorted(findings, key=lambda f: (f.level != ERROR, f.code))
 
 
@@ -230,10 +241,10 @@ def _images(root: _Element, found: _Findings) -> None:
             )
 
 
-def _links(root: _Element, found: _Findings) -> None:
+def _links(root: _Element, found: _Findings, tokens: Tokens) -> None:
     for element in root.iter("a", "area"):
         href = (element.get("href") or "").strip()
-        if element.get("href") is None or _allowed_href(href):
+        if element.get("href") is None or _allowed_href(href, tokens):
             continue
         lowered = href.lower()
         if lowered.startswith("http://"):
@@ -247,23 +258,36 @@ def _links(root: _Element, found: _Findings) -> None:
             )
 
 
-def _allowed_href(href: str) -> bool:
-    if href.startswith(TOKENS) or href.lower().startswith("mailto:"):
+def _allowed_href(href: str, tokens: Tokens) -> bool:
+    if href.startswith(tokens.all) or href.lower().startswith("mailto:"):
         return True
     return bool(_HTTPS.match(href))
 
 
-def _unsubscribe(html: str, text: str) -> list[LintFinding]:
-    missing = [
-        part for part, body in (("HTML", html), ("text", text)) if UNSUBSCRIBE_URL not in body
+def _content_placeholders(placeholders: Iterable[str]) -> list[LintFinding]:
+    shown = sorted(set(placeholders))
+    if not shown:
+        return []
+    return [
+        LintFinding(
+            WARNING,
+            "content-placeholder",
+            f"content looks like a placeholder: {', '.join(_short(p) for p in shown[:_EXAMPLES])}"
+            " (sent as the literal text, never filled in; check the article or the editor's text)",
+        )
     ]
+
+
+def _unsubscribe(html: str, text: str, tokens: Tokens) -> list[LintFinding]:
+    token = tokens.unsubscribe_url
+    missing = [part for part, body in (("HTML", html), ("text", text)) if token not in body]
     if not missing:
         return []
     return [
         LintFinding(
             ERROR,
             "no-unsubscribe",
-            f"the {' and '.join(missing)} part has no {UNSUBSCRIBE_URL} link "
+            f"the {' and '.join(missing)} part has no unsubscribe link ({{{{ unsubscribe_url }}}}) "
             "(required by law and by Gmail and Yahoo for bulk mail)",
         )
     ]

@@ -97,13 +97,14 @@ class Renderer:
         context.update(subject=subject, preheader=preheader)
         html = inline.inline_css(self._render(tset, HTML_TEMPLATE, context, newsletter))
         text = self._render(tset, TEXT_TEMPLATE, context, newsletter).strip() + "\n"
+        from_content = _check_placeholders(contents, subject, preheader, html, text)
         return RenderedEmail(
             subject=subject,
             preheader=preheader,
             html=html,
             text=text,
             template_version=self.template_version(newsletter.template),
-            lint=lint.check(html, text),
+            lint=lint.check(html, text, tokens=contents.tokens, content_placeholders=from_content),
         )
 
     def name_fallback(self, newsletter: NewsletterConfig) -> str:
@@ -189,6 +190,9 @@ class Renderer:
         locale = _locale(newsletter)
         tz = settings.newsletter_timezone(newsletter)
         labels = self._labels(self._template_set(newsletter.template), newsletter.language)
+        # Labels write the name as `%%NAME%%` (translators' files): the issue's own token here.
+        tokens = contents.tokens
+        labels = {k: v.replace(personalize.NAME, tokens.name) for k, v in labels.items()}
         articles = contents.articles
         rtl = locale.text_direction == "rtl"
         intro = contents.intro.strip()
@@ -211,9 +215,9 @@ class Renderer:
             "start": "right" if rtl else "left",
             "end": "left" if rtl else "right",
             "t": labels,
-            "unsubscribe_url": personalize.UNSUBSCRIBE_URL,
-            "preferences_url": personalize.PREFERENCES_URL,
-            "name": personalize.NAME,
+            "unsubscribe_url": contents.tokens.unsubscribe_url,
+            "preferences_url": contents.tokens.preferences_url,
+            "name": contents.tokens.name,
             "text_width": TEXT_WIDTH,
             "subject": "",
             "preheader": "",
@@ -264,6 +268,28 @@ class Renderer:
                 self._closures[key] = tuple(ref for ref in refs if ref is not None)
             pending.extend(self._closures[key])
         return tuple(sorted(seen))
+
+
+def _check_placeholders(contents: IssueContents, *parts: str) -> set[str]:
+    """The token-looking strings content wrote; RenderError for any the templates wrote.
+
+    Every `%%…%%` in the output must be one of the issue's own tokens or come from content (a
+    title, a URL, the editor's intro…), which is sent as the literal text. Anything else came
+    from a template or labels file, e.g. a hard-coded `%%UNSUBSCRIBE_URL%%` instead of
+    `{{ unsubscribe_url }}`: that would reach readers unfilled, so the issue is refused.
+    """
+    found = personalize.placeholders(parts)
+    if not found:
+        return set()
+    from_content = personalize.placeholders(contents.content_texts())
+    unknown = found - from_content - set(contents.tokens.all)
+    if unknown:
+        raise RenderError(
+            f"newsletter {contents.newsletter.slug!r}: the templates write unknown placeholders "
+            f"{', '.join(sorted(unknown))}: use {{{{ unsubscribe_url }}}}, "
+            "{{ preferences_url }} and {{ name }} instead"
+        )
+    return found & from_content
 
 
 # -- filters and helpers ----------------------------------------------------------------------

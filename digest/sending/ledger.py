@@ -63,6 +63,7 @@ class ClaimedRecipient:
     subscriber_id: int
     email: str
     name: str | None
+    message_id: str | None = None  # drawn at the freeze; None only for rows frozen before 0002
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def open_batch(
             _D.c.email,
             _D.c.name,
             mailable(_D.c.subscriber_id, newsletter),
+            _D.c.message_id,
         )
         .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
         .order_by(_D.c.id)
@@ -143,7 +145,7 @@ def open_batch(
         zone = session.execute(select(_B.c.zone).where(_B.c.id == batch_id)).scalar()
         _move_to_new_batch(session, issue_id, [row[0] for row in tail], now, zone)
         resized = True
-    members = [ClaimedRecipient(d, s, e, n) for d, s, e, n, ok in rows if ok]
+    members = [ClaimedRecipient(d, s, e, n, m) for d, s, e, n, ok, m in rows if ok]
     skipped_ids = [row[0] for row in rows if not row[4]]
     if skipped_ids:
         set_rows(session, skipped_ids, status=DeliveryStatus.SKIPPED, now=now)

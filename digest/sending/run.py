@@ -19,7 +19,7 @@ from typing import Any
 
 from digest.app import App
 from digest.config import NewsletterConfig
-from digest.mail.message import RecipientValues
+from digest.mail.message import RecipientValues, tokens_of
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
 from digest.storage.models import Issue
@@ -50,6 +50,7 @@ def outgoing_message(app: App, issue: Issue, newsletter: NewsletterConfig) -> Ou
         text=issue.text,
         headers={"X-Digest-Issue": str(issue.id)},
         date=app.now(),
+        tokens=tokens_of(app.settings, issue),
     )
 
 
@@ -125,6 +126,7 @@ class SendRun:
             app.signing_key(),
             app.now(),
             name_fallback=app.renderer.name_fallback(newsletter),
+            tokens=self.message.tokens,
         )
         self.limiter = RateLimiter(
             app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
@@ -299,6 +301,7 @@ class SendRun:
                 r.email,
                 r.name,
                 make_values(r.subscriber_id, r.name),
+                r.message_id,
             )
             for r in batch.recipients
         ]

@@ -18,7 +18,7 @@ from sqlmodel import Session
 
 from digest.app import App
 from digest.config import NewsletterConfig
-from digest.mail.message import recipient_values
+from digest.mail.message import message_domain, recipient_values, tokens_of
 from digest.rendering import lint
 from digest.sending import counts as ledger_counts
 from digest.sending import freeze, ledger, local_time
@@ -256,6 +256,7 @@ def _freeze_step(
                 now=app.now(),
                 page_size=app.settings.delivery.freeze_page,
                 zones=zones,
+                message_domain=message_domain(app.settings),
             )
         if frozen is None:
             with app.session() as session:
@@ -329,6 +330,7 @@ def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
     newsletter = settings.newsletter(issue.newsletter)
     if not issue.html.strip():
         raise SendRefused(f"issue {issue_id} has not been rendered")
+    tokens = tokens_of(settings, issue)
     values = recipient_values(
         settings,
         newsletter.slug,
@@ -337,6 +339,7 @@ def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
         app.signing_key(),
         app.now(),
         name_fallback=app.renderer.name_fallback(newsletter),
+        tokens=tokens,
     )
     base = outgoing_message(app, issue, newsletter)
     message = OutgoingMessage(
@@ -347,6 +350,7 @@ def send_test(app: App, issue_id: int, to_address: str) -> SendResult:
         text=base.text,
         headers={"X-Digest-Issue": str(issue_id), "X-Digest-Test": "1"},
         date=base.date,
+        tokens=tokens,
     )
     transport = build_transport(settings)
     try:

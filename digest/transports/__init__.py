@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from digest.config import NewsletterConfig, Settings, TransportName
+from digest.rendering.personalize import LEGACY, Tokens
 from digest.transports.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ class OutgoingMessage:
     # Message-level extra headers (X-Digest-Issue…); per-recipient ones are built by transports.
     headers: Mapping[str, str] = field(default_factory=dict)
     date: datetime | None = None  # the Date header where the transport writes one (SMTP, outbox)
+    # The issue's token names (`digest.mail.message.tokens_of`): only these are filled.
+    tokens: Tokens = LEGACY
 
 
 # Not frozen: a frozen dataclass's __init__ is ~4x slower, and a send builds an
@@ -71,7 +74,10 @@ class OutgoingRecipient:
     subscriber_id: int
     email: str
     name: str | None
-    values: Mapping[str, str]  # token → value (see digest.rendering.personalize)
+    values: Mapping[str, str]  # the issue's token → value (see digest.rendering.personalize)
+    # The delivery's Message-ID, drawn when the audience was frozen: the same on every resend.
+    # None (a test send): a fresh one per message.
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,12 +133,7 @@ def recipient_mime(
     from digest.mail.message import build_mime
     from digest.mail.message import message_id as make_message_id
 
-    headers = {
-        "Message-ID": make_message_id(
-            settings, issue_id=message.issue_id, delivery_id=recipient.delivery_id
-        ),
-        **message.headers,
-    }
+    headers = {"Message-ID": recipient.message_id or make_message_id(settings), **message.headers}
     if message.date is not None:
         headers["Date"] = format_datetime(message.date.astimezone(UTC))
     if recipient.delivery_id is not None:
@@ -147,6 +148,7 @@ def recipient_mime(
         to_name=recipient.name,
         values=recipient.values,
         headers=headers,
+        tokens=message.tokens,
     )
 
 

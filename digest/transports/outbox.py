@@ -9,11 +9,18 @@ delivery id. Results carry no message id: the file name and the Message-ID heade
 (`digest.mail.message.message_id`) both follow from the delivery id. Like rss2email's maildir
 transport, it is how a newsroom tries digest without a mail provider, and what the demo and
 most tests read back.
+
+A directory that cannot be made (the path is a file, no permission) or a file that cannot be
+written (disk full, quota) fails the recipients concerned with one line naming the path, logged
+once per batch; the temporary file is removed. Nothing written means the batch failed (never
+unknown: nothing can have gone out); files already written stay accepted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import threading
 import uuid
@@ -28,6 +35,8 @@ from digest.transports import (
     SendResult,
     recipient_mime,
 )
+
+log = logging.getLogger(__name__)
 
 INDEX = "index.jsonl"
 TESTS_DIR = "tests"
@@ -56,8 +65,21 @@ class OutboxTransport:
 
     def send(self, batch: OutgoingBatch) -> list[SendResult]:
         folder = self.directory(batch.message)
-        folder.mkdir(parents=True, exist_ok=True)
-        return [self._write(folder, batch.message, r) for r in batch.recipients]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            error = f"outbox: cannot create the directory {folder}: {_reason(exc)}"
+            log.error("%s", error)
+            return [SendResult(r.email, SendOutcome.FAILED, None, error) for r in batch.recipients]
+        results = []
+        logged = False
+        for recipient in batch.recipients:
+            result = self._write(folder, batch.message, recipient)
+            if result.error and result.error.startswith("outbox:") and not logged:
+                log.error("%s", result.error)  # once per batch: a full disk fails every file
+                logged = True
+            results.append(result)
+        return results
 
     def _write(
         self, folder: Path, message: OutgoingMessage, recipient: OutgoingRecipient
@@ -75,9 +97,18 @@ class OutboxTransport:
         except ValueError as exc:
             return SendResult(recipient.email, SendOutcome.FAILED, None, str(exc))
         tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_bytes(mime.as_bytes())
-        os.replace(tmp, path)
-        self._index(folder, recipient, message, name, str(mime["Message-ID"]))
+        try:
+            tmp.write_bytes(mime.as_bytes())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            error = f"outbox: cannot write {path}: {_reason(exc)}"
+            return SendResult(recipient.email, SendOutcome.FAILED, None, error)
+        try:
+            self._index(folder, recipient, message, name, str(mime["Message-ID"]))
+        except OSError as exc:  # the message is written; a resend re-indexes it (see above)
+            log.warning("outbox: cannot append to %s: %s", folder / INDEX, _reason(exc))
         return SendResult(recipient.email, SendOutcome.ACCEPTED)
 
     def _index(
@@ -110,6 +141,10 @@ class OutboxTransport:
             # One write() of one line with O_APPEND: lines from several senders do not mix.
             with open(folder / INDEX, "a", encoding="utf-8") as handle:
                 handle.write(line + "\n")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _read_index(path: Path) -> set[int]:

@@ -8,12 +8,13 @@ dev box, `json.dumps` of 1000 personalizations took 16 ms and building their dic
 prefix (from, subject, the 30-100 KB bodies…) is serialised once per issue.
 
 Per recipient: `to` (display name without `;` and `,`, which SendGrid refuses),
-`substitutions` for the tokens used in the content (the HTML part uses `%%NAME_HTML%%`, filled
-with the HTML-escaped name, since one substitution value serves both parts), the
-List-Unsubscribe header, and `custom_args.digest_delivery_id`. Message-level: `custom_args`
-with issue and newsletter (SendGrid merges both levels into every event), the newsletter as
-category, List-Id, List-Unsubscribe-Post (the same for everyone), text/plain before text/html,
-and subscription tracking off so that SendGrid does not add a second List-Unsubscribe.
+`substitutions` for the issue's tokens used in the content (the HTML part uses the name token
+with `_HTML` added, filled with the HTML-escaped name, since one substitution value serves
+both parts), the List-Unsubscribe header, and `custom_args.digest_delivery_id`.
+Message-level: `custom_args` with issue and newsletter (SendGrid merges both levels into every
+event), the newsletter as category, List-Id, List-Unsubscribe-Post (the same for everyone),
+text/plain before text/html, and subscription tracking off so that SendGrid does not add a
+second List-Unsubscribe.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from typing import Any
 
 from digest.config import Settings
 from digest.mail.message import ONE_CLICK, clean_name, list_id, one_line
-from digest.rendering import personalize
 from digest.transports import OutgoingMessage, OutgoingRecipient
 
 _esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
-HTML_SUFFIX = "_HTML%%"  # %%NAME%% in the HTML part becomes %%NAME_HTML%%
+HTML_SUFFIX = "_HTML%%"  # %%NAME_x%% in the HTML part becomes %%NAME_x_HTML%%
 
 
 def html_twin(token: str) -> str:
@@ -52,13 +52,13 @@ class SharedPart:
         sender = settings.sender
         newsletter = message.newsletter
         content = message.subject + message.text + message.html
-        self.tokens = tuple(t for t in personalize.TOKENS if t in content)
+        names = message.tokens  # the issue's own: a token-looking string in content is not one
+        self.unsubscribe_token = names.unsubscribe_url
+        self.tokens = tuple(t for t in names.all if t in content)
         base_url = settings.site.base_url
         plain_base = html.escape(base_url) == base_url
         self.twins = tuple(
-            t
-            for t in self.tokens
-            if t in message.html and (t == personalize.NAME or not plain_base)
+            t for t in self.tokens if t in message.html and (t == names.name or not plain_base)
         )
         body_html = message.html
         for token in self.twins:
@@ -91,7 +91,7 @@ class SharedPart:
         self.json_twin_keys = tuple((t, _esc(html_twin(t)) + ":") for t in self.twins)
 
     def list_unsubscribe(self, values: Any) -> str | None:
-        url = values.get(personalize.UNSUBSCRIBE_URL)
+        url = values.get(self.unsubscribe_token)
         return f"<{url}{self.unsubscribe_suffix}" if url else None
 
 

@@ -8,7 +8,6 @@ request is rejected, naming each bad item's index and field, if any item is inva
 from __future__ import annotations
 
 import hmac
-import json
 import re
 from typing import Any
 
@@ -19,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from digest.ingest.records import to_article, validate_items
 from digest.ingest.run import ingest_items
-from digest.web.deps import app_of
+from digest.web.deps import JsonBodyError, app_of, parse_json
 
 router = APIRouter()
 
@@ -74,9 +73,11 @@ async def push_articles(request: Request, source: str = DEFAULT_SOURCE) -> JSONR
     if body is None:
         return _error(413, f"the body is larger than {MAX_BODY} bytes")
     try:
-        document = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = parse_json(body.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
         return _error(400, f"the body is not valid UTF-8 JSON: {exc}")
+    except JsonBodyError as exc:
+        return _error(400, str(exc))
     if isinstance(document, dict) and isinstance(document.get("articles"), list):
         document = document["articles"]
     items = document if isinstance(document, list) else [document]

@@ -11,7 +11,6 @@ is kept and SendGrid retries the batch later.
 from __future__ import annotations
 
 import binascii
-import json
 import logging
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -26,7 +25,7 @@ from sendgrid.helpers.eventwebhook import EventWebhook, EventWebhookHeader
 
 from digest.app import App
 from digest.sending.events import apply_sendgrid_events
-from digest.web.deps import app_of
+from digest.web.deps import JsonBodyError, app_of, parse_json
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -67,9 +66,9 @@ async def sendgrid_events(request: Request) -> JSONResponse:
         log.warning("refused a SendGrid webhook request: %s", refusal)
         return _answer(403, refusal)
     try:
-        events = json.loads(body)
-    except ValueError:
-        return _answer(400, "body is not JSON")
+        events = parse_json(body)
+    except JsonBodyError as exc:
+        return _answer(400, str(exc))
     if not isinstance(events, list):
         return _answer(400, "body is not a JSON array of events")
     result = await run_in_threadpool(_apply, app, events)

@@ -171,7 +171,9 @@ def _batch(settings: Settings, count: int) -> OutgoingBatch:
     )
     values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW, name_fallback="there")
     recipients = [
-        OutgoingRecipient(i, i, address(i), f"Reader {i}", values(i, f"Reader {i}"))
+        OutgoingRecipient(
+            i, i, address(i), f"Reader {i}", values(i, f"Reader {i}"), f"<m{i}@example.com>"
+        )
         for i in range(1, count + 1)
     ]
     return OutgoingBatch(message, recipients, 1)
@@ -190,7 +192,7 @@ def test_one_connection_for_many_personalised_messages(
     assert [rcpt for _, rcpt, _ in handler.messages] == [[address(i)] for i in (1, 2, 3, 1, 2)]
     first = handler.parsed()[0]
     assert first["Subject"] == "Weekly for Reader 1"
-    assert first["Message-ID"] == "<digest.5.1@example.com>"
+    assert first["Message-ID"] == "<m1@example.com>"  # the delivery's, drawn at the freeze
     assert first["X-Digest-Delivery"] == "1" and first["X-Digest-Issue"] == "5"
     assert first["Date"] == "Wed, 25 Nov 2026 12:00:00 +0000"
     assert str(first["List-Unsubscribe"]).startswith("<https://news.example.com/u/")

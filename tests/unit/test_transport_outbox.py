@@ -29,7 +29,7 @@ def _batch(tmp_path: Path, emails: list[str], delivery_ids: list[int | None]) ->
         4, newsletter, "Weekly", "<a href='%%UNSUBSCRIBE_URL%%'>u</a>", "%%UNSUBSCRIBE_URL%%\n"
     )
     recipients = [
-        OutgoingRecipient(d, n, e, None, values(n, None))
+        OutgoingRecipient(d, n, e, None, values(n, None), f"<m{d}@example.com>" if d else None)
         for n, (e, d) in enumerate(zip(emails, delivery_ids, strict=True), start=1)
     ]
     return OutgoingBatch(message, recipients)
@@ -49,7 +49,7 @@ def test_one_file_per_delivery_and_an_index(tmp_path: Path) -> None:
         (11, "a@example.com", "11.eml"),
         (12, "b@example.com", "12.eml"),
     ]
-    assert lines[0]["message_id"] == "<digest.4.11@example.com>"
+    assert lines[0]["message_id"] == "<m11@example.com>"  # the delivery's own, frozen with it
 
 
 def test_sending_a_delivery_again_writes_nothing_new(tmp_path: Path) -> None:
