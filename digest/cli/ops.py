@@ -113,6 +113,9 @@ def serve(
             f'studio.auth = "none" lets anyone who reaches {app.settings.site.base_url} edit '
             'and approve issues: use "login" or "proxy" (or a loopback base_url)'
         )
+    from digest.ops.logs import redact_access_log
+
+    redact_access_log()  # no signed token or sign-in secret in the access log
     uvicorn.run(create_app(app), host=host, port=port, log_level="info")
 
 
