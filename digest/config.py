@@ -33,7 +33,7 @@ from digest import paths
 from digest.config_types import Duration, HeaderText, TimeZoneName, parse_duration
 
 # A development-only key: used when DIGEST_SECRET_KEY is unset and the site is local, so that
-# `make demo` works on a fresh machine. `Settings.check_production()` refuses it elsewhere.
+# `make demo` works on a fresh machine. `Settings.require_secret_key()` refuses it elsewhere.
 DEV_SECRET_KEY = "digest-dev-insecure-key-change-me"  # noqa: S105 - documented dev default
 
 ENV_CONFIG = "DIGEST_CONFIG"

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from digest.config import NewsletterConfig, Settings
 from digest.mail.links import Links
 from digest.rendering import personalize
+from subscribers.addresses import ascii_form
 from subscribers.tokens import Purpose
 
 if TYPE_CHECKING:
@@ -176,8 +177,10 @@ def recipient_values(
 
 
 def _address(email_address: str, name: str | None) -> Address:
+    """The header address, its domain in IDNA ASCII (a 7-bit header cannot carry `exämple`)."""
     try:
-        return Address(display_name=one_line(name or ""), addr_spec=email_address.strip())
+        wire = ascii_form(email_address.strip())
+        return Address(display_name=one_line(name or ""), addr_spec=wire)
     except (ValueError, IndexError) as exc:  # the parser raises either on a malformed address
         raise ValueError(f"not a usable e-mail address: {email_address!r} ({exc})") from exc
 

@@ -153,3 +153,11 @@ def test_message_ids_are_random_and_name_no_row(settings: Settings) -> None:
 def test_an_unusable_address_is_a_clear_error(settings: Settings) -> None:
     with pytest.raises(ValueError, match="not a usable e-mail address"):
         _build(settings, to_email="no at sign")
+
+
+def test_a_unicode_domain_goes_into_the_header_in_idna_ascii(settings: Settings) -> None:
+    message = _build(settings, to_email="ayse@exämple.com")
+    assert message["To"].addresses[0].addr_spec == "ayse@xn--exmple-cua.com"
+    assert (
+        b"xn--exmple-cua.com" in message.as_bytes() and b"=?utf-8?" not in message.as_bytes()[:600]
+    )
