@@ -158,6 +158,6 @@ def test_an_unusable_address_is_a_clear_error(settings: Settings) -> None:
 def test_a_unicode_domain_goes_into_the_header_in_idna_ascii(settings: Settings) -> None:
     message = _build(settings, to_email="ayse@exämple.com")
     assert message["To"].addresses[0].addr_spec == "ayse@xn--exmple-cua.com"
-    assert (
-        b"xn--exmple-cua.com" in message.as_bytes() and b"=?utf-8?" not in message.as_bytes()[:600]
-    )
+    lines = message.as_bytes().split(b"\r\n")
+    to_header = next(line for line in lines if line.startswith(b"To:"))
+    assert to_header.endswith(b"<ayse@xn--exmple-cua.com>")  # the name may be encoded, never it
