@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_NOW ?= 2026-11-30T06:00:00Z
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test lint typecheck unit bench bench-peers clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "digest needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -41,6 +41,16 @@ bench: setup
 	@for script in benchmarks/bench_*.py; do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
 	done
+
+# digest against rss2email and django-newsletter, in a scratch virtualenv of their own.
+PEERS := var/peers
+$(PEERS)/bin/r2e:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet 'rss2email==3.14' 'django-newsletter==1.2.1' \
+		'sorl-thumbnail==13.4.0'
+
+bench-peers: setup $(PEERS)/bin/r2e
+	$(BIN)/python benchmarks/peers.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """Send an issue over SMTP to a minimal local sink, end to end: messages/s at 10,000 recipients.
 
 Run: `.venv/bin/python benchmarks/bench_smtp.py [--size 10000] [--concurrency 4]` (also run by
-`make bench`; `bench_peers.py` reuses it against django-newsletter).
+`make bench`; `peers.py` (make bench-peers) reuses it against django-newsletter).
 
 `send_issue` on a fresh SQLite database in a child process: the freeze, batches claimed, each
 message's bytes built from the issue's once-serialised bytes, MAIL/RCPT/DATA pipelined, and every
