@@ -128,6 +128,9 @@ class Issue(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
     approved_at: datetime | None = Field(default=None, sa_column=_ts())
     approved_by: str | None = Field(default=None, max_length=200)
+    # The last un-approval (an approved issue sent back to draft to be fixed), and by whom.
+    unapproved_at: datetime | None = Field(default=None, sa_column=_ts())
+    unapproved_by: str | None = Field(default=None, max_length=200)
     sending_at: datetime | None = Field(default=None, sa_column=_ts())
     sent_at: datetime | None = Field(default=None, sa_column=_ts())
     # While the audience is being frozen (page by page, as sending goes on): the last subscriber
