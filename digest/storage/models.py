@@ -55,6 +55,9 @@ class Source(SQLModel, table=True):
     last_item_count: int = 0  # items the last successful read yielded
     # The last read worked but something was odd (not well-formed, encoding guessed, items skipped).
     last_warning: str | None = Field(default=None, sa_column=_text())
+    # The feed's own title (RSS channel, Atom feed) as last read: what readers see unless
+    # `sources[].title` says otherwise (`digest.issues.sources`).
+    title: str | None = Field(default=None, max_length=300)
 
 
 class Article(SQLModel, table=True):
@@ -120,6 +123,9 @@ class Issue(SQLModel, table=True):
     preheader: str = Field(default="", max_length=500)
     html: str = Field(default="", sa_column=_text(nullable=False))
     text: str = Field(default="", sa_column=_text(nullable=False))
+    # The public web page (the archive), rendered with `html` from the same contents: nothing
+    # personal in it. None for issues rendered before the archive existed.
+    web_html: str | None = Field(default=None, sa_column=_text())
     template_version: str = Field(default="", max_length=64)
     html_bytes: int = 0
     lint: list[dict[str, Any]] = Field(default_factory=list, sa_column=_json())
