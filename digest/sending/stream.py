@@ -7,7 +7,8 @@ and the ledger learns of each row as it happens, one transaction per message:
 - a row is handed over by a compare-and-set `pending → sending` on the row itself, and only
   while this sender still holds the batch; only after that commits does it reach the transport;
 - the same transaction records the previous row's outcome (`sending → accepted | failed |
-  unknown`, on the row), so at most one row per sending thread is ever in flight;
+  unknown`, on the row), so at most one row per sending thread is ever in flight (the
+  threads' steps share transactions, `stream_commit`, but each waits for its own);
 - `ledger.release_stale` finds a dead sender's batch: its `sending` rows become unknown, and
   the batch goes back to pending, since its untouched rows were never handed to the transport.
 
@@ -18,14 +19,18 @@ unknown). Exactly-once rests on the same compare-and-sets as batches do, one lev
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, exists, select, update
 
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
+from digest.sending.stream_commit import GroupCommit, Step
 from digest.storage.db import Db
 from digest.storage.models import BatchStatus, Delivery, DeliveryStatus, SendBatch
 from digest.transports import OutgoingBatch, SendOutcome, SendResult
@@ -79,19 +84,20 @@ def hand_over(db: Db, *, batch_id: int, delivery_id: int, claimer: Claimer, now:
         raise ledger.LostClaim(f"delivery {delivery_id} of batch {batch_id} was not ours to send")
 
 
+def _confirm_row(delivery_id: int, result: SendResult, now: datetime) -> dict[str, Any]:
+    accepted = result.accepted
+    return {
+        "row_id": delivery_id,
+        "row_status": str(_ROW_STATUS[result.outcome]),
+        "row_error": None if accepted else result.error,
+        "row_provider_id": result.message_id if accepted else None,
+        "row_now": now,
+    }
+
+
 def confirm(db: Db, *, delivery_id: int, result: SendResult, now: datetime) -> None:
     """`sending → ` the transport's outcome, on the row."""
-    accepted = result.accepted
-    done = db.execute(
-        _CONFIRM,
-        {
-            "row_id": delivery_id,
-            "row_status": str(_ROW_STATUS[result.outcome]),
-            "row_error": None if accepted else result.error,
-            "row_provider_id": result.message_id if accepted else None,
-            "row_now": now,
-        },
-    )
+    done = db.execute(_CONFIRM, _confirm_row(delivery_id, result, now))
     if not done.rowcount:  # type: ignore[attr-defined]
         raise ledger.LostClaim(f"delivery {delivery_id} was no longer in flight when answered")
 
@@ -178,25 +184,44 @@ def one_batch(run: SendRun, quota: int | None) -> bool:
 
 
 def _send_in_order(run: SendRun, batch_id: int, outgoing: OutgoingBatch) -> list[SendResult]:
-    """Each recipient in turn; its outcome and the next one's hand-over in one transaction."""
-    app, claimer, recipients = run.app, run.claimer, outgoing.recipients
+    """Each recipient in turn; its outcome and the next one's hand-over committed (with other
+    threads' steps, see `stream_commit`) before the next message goes."""
+    app, claimer, recipients = run.app, str(run.claimer), outgoing.recipients
+    commits = _group_commit(run)
     results: list[SendResult] = []
-    with app.engine.connect() as connection:  # one connection for the batch, not per message
-        for n, recipient in enumerate(recipients):
-            run.limiter.acquire(1)
-            (result,) = run.transport.send(OutgoingBatch(outgoing.message, [recipient], batch_id))
-            results.append(result)
-            with run._writing, connection.begin():
-                now = app.now()
-                confirm(connection, delivery_id=recipient.delivery_id or 0, result=result, now=now)
-                if n + 1 < len(recipients):
-                    following = recipients[n + 1].delivery_id or 0
-                    hand_over(connection, batch_id=batch_id, delivery_id=following,
-                              claimer=claimer, now=now)  # fmt: skip
-                else:
-                    finish(connection, batch_id=batch_id, results=results, claimer=claimer,
-                           now=now)  # fmt: skip
-        if not recipients:
-            with run._writing, connection.begin():
-                finish(connection, batch_id=batch_id, results=[], claimer=claimer, now=app.now())
+    for n, recipient in enumerate(recipients):
+        run.limiter.acquire(1)
+        (result,) = run.transport.send(OutgoingBatch(outgoing.message, [recipient], batch_id))
+        results.append(result)
+        now = app.now()
+        step = Step(_confirm_row(recipient.delivery_id or 0, result, now))
+        if n + 1 < len(recipients):
+            step.hand_over = {"row_id": recipients[n + 1].delivery_id or 0, "row_batch": batch_id,
+                              "row_claimer": claimer, "row_now": now}  # fmt: skip
+        else:
+            step.finish = partial(_finish_batch, batch_id, list(results), run.claimer, now)
+        commits.record(step)
+    if not recipients:
+        with run._writing, app.engine.begin() as db:
+            finish(db, batch_id=batch_id, results=[], claimer=run.claimer, now=app.now())
     return results
+
+
+def _finish_batch(
+    batch_id: int, results: list[SendResult], claimer: Claimer, now: datetime, db: Db
+) -> None:
+    finish(db, batch_id=batch_id, results=results, claimer=claimer, now=now)
+
+
+_COMMITS: weakref.WeakKeyDictionary[SendRun, GroupCommit] = weakref.WeakKeyDictionary()
+_COMMITS_LOCK = threading.Lock()
+
+
+def _group_commit(run: SendRun) -> GroupCommit:
+    """The run's group commit, shared by its sending threads."""
+    with _COMMITS_LOCK:
+        commits = _COMMITS.get(run)
+        if commits is None:
+            commits = _COMMITS[run] = GroupCommit(run.app.engine, run._writing, _CONFIRM,
+                                                  _HAND_OVER)  # fmt: skip
+        return commits
