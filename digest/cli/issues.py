@@ -33,12 +33,12 @@ def _known(app: App, slug: str) -> None:
 
 
 def _target(app: App, slug: str, issue_id: int | None) -> Issue:
-    from digest.issues import assemble
+    from digest.issues import timeline
     from digest.storage.models import Issue
 
     _known(app, slug)
     if issue_id is None:
-        return assemble.next_issue(app, slug)
+        return timeline.next_issue(app, slug)
     with app.session() as session:
         issue = session.get(Issue, issue_id)
     if issue is None or issue.newsletter != slug:

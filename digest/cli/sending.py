@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -66,17 +67,32 @@ def send(
     force: Annotated[
         bool, typer.Option("--force", help="Send despite lint errors or an oversized HTML part.")
     ] = False,
+    ahead: Annotated[
+        bool,
+        typer.Option(
+            "--ahead", help="Send the next issue now, before its scheduled time (see README)."
+        ),
+    ] = False,
 ) -> None:
-    """Send the current issue (built first when needed). Run again to resume; once everything
-    is final it says there is nothing left. Exit 2 when some recipients failed or are unknown."""
-    from digest.issues import assemble
+    """Send the current period's issue (built first when needed), the one the studio shows.
+    Run again to resume; once everything is final it says there is nothing left. Between two
+    scheduled times the next issue goes out only with --ahead. Exit 2 when some recipients
+    failed or are unknown."""
+    from digest.issues import assemble, timeline
     from digest.sending.send import SendRefused
     from digest.storage.models import IssueStatus
     from digest.transports import TransportError
 
     app = get_signing_app(ctx)
     _known(app, slug)
-    issue = assemble.current_issue(app, slug)
+    target = timeline.send_target(app, slug)
+    when = _local(app, slug, target.period)
+    if target.ahead and not (ahead or dry_run or to):
+        fail(
+            f"{slug}: the next issue is for {when}, ahead of now; the scheduler sends it then. "
+            "Send it now with --ahead, or see what would go with --dry-run."
+        )
+    issue = assemble.build_issue(app, slug, target.period)
     if issue.status == IssueStatus.SKIPPED:
         console.print(f"{slug}: nothing to send, issue {issue.id} was skipped: {issue.skip_reason}")
         return
@@ -87,7 +103,7 @@ def send(
         report = _send_with_progress(app, issue, dry_run, limit, retry_failed, retry_unknown, force)
     except (SendRefused, TransportError) as exc:
         fail(str(exc))
-    _summary(slug, issue, report)
+    _summary(slug, issue, report, period=when, ahead=target.ahead)
     if report.failed or report.unknown:
         raise typer.Exit(EXIT_ATTENTION)
 
@@ -143,15 +159,21 @@ def _send_with_progress(
         )
 
 
-def _summary(slug: str, issue: Issue, report: SendReport) -> None:
-    where = f"{slug}: issue {issue.id} ({issue.period})"
+def _local(app: App, slug: str, period: datetime) -> str:
+    zone = app.settings.newsletter_timezone(app.settings.newsletter(slug))
+    return period.astimezone(zone).strftime("%a %d %b %Y %H:%M %Z")
+
+
+def _summary(slug: str, issue: Issue, report: SendReport, *, period: str, ahead: bool) -> None:
+    where = f"{slug}: issue {issue.id} for {period}"
     if report.dry_run:
         if report.already_done:
             console.print(f"{where} is {report.issue_status}: nothing left to send")
         else:
+            early = " (ahead of its scheduled time: needs --ahead)" if ahead else ""
             console.print(
                 f"{where} is {report.issue_status}: would send to {report.pending:,} "
-                f"recipients via {report.transport}"
+                f"recipients via {report.transport}{early}"
             )
         return
     if report.found_unknown:

@@ -6,7 +6,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from digest.app import App
-from digest.issues import assemble
+from digest.issues import timeline
 from digest.mail.message import build_mime, recipient_values, tokens_of
 from digest.rendering import personalize
 from digest.storage.models import Issue
@@ -54,7 +54,7 @@ def write_preview(app: App, slug: str, out: Path, issue: Issue | None = None) ->
 
     Without `issue`, the newsletter's next issue (built as a draft when needed).
     """
-    issue = issue or assemble.next_issue(app, slug)
+    issue = issue or timeline.next_issue(app, slug)
     out.mkdir(parents=True, exist_ok=True)
     message, html, text = sample_message(app, issue)
     files = {"html": out / f"{slug}.html", "text": out / f"{slug}.txt", "eml": out / f"{slug}.eml"}

@@ -10,7 +10,7 @@ from sqlmodel import func, select
 
 from digest.app import App
 from digest.ingest.run import IngestReport, run_ingest
-from digest.issues import assemble
+from digest.issues import assemble, timeline
 from digest.mail.preview import write_preview
 from digest.paths import config_dir
 from digest.sending.send import SendReport, send_issue
@@ -46,7 +46,8 @@ def run_demo(app: App, preview_dir: Path) -> DemoReport:
     ingest_report = run_ingest(app)
     outcomes = []
     for newsletter in app.settings.newsletters:
-        issue = assemble.current_issue(app, newsletter.slug)
+        target = timeline.send_target(app, newsletter.slug)
+        issue = assemble.build_issue(app, newsletter.slug, target.period)
         with app.session() as session:
             links = assemble.issue_articles(session, issue.id or 0)
             count = sum(1 for link, _ in links if not link.excluded)

@@ -26,7 +26,7 @@ from fastapi.responses import (
 
 from digest.app import App
 from digest.config import ConfigError
-from digest.issues import assemble, editorial
+from digest.issues import assemble, editorial, timeline
 from digest.issues.assemble import AssemblyError
 from digest.rendering.render import RenderError
 from digest.storage.access import EditorRole
@@ -130,7 +130,7 @@ def index(request: Request, who: AnyEditor) -> HTMLResponse:
     for newsletter in app.settings.newsletters:
         row: dict[str, Any] = {"newsletter": newsletter, "issue": None, "error": None}
         try:
-            issue = assemble.next_issue(app, newsletter.slug)
+            issue = timeline.next_issue(app, newsletter.slug)
         except (RenderError, AssemblyError) as exc:
             row["error"] = str(exc)
         else:
@@ -179,7 +179,7 @@ def issue_page(request: Request, slug: str, who: AnyEditor) -> HTMLResponse:
             request, who, "Unknown newsletter", f"There is no newsletter {slug!r}.", 404
         )
     try:
-        issue = assemble.next_issue(app, slug)
+        issue = timeline.next_issue(app, slug)
         view = studio_view.issue_page(app, issue)
     except (RenderError, AssemblyError) as exc:
         return _page(

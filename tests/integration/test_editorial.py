@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import select
 
 from digest.app import App
-from digest.issues import assemble, editorial, periods
+from digest.issues import assemble, editorial, periods, timeline
 from digest.issues.assemble import AssemblyError
 from digest.storage.models import Issue, IssueArticle, IssueStatus
 from tests.support.articles import add_article, add_turkey_week
@@ -299,17 +299,49 @@ def test_unknown_issue_or_article_is_an_assembly_error(app: App) -> None:
         editorial.approve(app, 9999)
 
 
-def test_next_issue_moves_on_once_the_current_one_is_sent(app: App) -> None:
+def test_next_issue_moves_on_once_the_current_one_is_sent(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = make_app(any_engine, now=PERIOD + timedelta(hours=1))  # within the catch-up grace
     add_turkey_week(app, 2)
-    current = assemble.next_issue(app, SLUG)
+    current = timeline.next_issue(app, SLUG)
+    assert current.period == periods.period_key(PERIOD)
     _set_status(app, current.id or 0, IssueStatus.SENT)
 
-    following = assemble.next_issue(app, SLUG)
+    following = timeline.next_issue(app, SLUG)
 
     assert following.id != current.id
     assert following.period == periods.period_key(PERIOD + timedelta(days=1))
-    assert assemble.next_issue(app, SLUG).id == following.id
+    assert timeline.next_issue(app, SLUG).id == following.id
     assert _issue_count(app) == 2
+
+
+def test_past_the_grace_an_unsent_draft_is_history_and_the_next_period_is_next(
+    app: App,
+) -> None:
+    add_turkey_week(app, 2)
+    late = assemble.build_issue(app, SLUG, PERIOD)  # today's draft, never sent; now is 7 h on
+    upcoming = timeline.next_issue(app, SLUG)
+    assert upcoming.period == periods.period_key(PERIOD + timedelta(days=1))
+    with app.session() as session:
+        newsletter = app.settings.newsletter(SLUG)
+        history = {
+            p.issue.id: p for p in timeline.past(session, app.settings, newsletter, app.now())
+        }
+    assert history[late.id].outcome == "missed" and "passed without a send" in str(
+        history[late.id].reason
+    )
+    assert history[upcoming.id].outcome == "next"
+    _set_status(app, upcoming.id or 0, IssueStatus.SENT)  # sent ahead of time by hand
+    after = timeline.next_issue(app, SLUG)
+    assert after.period == periods.period_key(PERIOD + timedelta(days=2))
+
+
+def test_an_approved_issue_stays_next_until_it_is_sent(app: App) -> None:
+    add_turkey_week(app, 2)
+    issue = assemble.build_issue(app, SLUG, PERIOD)
+    editorial.approve(app, issue.id or 0, by="chief@example.com")
+    assert timeline.next_issue(app, SLUG).id == issue.id  # 7 h late, but an editor approved it
 
 
 def test_sections_by_source_or_by_tag(any_engine: Engine, make_app: Callable[..., App]) -> None:

@@ -30,7 +30,7 @@ from sqlmodel import Session, col, select
 
 from digest.app import App
 from digest.config import ConfigError, load_settings
-from digest.issues import assemble, editorial
+from digest.issues import editorial, timeline
 from digest.ops.logs import RedactTokens, redact, redact_access_log
 from digest.rendering import personalize
 from digest.rendering.render import Renderer, RenderError
@@ -75,7 +75,7 @@ def _built_issue(app: App) -> Issue:
     with app.session() as session:  # the push API classifies; make sure all three are in
         stored = session.exec(select(Article)).all()
         assert len(stored) == 3
-    issue = assemble.next_issue(app, SLUG)
+    issue = timeline.next_issue(app, SLUG)
     assert issue.id is not None
     editorial.set_subject(app, issue.id, "Subject %%NAME%% %%UNSUBSCRIBE_URL%%")
     issue = editorial.set_intro(app, issue.id, "Intro %%PREFERENCES_URL%% and %%NAME%%.")
