@@ -224,4 +224,5 @@ def _group_commit(run: SendRun) -> GroupCommit:
         if commits is None:
             commits = _COMMITS[run] = GroupCommit(run.app.engine, run._writing, _CONFIRM,
                                                   _HAND_OVER)  # fmt: skip
+            weakref.finalize(run, commits.close)
         return commits
