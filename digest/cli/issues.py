@@ -195,12 +195,63 @@ def intro(ctx: typer.Context, slug: str, text: str, issue_id: IssueOpt = None) -
     _edit(ctx, slug, issue_id, editorial.set_intro, text)
 
 
+ByOpt = Annotated[
+    str | None, typer.Option("--by", help="Who decides (recorded); default cli:<login name>.")
+]
+
+
+def _by(by: str | None) -> str:
+    import getpass
+
+    return by or f"cli:{getpass.getuser()}"
+
+
 @issue_app.command("approve")
-def approve(ctx: typer.Context, slug: str, issue_id: IssueOpt = None) -> None:
+def approve(ctx: typer.Context, slug: str, issue_id: IssueOpt = None, by: ByOpt = None) -> None:
     """Approve the next issue for sending (needed when the newsletter requires approval)."""
     from digest.issues import editorial
 
-    _edit(ctx, slug, issue_id, editorial.approve)
+    _edit(ctx, slug, issue_id, lambda app, i: editorial.approve(app, i, by=_by(by)))
+
+
+@issue_app.command("unapprove")
+def unapprove(ctx: typer.Context, slug: str, issue_id: IssueOpt = None, by: ByOpt = None) -> None:
+    """Send an approved issue back to draft to fix it (approve it again afterwards)."""
+    from digest.issues import editorial
+
+    _edit(ctx, slug, issue_id, lambda app, i: editorial.unapprove(app, i, by=_by(by)))
+
+
+@issue_app.command("list")
+def list_issues(
+    ctx: typer.Context,
+    slug: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many issues.")] = 50,
+) -> None:
+    """The newsletter's issues, newest first: status, period, what became of it, and counts."""
+    from rich.table import Table
+
+    from digest.ops.history import issue_history
+
+    app = get_app(ctx)
+    _known(app, slug)
+    newsletter = app.settings.newsletter(slug)
+    with app.session() as session:
+        rows = issue_history(session, app.settings, newsletter, app.now(), limit=limit)
+    if as_json:
+        print_json([row.as_json() for row in rows])
+        return
+    table = Table("issue", "period", "outcome", "recipients", "sent", "delivered", "bounced",
+                  "unsubscribed", "subject")  # fmt: skip
+    for row in rows:
+        outcome = row.outcome + (f": {row.reason}" if row.reason else "")
+        c = row.counts
+        table.add_row(
+            f"#{row.issue_id}", row.period, outcome, str(c.recipients), str(c.sent),
+            str(c.delivered), str(c.bounced), str(c.unsubscribed), row.subject,
+        )  # fmt: skip
+    console.print(table)
 
 
 def preview(

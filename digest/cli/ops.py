@@ -23,7 +23,14 @@ def status(
         print_json(report)
         return
     console.print(f"[bold]Status at[/] {_moment(report['now'])}")
-    table = Table("newsletter", "next run (local)", "last issue", "deliveries", "scheduler")
+    table = Table(
+        "newsletter",
+        "next run (local)",
+        "next issue for",
+        "last issue out",
+        "deliveries",
+        "scheduler",
+    )
     table.columns[0].no_wrap = True
     notes: list[str] = []
     for item in report["newsletters"]:
@@ -31,9 +38,11 @@ def status(
         issue = f"#{last['id']} {_moment(last['period'])} {last['status']}" if last else "-"
         deliveries = ", ".join(f"{k} {v}" for k, v in sorted(last.get("deliveries", {}).items()))
         run = item["last_run"] or {}
+        upcoming = item["next_issue"]
         table.add_row(
             item["slug"],
             f"{_moment(item['next_run_local'])} {item['timezone']}",
+            _moment(upcoming["period_local"]),
             issue,
             deliveries or "-",
             f"{run['outcome']} {_moment(run['period'])}" if run else "never ran",

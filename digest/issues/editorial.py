@@ -105,6 +105,26 @@ def approve(app: App, issue_id: int, *, by: str = "editor") -> Issue:
     return issue
 
 
+def unapprove(app: App, issue_id: int, *, by: str) -> Issue:
+    """Send an approved issue back to draft so it can be fixed (then approved again). An issue
+    whose send has started cannot be recalled."""
+    with app.session() as session:
+        issue = lock_issue(session, issue_id)
+        if issue is None:
+            raise AssemblyError(f"no issue with id {issue_id}")
+        if issue.status == IssueStatus.DRAFT:
+            return issue
+        if issue.status != IssueStatus.APPROVED:
+            raise AssemblyError(
+                f"issue {issue_id} is {issue.status}: only an approved issue can be un-approved"
+            )
+        issue.status = IssueStatus.DRAFT
+        issue.unapproved_at, issue.unapproved_by = app.now(), by
+        issue.approved_at = issue.approved_by = None
+        session.add(issue)
+    return _rebuild(app, issue)
+
+
 def _next_pin_position(session: Session, issue_id: int) -> int:
     statement = select(IssueArticle.position).where(
         IssueArticle.issue_id == issue_id, col(IssueArticle.pinned).is_(True)

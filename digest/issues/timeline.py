@@ -37,19 +37,25 @@ _MAX_AHEAD = 100  # periods sent ahead of time that the next issue may skip over
 
 def next_period_for(app: App, newsletter: NewsletterConfig) -> datetime:
     """The period of the next issue (see the module docstring)."""
-    now = app.now()
-    current = current_period(app.settings, newsletter, now)
+    with app.session() as session:
+        return next_period_in(session, app.settings, newsletter, app.now())
+
+
+def next_period_in(
+    session: Session, settings: Settings, newsletter: NewsletterConfig, now: datetime
+) -> datetime:
+    """`next_period_for` within a session the caller holds (reads only)."""
+    current = current_period(settings, newsletter, now)
     if current > now:  # a schedule that never fired yet: its first moment is next
         return current
-    with app.session() as session:
-        if still_open(session, app.settings, newsletter, current, now):
-            return current
-        period = next_period(app.settings, newsletter, now)
-        for _ in range(_MAX_AHEAD):
-            issue = get_issue(session, newsletter.slug, period)
-            if issue is None or issue.status != IssueStatus.SENT:
-                return period
-            period = next_period(app.settings, newsletter, period + timedelta(seconds=1))
+    if still_open(session, settings, newsletter, current, now):
+        return current
+    period = next_period(settings, newsletter, now)
+    for _ in range(_MAX_AHEAD):
+        issue = get_issue(session, newsletter.slug, period)
+        if issue is None or issue.status != IssueStatus.SENT:
+            return period
+        period = next_period(settings, newsletter, period + timedelta(seconds=1))
     return period
 
 

@@ -1,6 +1,7 @@
-"""What ops need to see at a glance (`digest status`): per newsletter the next run, the last
-issue with its state and delivery counts, the scheduler's last word and recent failures; per
-source its health; the scheduler leader and its heartbeat."""
+"""What ops need to see at a glance (`digest status`): per newsletter the next run, the next
+issue (as prepared so far), the last issue that went out with its state and delivery counts,
+the scheduler's last word and recent failures; per source its health; the scheduler leader
+and its heartbeat. Reading it changes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlmodel import Session, col, func, select
 
 from digest.app import App
 from digest.config import NewsletterConfig, Settings, parse_duration
-from digest.issues import assemble, periods
+from digest.issues import periods, timeline
 from digest.scheduling.leader import leader_info
 from digest.sending import local_time
 from digest.sending.counts import delivery_counts
@@ -43,7 +44,8 @@ def _newsletter(
 ) -> dict[str, Any]:
     zone = settings.newsletter_timezone(newsletter)
     next_run = periods.next_period(settings, newsletter, now)
-    last = assemble.latest_issue(session, newsletter.slug)
+    last = timeline.last_out(session, newsletter.slug)
+    upcoming = timeline.next_period_in(session, settings, newsletter, now)
     report: dict[str, Any] = {
         "slug": newsletter.slug,
         "title": newsletter.title,
@@ -54,6 +56,12 @@ def _newsletter(
         "next_run": next_run.isoformat(),
         "next_run_local": next_run.astimezone(zone).isoformat(),
         "last_issue": _issue_summary(session, last) if last else None,
+        # The period of the issue the studio shows and the next send carries. Only the
+        # period: whether an editor opened it yet must not change what status says.
+        "next_issue": {
+            "period": upcoming.isoformat(),
+            "period_local": upcoming.astimezone(zone).isoformat(),
+        },
         "last_run": None,
         "open_runs": [],
         "failures": [],

@@ -367,6 +367,32 @@ def approve(request: Request, slug: str, issue_id: int, csrf: Csrf, who: Publish
     return _act(request, slug, issue_id, csrf, action, who)
 
 
+@router.post("/{slug}/issue/{issue_id}/unapprove")
+def unapprove(request: Request, slug: str, issue_id: int, csrf: Csrf, who: Publisher) -> Response:
+    def action(app: App) -> str:
+        editorial.unapprove(app, issue_id, by=who.email)
+        return f"Issue {issue_id} is a draft again: fix it, then approve it."
+
+    return _act(request, slug, issue_id, csrf, action, who)
+
+
+@router.get("/{slug}/history", response_class=HTMLResponse)
+def history(request: Request, slug: str, who: AnyEditor) -> HTMLResponse:
+    """Past issues with what became of each (sent, skipped, missed and why) and their counts."""
+    from digest.ops.history import issue_history
+
+    app = _app(request)
+    try:
+        newsletter = app.settings.newsletter(slug)
+    except ConfigError:
+        return _problem(
+            request, who, "Unknown newsletter", f"There is no newsletter {slug!r}.", 404
+        )
+    with app.session() as session:
+        rows = issue_history(session, app.settings, newsletter, app.now())
+    return _page(request, who, "history.html", newsletter=newsletter, rows=rows)
+
+
 @router.post("/{slug}/issue/{issue_id}/test")
 def send_test(
     request: Request, slug: str, issue_id: int, csrf: Csrf, who: AnyEditor, to: str = Form("")
