@@ -141,6 +141,8 @@ class SourceConfig(_Strict):
     name: str = Field(min_length=1)
     kind: SourceKind = SourceKind.RSS
     url: str = Field(min_length=1, description="http(s) URL or a file path")
+    # What readers see (by-lines, section titles); None: the feed's own title, else site.name.
+    title: str | None = Field(default=None, min_length=1, max_length=200)
 
 
 class IngestConfig(_Strict):
@@ -184,6 +186,8 @@ class NewsletterConfig(_Strict):
     # Send at the scheduled local time in each subscriber's own time zone (theirs if set).
     send_in_subscriber_timezone: bool = False
     section_by: str = Field(default="source", description="'source' or 'tag'")
+    # Sent issues get a public page (/archive/SLUG/…), a feed and a "view in browser" link.
+    archive: bool = True
     topic: TopicRules = Field(default_factory=TopicRules)
 
     @field_validator("slug")

@@ -41,6 +41,7 @@ class ParsedFeed:
     warnings: list[str] = field(default_factory=list)  # the feed is odd but was read
     fatal: str | None = None  # nothing could be read
     encoding: str | None = None
+    title: str | None = None  # the feed's own title (RSS channel, Atom feed), plain text
 
 
 def article_guid(value: str | None, url: str) -> str:

@@ -32,7 +32,7 @@ _DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 
 @dataclass
 class QuickFeed:
-    channel: dict[str, Any]  # 'link', 'language'
+    channel: dict[str, Any]  # 'link', 'language', 'title'
     entries: list[dict[str, Any]]
 
 
@@ -88,7 +88,11 @@ def _rss(root: ET.Element) -> QuickFeed | None:
     items = channel.findall("item")
     if not items:
         return None
-    info = {"link": _text(channel.find("link")), "language": _text(channel.find("language"))}
+    info = {
+        "link": _text(channel.find("link")),
+        "language": _text(channel.find("language")),
+        "title": _text(channel.find("title")),
+    }
     return QuickFeed(info, [_rss_item(item) for item in items])
 
 
@@ -173,7 +177,12 @@ def _atom(root: ET.Element) -> QuickFeed | None:
     if not entries:
         return None
     feed_lang = root.get(XML_LANG)
-    info = {"link": _alternate(root) or "", "language": feed_lang or ""}
+    title = root.find(f"{ATOM}title")
+    info = {
+        "link": _alternate(root) or "",
+        "language": feed_lang or "",
+        "title": _atom_text(title) if title is not None else "",
+    }
     return QuickFeed(info, [_atom_entry(entry, feed_lang) for entry in entries])
 
 

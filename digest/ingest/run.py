@@ -349,6 +349,8 @@ def record(
     report.warnings = read.warnings + counts.warnings
     source.etag, source.last_modified = result.etag, result.last_modified
     source.last_item_count = report.fetched
+    if read.feed.title:
+        source.title = read.feed.title
     notes = report.warnings + report.errors
     source.last_warning = "; ".join(notes)[:2000] if notes else None
     session.add(source)

@@ -49,6 +49,7 @@ def parse_feed(
         channel, entries = parsed.get("feed", {}), parsed.entries
     site = absolute_url(url) or absolute_url(channel.get("link"))
     language = clean_language(channel.get("language"))
+    result.title = truncate(plain_title(channel.get("title") or ""), 300) or None
     if not entries:
         result.warnings.append("the feed has no items")
     for index, entry in enumerate(entries):

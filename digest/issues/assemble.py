@@ -18,7 +18,8 @@ from digest.app import App
 from digest.config import NewsletterConfig, Settings
 from digest.issues.periods import current_period, next_period, period_key
 from digest.rendering import personalize
-from digest.rendering.contents import ArticleView, IssueContents, SectionView
+from digest.issues.sources import reader_title, reader_titles
+from digest.rendering.contents import ArticleView, IssueContents, IssueLinks, SectionView
 from digest.storage.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
 
 # Issues in these states own their articles: later issues never repeat them.
@@ -151,8 +152,12 @@ def _refresh(
 
 def render_into(app: App, session: Session, issue: Issue) -> None:
     """Render the issue's current selection and store the result on the row."""
-    contents = contents_of(session, app.settings, issue)
+    newsletter = app.settings.newsletter(issue.newsletter)
+    links = app.links().issue_links(issue.newsletter, issue.id, archive=newsletter.archive)
+    contents = contents_of(session, app.settings, issue, links=links)
     rendered = app.renderer.render(contents)
+    # The public page is rendered from the same contents now, so it shows the issue as sent.
+    issue.web_html = app.renderer.render_web(contents) if newsletter.archive else None
     issue.subject = rendered.subject
     issue.preheader = rendered.preheader
     issue.html = rendered.html
@@ -272,7 +277,10 @@ def _store_selection(
 
 
 def section_title(article: Article, newsletter: NewsletterConfig) -> str:
-    """The section an article goes in: its source, or its first tag outside the topic tags."""
+    """The section an article goes in: its source, or its first tag outside the topic tags.
+
+    A source section stores the source's name; readers see its title (`contents_of`).
+    """
     if newsletter.section_by == "source":
         return article.source
     if newsletter.section_by == "tag":
@@ -310,20 +318,32 @@ def issue_rows(
     ]
 
 
-def contents_of(session: Session, settings: Settings, issue: Issue) -> IssueContents:
-    """The issue's selection as the renderer's input, grouped into sections."""
+def contents_of(
+    session: Session, settings: Settings, issue: Issue, *, links: IssueLinks | None = None
+) -> IssueContents:
+    """The issue's selection as the renderer's input, grouped into sections.
+
+    Sources appear by their reader-facing title (`digest.issues.sources`), never their name.
+    """
     newsletter = settings.newsletter(issue.newsletter)
     rows = issue_rows(session, issue.id or 0, issue.newsletter)
+    titles = reader_titles(session, settings)
     sections: dict[str, list[ArticleView]] = {}
     for link, article, reasons in rows:
-        view = _article_view(article, reasons, link.pinned)
+        view = _article_view(
+            article, reasons, link.pinned, reader_title(titles, article.source, settings)
+        )
         sections.setdefault(link.section, []).append(view)
+    by_source = newsletter.section_by == "source"
     return IssueContents(
         settings=settings,
         newsletter=newsletter,
         issue_id=issue.id,
         period=datetime.fromisoformat(issue.period),
-        sections=[SectionView(title, items) for title, items in sections.items()],
+        sections=[
+            SectionView(reader_title(titles, title, settings) if by_source else title, items)
+            for title, items in sections.items()
+        ],
         subject=issue.subject_override,
         intro=issue.intro,
         tokens=personalize.for_issue(
@@ -332,10 +352,13 @@ def contents_of(session: Session, settings: Settings, issue: Issue) -> IssueCont
             period=issue.period,
             issue_id=issue.id,
         ),
+        links=links,
     )
 
 
-def _article_view(article: Article, reasons: list[str], pinned: bool) -> ArticleView:
+def _article_view(
+    article: Article, reasons: list[str], pinned: bool, source_title: str
+) -> ArticleView:
     assert article.id is not None
     if pinned and "pinned by editor" not in reasons:
         reasons = [*reasons, "pinned by editor"]
@@ -347,7 +370,7 @@ def _article_view(article: Article, reasons: list[str], pinned: bool) -> Article
         summary_html=article.summary_html,
         image_url=article.image_url,
         author=article.author,
-        source=article.source,
+        source=source_title,  # what readers see: the internal name stays in the studio
         published_at=article.published_at,
         tags=list(article.tags or []),
         reasons=reasons,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from digest.config import Settings
+from digest.rendering.contents import IssueLinks
 from subscribers.tokens import (
     Purpose,
     TokenClaims,
@@ -28,6 +29,13 @@ PREFERENCES_ROUTE = "/preferences/{token}"
 CONFIRM_ROUTE = "/confirm/{token}"
 SUBSCRIBE_ROUTE = "/subscribe/{slug}"
 STUDIO_ROUTE = "/studio"
+HOME_ROUTE = "/"
+# The public archive of sent issues (not signed: nothing personal is on these pages).
+ARCHIVE_ROUTE = "/archive/{slug}"
+ARCHIVE_ISSUE_ROUTE = "/archive/{slug}/{issue_id}"
+ARCHIVE_FEED_ROUTE = "/archive/{slug}/feed.xml"
+# Bundled demo pictures (config/sample/media/), served by `digest serve`.
+MEDIA_ROUTE = "/media/{name}"
 
 _SIGNED_ROUTES = {
     Purpose.UNSUBSCRIBE: UNSUBSCRIBE_ROUTE,
@@ -89,6 +97,35 @@ class Links:
     def confirm(self, subscriber_id: int, newsletter: str) -> str:
         return self.signed(Purpose.CONFIRM, subscriber_id=subscriber_id, newsletter=newsletter)
 
+    def subscribe(self, slug: str) -> str:
+        return self.absolute(SUBSCRIBE_ROUTE.format(slug=slug))
+
+    def archive(self, slug: str) -> str:
+        return archive_url(self.base_url, slug)
+
+    def archive_issue(self, slug: str, issue_id: int) -> str:
+        return self.absolute(ARCHIVE_ISSUE_ROUTE.format(slug=slug, issue_id=issue_id))
+
+    def archive_feed(self, slug: str) -> str:
+        return self.absolute(ARCHIVE_FEED_ROUTE.format(slug=slug))
+
+    def media(self, name: str) -> str:
+        return self.absolute(MEDIA_ROUTE.format(name=name))
+
+    def issue_links(self, slug: str, issue_id: int | None, *, archive: bool) -> IssueLinks:
+        """The issue's public, not personal, URLs the templates print ("view in browser"…).
+
+        Without an archive (`newsletters[].archive = false`) there is no web page to link to.
+        """
+        return IssueLinks(
+            subscribe_url=self.subscribe(slug),
+            archive_url=self.archive(slug) if archive else None,
+            web_url=self.archive_issue(slug, issue_id)
+            if archive and issue_id is not None
+            else None,
+            feed_url=self.archive_feed(slug) if archive else None,
+        )
+
     def verify(self, token: str, purpose: Purpose | str) -> TokenClaims:
         """The claims of a token of ours for `purpose` that has not expired; TokenError
         otherwise. Never log the token: it is a credential."""
@@ -99,3 +136,8 @@ class Links:
             now=self.now,
             max_age=default_max_age(purpose),
         )
+
+
+def archive_url(base_url: str, slug: str) -> str:
+    """The newsletter's archive page (what `List-Archive` names): needs no key."""
+    return base_url + ARCHIVE_ROUTE.format(slug=slug)

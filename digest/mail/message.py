@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from digest.config import NewsletterConfig, Settings
-from digest.mail.links import Links
+from digest.mail.links import Links, archive_url
 from digest.rendering import personalize
 from subscribers.addresses import ascii_form
 from subscribers.tokens import Purpose
@@ -58,6 +58,13 @@ def list_id(settings: Settings, newsletter: NewsletterConfig) -> str:
     """RFC 2919 List-Id: `"Title" <slug.host>`."""
     title = one_line(newsletter.title).replace("\\", "").replace('"', "")
     return f'"{title}" <{newsletter.slug}.{site_host(settings)}>'
+
+
+def list_archive(settings: Settings, newsletter: NewsletterConfig) -> str | None:
+    """RFC 2369 List-Archive: `<https://…/archive/SLUG>`, None without a public archive."""
+    if not newsletter.archive:
+        return None
+    return f"<{archive_url(settings.site.base_url, newsletter.slug)}>"
 
 
 def list_unsubscribe(settings: Settings, unsubscribe_url: str) -> str:
@@ -218,6 +225,9 @@ def build_mime(
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = message_id(settings)
     message["List-Id"] = list_id(settings, newsletter)
+    archive = list_archive(settings, newsletter)
+    if archive:
+        message["List-Archive"] = archive
     unsubscribe = values.get(tokens.unsubscribe_url)
     extra = dict(list_headers(settings, unsubscribe) if unsubscribe else {})
     extra.update(headers or {})

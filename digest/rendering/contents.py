@@ -36,6 +36,17 @@ class SectionView:
 
 
 @dataclass(frozen=True)
+class IssueLinks:
+    """The issue's public URLs (`digest.mail.links.Links.issue_links`): the same for everyone,
+    so the templates print them (they are not tokens)."""
+
+    subscribe_url: str
+    archive_url: str | None = None  # the newsletter's archive, when it has one
+    web_url: str | None = None  # this issue's archive page: "view in browser"
+    feed_url: str | None = None  # the archive's Atom feed
+
+
+@dataclass(frozen=True)
 class IssueContents:
     """What goes into one issue, in order. Deterministic for the same inputs."""
 
@@ -48,6 +59,8 @@ class IssueContents:
     intro: str = ""
     # This issue's token names (`personalize.for_issue`); fresh random ones outside an issue.
     tokens: Tokens = field(default_factory=random_tokens)
+    # Public URLs; None outside an issue (previews of sample contents): no "view in browser".
+    links: IssueLinks | None = None
 
     @property
     def articles(self) -> list[ArticleView]:

@@ -65,8 +65,12 @@ def check(
     *,
     tokens: Tokens = LEGACY,
     content_placeholders: Iterable[str] = (),
+    local_base: str | None = None,
 ) -> list[LintFinding]:
     """All findings for an issue's HTML and text parts, errors first.
+
+    `local_base` is the site's own base URL when it is this machine (`http://127.0.0.1:8000`):
+    its links and images (archive, demo pictures) are not reported as "not https" there.
 
     `tokens` are the issue's own token names; `content_placeholders` the token-looking strings
     that content or editors wrote (sent as they are, never filled: reported as a warning).
@@ -81,8 +85,8 @@ def check(
     if root is not None:
         _markup(root, found)
         _styles(root, found)
-        _images(root, found)
-        _links(root, found, tokens)
+        _images(root, found, local_base)
+        _links(root, found, tokens, local_base)
     findings.extend(found.result())
     findings.extend(_unsubscribe(html, text, tokens))
     return sorted(findings, key=lambda f: (f.level != ERROR, f.code))
@@ -222,7 +226,11 @@ def _background_has_color(value: str) -> bool:
     return False
 
 
-def _images(root: _Element, found: _Findings) -> None:
+def _is_local(url: str, local_base: str | None) -> bool:
+    return bool(local_base) and (url == local_base or url.startswith(f"{local_base}/"))
+
+
+def _images(root: _Element, found: _Findings, local_base: str | None = None) -> None:
     for image in root.iter("img"):
         src = image.get("src") or ""
         if image.get("alt") is None:
@@ -232,7 +240,11 @@ def _images(root: _Element, found: _Findings) -> None:
                 "images without alt text (screen readers; clients that block images)",
                 src or "<img>",
             )
-        if src and not src.lower().startswith(("https://", "cid:")):
+        if (
+            src
+            and not src.lower().startswith(("https://", "cid:"))
+            and not _is_local(src, local_base)
+        ):
             found.add(
                 WARNING,
                 "img-not-https",
@@ -241,12 +253,14 @@ def _images(root: _Element, found: _Findings) -> None:
             )
 
 
-def _links(root: _Element, found: _Findings, tokens: Tokens) -> None:
+def _links(root: _Element, found: _Findings, tokens: Tokens, local_base: str | None = None) -> None:
     for element in root.iter("a", "area"):
         href = (element.get("href") or "").strip()
         if element.get("href") is None or _allowed_href(href, tokens):
             continue
         lowered = href.lower()
+        if _is_local(href, local_base):
+            continue
         if lowered.startswith("http://"):
             found.add(WARNING, "link-not-https", "links not using https", href)
         else:

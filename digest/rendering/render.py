@@ -85,7 +85,7 @@ class Renderer:
 
     def render(self, contents: IssueContents) -> RenderedEmail:
         """Subject, preheader, inlined HTML, text, template version and lint of one issue."""
-        newsletter = contents.newsletter
+        newsletter, settings = contents.newsletter, contents.settings
         tset = self._template_set(newsletter.template)
         context = self._context(contents)
         subject = one_line(
@@ -104,8 +104,43 @@ class Renderer:
             html=html,
             text=text,
             template_version=self.template_version(newsletter.template),
-            lint=lint.check(html, text, tokens=contents.tokens, content_placeholders=from_content),
+            lint=lint.check(
+                html,
+                text,
+                tokens=contents.tokens,
+                content_placeholders=from_content,
+                local_base=settings.site.base_url if settings.on_loopback() else None,
+            ),
         )
+
+    def render_web(self, contents: IssueContents) -> str:
+        """The issue's public web page (the archive): the email's HTML for a browser, with
+        nothing personal in it. No greeting by name, no unsubscribe or preferences link (a
+        subscribe call-to-action instead), no token; OpenGraph and Twitter meta in the head.
+        Not inlined: a browser reads the <style> block. RenderError if a token slipped in.
+        """
+        newsletter = contents.newsletter
+        tset = self._template_set(newsletter.template)
+        context = self._context(contents, web=True)
+        subject = one_line(
+            contents.subject
+            if contents.subject and contents.subject.strip()
+            else self._render(tset, SUBJECT_TEMPLATE, context, newsletter)
+        )[:SUBJECT_MAX]
+        preheader = one_line(self._render(tset, PREHEADER_TEMPLATE, context, newsletter))
+        context.update(subject=subject, preheader=preheader)
+        html = self._render(tset, HTML_TEMPLATE, context, newsletter)
+        from_content = personalize.placeholders(contents.content_texts())
+        leaked = (personalize.placeholders([html]) - from_content) | {
+            token for token in contents.tokens.all if token in html
+        }
+        if leaked:
+            raise RenderError(
+                f"newsletter {newsletter.slug!r}: the web page would show "
+                f"{', '.join(sorted(leaked))}: personal parts must sit inside "
+                "{% if not web %} in the templates"
+            )
+        return html
 
     def name_fallback(self, newsletter: NewsletterConfig) -> str:
         """What the sender puts in `%%NAME%%` for a subscriber without a name ("there")."""
@@ -184,7 +219,7 @@ class Renderer:
 
     # -- context ------------------------------------------------------------------------------
 
-    def _context(self, contents: IssueContents) -> dict[str, Any]:
+    def _context(self, contents: IssueContents, *, web: bool = False) -> dict[str, Any]:
         newsletter = contents.newsletter
         settings = contents.settings
         locale = _locale(newsletter)
@@ -192,7 +227,10 @@ class Renderer:
         labels = self._labels(self._template_set(newsletter.template), newsletter.language)
         # Labels write the name as `%%NAME%%` (translators' files): the issue's own token here.
         tokens = contents.tokens
-        labels = {k: v.replace(personalize.NAME, tokens.name) for k, v in labels.items()}
+        # The web page is no one's: the name is the fallback ("there"), the links are empty.
+        name = str(labels.get("name_fallback", "")) if web else tokens.name
+        labels = {k: v.replace(personalize.NAME, name) for k, v in labels.items()}
+        links = contents.links
         articles = contents.articles
         rtl = locale.text_direction == "rtl"
         intro = contents.intro.strip()
@@ -215,9 +253,13 @@ class Renderer:
             "start": "right" if rtl else "left",
             "end": "left" if rtl else "right",
             "t": labels,
-            "unsubscribe_url": contents.tokens.unsubscribe_url,
-            "preferences_url": contents.tokens.preferences_url,
-            "name": contents.tokens.name,
+            "unsubscribe_url": "" if web else tokens.unsubscribe_url,
+            "preferences_url": "" if web else tokens.preferences_url,
+            "name": name,
+            "web": web,
+            "web_url": (links.web_url if links else None) or "",
+            "archive_url": (links.archive_url if links else None) or "",
+            "subscribe_url": links.subscribe_url if links else "",
             "text_width": TEXT_WIDTH,
             "subject": "",
             "preheader": "",

@@ -64,6 +64,9 @@ class OutgoingMessage:
     date: datetime | None = None  # the Date header where the transport writes one (SMTP, outbox)
     # The issue's token names (`digest.mail.message.tokens_of`): only these are filled.
     tokens: Tokens = LEGACY
+    # A one-off message (no issue): the outbox folder it goes in under the newsletter's,
+    # e.g. "confirmations"; None: "tests" (editors' test sends). Other transports ignore it.
+    outbox_folder: str | None = None
 
 
 # Not frozen: a frozen dataclass's __init__ is ~4x slower, and a send builds an

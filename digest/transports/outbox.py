@@ -2,7 +2,9 @@
 
 Layout: `<outbox_dir>/<newsletter>/<issue id>/<delivery id>.eml`, plus `index.jsonl` in the
 same directory, one JSON line per message (delivery, recipient, subject, file, Message-ID).
-Test sends go to `<outbox_dir>/<newsletter>/tests/`. Each file is written to a temporary name
+Test sends go to `<outbox_dir>/<newsletter>/tests/`, other one-off messages to the folder they
+name (`OutgoingMessage.outbox_folder`): `confirmations/` (double opt-in), `studio/sign-in/`
+(editors' sign-in links). Each file is written to a temporary name
 and renamed, so a reader never sees half a message; a delivery whose file already exists is not
 written again (a resumed send re-delivers nothing), which makes the outbox idempotent by
 delivery id. Results carry no message id: the file name and the Message-ID header
@@ -60,8 +62,9 @@ class OutboxTransport:
         self._indexed.clear()
 
     def directory(self, message: OutgoingMessage) -> Path:
-        issue = str(message.issue_id) if message.issue_id is not None else TESTS_DIR
-        return self.root / message.newsletter.slug / issue
+        if message.issue_id is not None:
+            return self.root / message.newsletter.slug / str(message.issue_id)
+        return self.root / message.newsletter.slug / (message.outbox_folder or TESTS_DIR)
 
     def send(self, batch: OutgoingBatch) -> list[SendResult]:
         folder = self.directory(batch.message)

@@ -12,9 +12,9 @@ Per recipient: `to` (display name without `;` and `,`, which SendGrid refuses),
 with `_HTML` added, filled with the HTML-escaped name, since one substitution value serves
 both parts), the List-Unsubscribe header, and `custom_args.digest_delivery_id`.
 Message-level: `custom_args` with issue and newsletter (SendGrid merges both levels into every
-event), the newsletter as category, List-Id, List-Unsubscribe-Post (the same for everyone),
-text/plain before text/html, and subscription tracking off so that SendGrid does not add a
-second List-Unsubscribe.
+event), the newsletter as category, List-Id, List-Archive, List-Unsubscribe-Post (the same for
+everyone), text/plain before text/html, and subscription tracking off so that SendGrid does not
+add a second List-Unsubscribe.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from digest.config import Settings
-from digest.mail.message import ONE_CLICK, clean_name, list_id, one_line
+from digest.mail.message import ONE_CLICK, clean_name, list_archive, list_id, one_line
 from digest.transports import OutgoingMessage, OutgoingRecipient
 
 _esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
@@ -64,6 +64,9 @@ class SharedPart:
         for token in self.twins:
             body_html = body_html.replace(token, html_twin(token))
         headers = {"List-Id": list_id(settings, newsletter), **message.headers}
+        archive = list_archive(settings, newsletter)
+        if archive:
+            headers = {"List-Archive": archive, **headers}
         if base_url.startswith("https://"):
             headers["List-Unsubscribe-Post"] = ONE_CLICK  # RFC 8058 needs an https link
         self.body: dict[str, Any] = {

@@ -2,8 +2,9 @@
 editor's one-time studio sign-in link, both through the configured transport.
 
 It is a one-off message to one address, so it goes through the same transport as the issues
-(`digest.transports.build_transport`) as a message without a delivery row (the outbox writes it
-under `<outbox>/<newsletter>/tests/`). It carries no List-Unsubscribe: it is not a list mail,
+(`digest.transports.build_transport`) as a message without a delivery row (the outbox writes
+confirmations under `<outbox>/<newsletter>/confirmations/` and sign-in links under
+`<outbox>/studio/sign-in/`, apart from editors' test sends in `tests/`). It carries no List-Unsubscribe: it is not a list mail,
 and nothing else is sent unless the link is followed.
 """
 
@@ -28,6 +29,8 @@ from digest.transports import (
 
 log = logging.getLogger(__name__)
 
+CONFIRMATIONS_FOLDER = "confirmations"  # the outbox folders of these one-off mails
+SIGN_IN_FOLDER = "sign-in"
 # Someone is waiting on the page: one quick retry, then tell them to try again later.
 VISITOR_WAITING = RetryPolicy(max_attempts=2, base_delay=0.5, max_wait=2.0, give_up_after=10.0)
 
@@ -63,6 +66,7 @@ def confirmation_message(
         subject=f"Confirm your subscription to {newsletter.title}",
         html=env.get_template("confirm.html").render(context),
         text=env.get_template("confirm.txt").render(context),
+        outbox_folder=CONFIRMATIONS_FOLDER,
     )
 
 
@@ -79,7 +83,7 @@ def send_confirmation(
     if newsletter is None:
         newsletter = next(
             (n for n in app.settings.newsletters if n.title == newsletter_title), None
-        ) or NewsletterConfig(slug="subscribe", title=newsletter_title)
+        ) or NewsletterConfig(slug="subscribe", title=newsletter_title, archive=False)
     message = confirmation_message(app, confirm_url, newsletter)
     recipient = OutgoingRecipient(
         delivery_id=None, subscriber_id=subscriber_id, email=recipient_email, name=None, values={}
@@ -102,13 +106,16 @@ def send_sign_in_link(app: App, address: str, sign_in_url: str) -> None:
     minutes = int(parse_duration(app.settings.studio.sign_in_link_ttl).total_seconds() // 60)
     context = {"site_name": app.settings.site.name, "sign_in_url": sign_in_url, "minutes": minutes}
     env = _mail_templates()
-    studio = NewsletterConfig(slug="studio", title=f"{app.settings.site.name} studio")
+    studio = NewsletterConfig(
+        slug="studio", title=f"{app.settings.site.name} studio", archive=False
+    )
     message = OutgoingMessage(
         issue_id=None,
         newsletter=studio,
         subject=f"Sign in to the {app.settings.site.name} studio",
         html=env.get_template("sign-in.html").render(context),
         text=env.get_template("sign-in.txt").render(context),
+        outbox_folder=SIGN_IN_FOLDER,
     )
     recipient = OutgoingRecipient(
         delivery_id=None, subscriber_id=0, email=address, name=None, values={}

@@ -13,8 +13,10 @@ from digest.app import App
 from digest.config import Settings
 from digest.web import (
     api,
+    archive,
     health,
     login,
+    media,
     metrics,
     studio,
     studio_editors,
@@ -35,6 +37,8 @@ ROUTERS = (
     studio.router,  # /studio
     api.router,  # /api/articles
     metrics.router,  # /metrics
+    archive.router,  # /, /archive/… (the public archive and its feeds)
+    media.router,  # /media/… (the demo's bundled pictures)
 )
 
 

@@ -17,7 +17,7 @@ from sqlmodel import select
 from digest.app import App
 from digest.issues import assemble, editorial, periods, timeline
 from digest.issues.assemble import AssemblyError
-from digest.storage.models import Issue, IssueArticle, IssueStatus
+from digest.storage.models import Issue, IssueArticle, IssueStatus, Source
 from tests.support.articles import add_article, add_turkey_week
 
 SLUG = "turkey-unpacked"
@@ -366,6 +366,8 @@ def test_sections_by_source_or_by_tag(any_engine: Engine, make_app: Callable[...
 
 def test_sections_by_source_by_default(app: App) -> None:
     add_turkey_week(app, 3)  # world, business, world
+    with app.session() as session:  # the feed's own title, as ingest stores it; business has none
+        session.add(Source(name="world", kind="rss", url="world.xml", title="World desk"))
 
     issue = assemble.build_issue(app, SLUG)
 
@@ -373,7 +375,11 @@ def test_sections_by_source_by_default(app: App) -> None:
         stored = session.get(Issue, issue.id)
         assert stored is not None
         contents = assemble.contents_of(session, app.settings, stored)
+    # Readers see titles, never the sources' names: the feed's title, else the site's name.
     assert [(s.title, len(s.articles)) for s in contents.sections] == [
-        ("world", 2),
-        ("business", 1),
+        ("World desk", 2),
+        (app.settings.site.name, 1),
     ]
+    assert {a.source for a in contents.articles} == {"World desk", app.settings.site.name}
+    assert '<span dir="auto">world</span>' not in stored.html
+    assert "business" not in stored.text.replace("news.example.com/business", "")

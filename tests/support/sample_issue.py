@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from digest.config import Settings, settings_from_mapping
+from digest.mail.links import Links
 from digest.rendering.contents import ArticleView, IssueContents, SectionView
 from digest.rendering.personalize import LEGACY, Tokens
 
@@ -54,7 +55,7 @@ def sample_article(index: int, **overrides: Any) -> ArticleView:
         if index % 3 == 1
         else None,
         "author": "Ayşe Demir" if index % 2 else None,
-        "source": "meridian-world",
+        "source": "The Meridian Post — World",  # the reader-facing title, as assembly passes
         "published_at": PERIOD - timedelta(hours=3 * index),
         "tags": ["Turkey"],
     }
@@ -71,6 +72,7 @@ def sample_contents(
     subject: str | None = None,
     first: dict[str, Any] | None = None,
     tokens: Tokens = LEGACY,
+    archive: bool = True,
 ) -> IssueContents:
     """`articles` articles spread over three sections; `first` overrides the lead's fields.
 
@@ -79,6 +81,8 @@ def sample_contents(
     derived names it could not know): pass `tokens` for an issue's own names.
     """
     settings = settings or sample_settings()
+    newsletter = settings.newsletters[0]
+    links = Links.of(settings, PERIOD).issue_links(newsletter.slug, 7, archive=archive)
     views = [sample_article(i + 1, **(first or {}) if i == 0 else {}) for i in range(articles)]
     sections = [
         SectionView(title, [v for n, v in enumerate(views) if n % len(SECTIONS) == s])
@@ -86,11 +90,12 @@ def sample_contents(
     ]
     return IssueContents(
         settings=settings,
-        newsletter=settings.newsletters[0],
+        newsletter=newsletter,
         issue_id=7,
         period=PERIOD,
         sections=[section for section in sections if section.articles],
         subject=subject,
         intro=intro,
         tokens=tokens,
+        links=links,
     )
