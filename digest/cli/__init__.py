@@ -21,6 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain click help: typer's rich help prints a flag as `--dry-run <bool>`, as if it took a
+    # value. (It is also cheaper to import.)
+    rich_markup_mode=None,
 )
 
 

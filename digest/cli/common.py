@@ -45,6 +45,7 @@ class LazyApp:
     config_path: str | Path | None
     clock: Clock
     _app: App | None = field(default=None, repr=False)
+    checked: bool = False  # the schema was found once: later calls need not ask again
 
     def get(self) -> App:
         from digest.config import ConfigError
@@ -57,14 +58,24 @@ class LazyApp:
         return self._app
 
 
-def get_app(ctx: typer.Context) -> App:
+def get_app(ctx: typer.Context, *, schema: bool = True) -> App:
+    """The App of this command. With `schema` (every command but `db upgrade` and `demo`), a
+    database without digest's schema is one line saying what to run, not a traceback."""
     root = ctx.find_root()
     lazy = root.obj
     if isinstance(lazy, App):  # tests may hand an App directly
         return lazy
     if not isinstance(lazy, LazyApp):
         fail("internal error: the CLI context has no application")
-    return lazy.get()
+    app = lazy.get()
+    if schema and not lazy.checked:
+        from digest.storage.db import schema_missing
+
+        problem = schema_missing(app.settings.database.url, app.__dict__.get("engine"))
+        if problem:
+            fail(f"{problem}: run `digest db upgrade` first")
+        lazy.checked = True
+    return app
 
 
 def get_signing_app(ctx: typer.Context) -> App:

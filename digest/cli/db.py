@@ -14,7 +14,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     """Create the schema or migrate it to the newest version (safe to run again)."""
     from digest.storage.db import upgrade
 
-    app = get_app(ctx)
+    app = get_app(ctx, schema=False)
     before, after = upgrade(app.engine)
     if before == after:
         console.print(f"Database is up to date (revision {after}).")

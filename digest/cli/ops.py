@@ -137,7 +137,7 @@ def demo(
     """Run the whole pipeline once on the configured (by default bundled) content."""
     from digest.ops.demo import run_demo
 
-    app = get_app(ctx)
+    app = get_app(ctx, schema=False)
     report = run_demo(app, preview_dir)
     ingest = report.ingest
     console.print(f"[bold]Ingested[/] {len(ingest.sources)} sources:")

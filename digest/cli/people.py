@@ -24,12 +24,14 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON documen
 
 
 def _known(app: App, slug: str) -> str:
+    """The slug of a configured newsletter; an unknown one is the option's error, not the
+    config file's."""
     from digest.config import ConfigError
 
     try:
         return app.settings.newsletter(slug).slug
     except ConfigError as exc:
-        fail(str(exc))
+        fail(f"--newsletter: {exc.reason}")
 
 
 @subscribers_app.command("add")

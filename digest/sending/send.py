@@ -109,7 +109,7 @@ def check_sendable(issue: Issue, newsletter: NewsletterConfig, *, force: bool) -
     if issue.status not in _sendable_statuses(newsletter):
         raise SendRefused(
             f"{name} is {issue.status}: {newsletter.slug} requires approval before sending "
-            f"(digest issues approve {newsletter.slug})"
+            f"(digest issue approve {newsletter.slug})"
         )
     if not issue.html.strip() or not issue.text.strip():
         raise SendRefused(f"{name} has not been rendered")

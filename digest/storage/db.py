@@ -35,6 +35,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def schema_missing(url: str, engine: Engine | None = None) -> str | None:
+    """Why the database at `url` cannot be used yet (no file, no schema), or None. Checks
+    without creating anything: a SQLite file that does not exist is not made by asking."""
+    parsed = make_url(url)
+    file = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if file not in (None, "", ":memory:") and not Path(str(file)).is_file():
+        return f"the database {parsed.database} does not exist yet"
+    from sqlalchemy import inspect
+
+    engine = engine or make_engine(url)
+    if not inspect(engine).has_table("alembic_version"):
+        return "the database has no digest schema yet"
+    return None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer
