@@ -16,9 +16,9 @@ from sqlmodel import Session, col, select
 
 from digest.app import App
 from digest.config import NewsletterConfig, Settings
-from digest.issues.periods import current_period, next_period, period_key
-from digest.rendering import personalize
+from digest.issues.periods import current_period, period_key
 from digest.issues.sources import reader_title, reader_titles
+from digest.rendering import personalize
 from digest.rendering.contents import ArticleView, IssueContents, IssueLinks, SectionView
 from digest.storage.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
 
@@ -72,21 +72,6 @@ def build_issue(app: App, slug: str, period: datetime | None = None) -> Issue:
             return issue
         _refresh(app, session, issue, newsletter, period, now)
         session.add(issue)
-    return issue
-
-
-def current_issue(app: App, slug: str) -> Issue:
-    """The issue `digest send` works on: the current period's, built first when needed."""
-    return build_issue(app, slug)
-
-
-def next_issue(app: App, slug: str) -> Issue:
-    """The issue that will go out next: the current period's until it is sent, then the next."""
-    newsletter = app.settings.newsletter(slug)
-    now = app.now()
-    issue = build_issue(app, slug, current_period(app.settings, newsletter, now))
-    if issue.status in (IssueStatus.SENDING, IssueStatus.SENT):
-        return build_issue(app, slug, next_period(app.settings, newsletter, now))
     return issue
 
 
