@@ -33,6 +33,7 @@ class _Session(asyncio.Protocol):
         self.state = state
         self.buffer = b""
         self.in_data = False
+        self.scanned = 0  # how much of a message's bytes were searched for its end already
         self.sender = b""
         self.recipients: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -44,18 +45,21 @@ class _Session(asyncio.Protocol):
         transport.write(b"220 sink ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if b"MAIL" in data and b"RCPT" in data and b"DATA" in data:
+        if not self.in_data and b"MAIL" in data and b"RCPT" in data and b"DATA" in data:
             self.state.pipelined_groups += 1
+        self.buffer += data
         self._process()
 
     def _process(self) -> None:
         replies: list[bytes] = []
         while True:
             if self.in_data:
-                end = 0 if self.buffer.startswith(b".\r\n") else self.buffer.find(_END)
+                empty = self.buffer.startswith(b".\r\n")
+                end = 0 if empty else self.buffer.find(_END, max(0, self.scanned - 4))
                 if end < 0:
+                    self.scanned = len(self.buffer)  # look only at what arrives next
                     break
+                self.scanned = 0
                 size = 3 if end == 0 else end + len(_END)
                 message, self.buffer = self.buffer[: max(0, end) + 2], self.buffer[size:]
                 self.in_data = False
