@@ -144,11 +144,12 @@ class SmtpTransport:
         except smtplib.SMTPNotSupportedError as exc:
             raise _Unusable(f"SMTP server {config.host} offers no AUTH: {exc}") from exc
 
-    def _take(self) -> smtplib.SMTP:
+    def _take(self) -> tuple[smtplib.SMTP, bool]:
+        """A connection from the pool (True) or a new one (False)."""
         with self._lock:
             if self._idle:
-                return self._idle.pop()
-        return self._connect()
+                return self._idle.pop(), True
+        return self._connect(), False
 
     def _give_back(self, connection: smtplib.SMTP) -> None:
         with self._lock:
@@ -198,9 +199,9 @@ class SmtpTransport:
         where = f"{self.config.host}:{self.config.port}"
         while True:
             attempt += 1
-            connection = None
+            connection, reused = None, False
             try:
-                connection = self._take()
+                connection, reused = self._take()
                 self._converse(connection, to, data)
                 self._give_back(connection)
                 return SendResult(recipient.email, SendOutcome.ACCEPTED)
@@ -216,6 +217,9 @@ class SmtpTransport:
                     return SendResult(recipient.email, SendOutcome.UNKNOWN, None, error)
             except (smtplib.SMTPException, OSError) as exc:
                 _quietly_close(connection)
+                if reused:  # the server closed it while idle: not an attempt, no pause
+                    attempt -= 1
+                    continue
                 error = f"SMTP connection to {where}: {exc}"
             wait = policy.backoff(attempt)
             if attempt >= policy.max_attempts or policy.clock() + wait > deadline:

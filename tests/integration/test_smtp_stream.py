@@ -1,4 +1,5 @@
-"""SMTP sends row by row (`digest.sending.stream`): per-row outcomes, and a sender dying mid-batch.
+"""SMTP sends row by row (`digest.sending.stream`): per-row outcomes, a sender dying mid-batch,
+and the connection pool replacing connections the server closed.
 
 The ledger, not the transport, is what these check: a refused recipient fails alone while its
 batch is accepted; a sender that dies after the server took a message but before its answer was
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,10 +21,10 @@ from digest.app import App
 from digest.sending.counts import delivery_counts
 from digest.sending.send import send_issue
 from digest.storage.models import Delivery
-from digest.transports import OutgoingBatch, SendResult
+from digest.transports import OutgoingBatch, RetryPolicy, SendResult
 from digest.transports.smtp import SmtpTransport
-from tests.integration.test_smtp import Handler, _free_port
-from tests.support.sending import add_audience, address, make_issue
+from tests.integration.test_smtp import Handler, _batch, _free_port, _settings
+from tests.support.sending import FakeTime, add_audience, address, make_issue
 from tests.support.smtp_sink import SmtpSink
 
 
@@ -110,3 +112,18 @@ def test_a_sender_dying_mid_batch_leaves_only_the_message_in_flight_unknown(
     with app.session() as session:
         counts = delivery_counts(session, issue_id)
     assert counts["accepted"] == 12 and counts["unknown"] == counts["pending"] == 0
+
+
+def test_a_pooled_connection_the_server_closed_is_replaced_without_a_retry_pause(
+    tmp_path: Path,
+) -> None:
+    fake = FakeTime()
+    with SmtpSink(keep=True) as sink:
+        settings = _settings(tmp_path, sink.port)
+        transport = SmtpTransport(settings, policy=RetryPolicy(sleep=fake.sleep, clock=fake.clock))
+        first = transport.send(_batch(settings, 1))
+        sink.drop_connections()  # the pooled connection is dead now
+        second = transport.send(_batch(settings, 2))
+        transport.close()
+    assert all(r.accepted for r in first + second)
+    assert sink.state.connections == 2 and fake.sleeps == []  # no attempt spent, no pause

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 _EHLO = b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n"
@@ -25,6 +26,7 @@ class SinkState:
     connections: int = 0
     pipelined_groups: int = 0  # reads that held MAIL, RCPT and DATA together
     kept: list[tuple[bytes, list[bytes], bytes]] = field(default_factory=list)
+    sessions: list[_Session] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -42,6 +44,7 @@ class _Session(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.state.connections += 1
+        self.state.sessions.append(self)
         transport.write(b"220 sink ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
@@ -145,6 +148,17 @@ class SmtpSink:
         self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+    def drop_connections(self) -> None:
+        """Close every client connection, as a server does with idle ones."""
+
+        def drop() -> None:
+            for session in list(self.state.sessions):
+                if session.transport is not None:
+                    session.transport.close()
+
+        self._loop.call_soon_threadsafe(drop)
+        time.sleep(0.2)
 
     def recipients(self) -> list[str]:
         with self.state.lock:
