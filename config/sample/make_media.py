@@ -20,17 +20,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 WIDTH, HEIGHT = 600, 338
 
+# fmt: off
 PALETTES = [  # sky top, sky bottom, sun, far land, near land, water
     ((27, 48, 94), (232, 146, 92), (255, 214, 120), (92, 64, 88), (48, 38, 60), (40, 70, 120)),
-    ((120, 180, 220), (214, 236, 246), (255, 246, 200), (120, 160, 110), (70, 120, 80), (60, 130, 170)),
-    ((246, 196, 140), (250, 234, 200), (226, 90, 60), (190, 140, 100), (140, 92, 66), (90, 140, 160)),
+    ((120, 180, 220), (214, 236, 246), (255, 246, 200), (120, 160, 110), (70, 120, 80),
+     (60, 130, 170)),
+    ((246, 196, 140), (250, 234, 200), (226, 90, 60), (190, 140, 100), (140, 92, 66),
+     (90, 140, 160)),
     ((60, 90, 110), (170, 196, 200), (236, 240, 236), (110, 130, 140), (70, 86, 96), (50, 80, 96)),
     ((164, 22, 26), (240, 170, 120), (255, 236, 190), (120, 60, 50), (70, 36, 36), (110, 60, 70)),
-]  # fmt: skip
+]
+# fmt: on
 
 
 def _mix(a: tuple[int, ...], b: tuple[int, ...], t: float) -> tuple[int, int, int]:
-    return (round(a[0] + (b[0] - a[0]) * t), round(a[1] + (b[1] - a[1]) * t), round(a[2] + (b[2] - a[2]) * t))
+    r, g, b2 = (round(a[i] + (b[i] - a[i]) * t) for i in range(3))
+    return (r, g, b2)
 
 
 def draw(name: str) -> bytes:
@@ -57,7 +62,8 @@ def draw(name: str) -> bytes:
                     if y > horizon - height and (x * 14 // 600) % 3 != 1:
                         pixel = FAR
                 else:
-                    ridge = horizon - 40 - (seed[7] % 30) + abs(((x + seed[8] * 3) % 260) - 130) // 3
+                    peak = abs(((x + seed[8] * 3) % 260) - 130) // 3
+                    ridge = horizon - 40 - (seed[7] % 30) + peak
                     if y > ridge:
                         pixel = FAR
                     hill = horizon - 10 + abs(((x + seed[9] * 5) % 180) - 90) // 4

@@ -4,8 +4,8 @@ editor's one-time studio sign-in link, both through the configured transport.
 It is a one-off message to one address, so it goes through the same transport as the issues
 (`digest.transports.build_transport`) as a message without a delivery row (the outbox writes
 confirmations under `<outbox>/<newsletter>/confirmations/` and sign-in links under
-`<outbox>/studio/sign-in/`, apart from editors' test sends in `tests/`). It carries no List-Unsubscribe: it is not a list mail,
-and nothing else is sent unless the link is followed.
+`<outbox>/studio/sign-in/`, apart from editors' test sends in `tests/`). It carries no
+List-Unsubscribe: it is not a list mail, and nothing else is sent unless the link is followed.
 """
 
 from __future__ import annotations
