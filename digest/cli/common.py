@@ -80,15 +80,16 @@ def get_app(ctx: typer.Context, *, schema: bool = True) -> App:
 
 def get_signing_app(ctx: typer.Context) -> App:
     """The App of a command that signs links or mails people (serve, send, scheduler,
-    run-due): it refuses to run with the development key unless base_url is loopback."""
+    run-due): it refuses to run with the development key unless base_url is loopback (asked
+    before anything else, the database included)."""
     from digest.config import ConfigError
 
-    app = get_app(ctx)
+    app = get_app(ctx, schema=False)
     try:
         app.settings.require_secret_key()
     except ConfigError as exc:
         fail(str(exc))
-    return app
+    return get_app(ctx)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
