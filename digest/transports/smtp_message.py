@@ -12,7 +12,6 @@ message is built the slow way, by `recipient_mime` itself.
 from __future__ import annotations
 
 import html
-import itertools
 import re
 from collections.abc import Mapping
 
@@ -40,14 +39,12 @@ def _plain(value: str) -> bool:
 _LINE_START_DOT = re.compile(rb"(?<=\n)\.")
 
 
-def _stuffed(piece: bytes) -> bytes:
-    return _LINE_START_DOT.sub(b"..", piece) if b"\n." in piece else piece
-
-
 def data_payload(message: bytes) -> bytes:
-    """The DATA payload of `message`: leading dots doubled, ended by CRLF . CRLF."""
-    quoted = _stuffed(b"\n" + message)[1:]
-    return quoted + (b".\r\n" if quoted.endswith(b"\r\n") else b"\r\n.\r\n")
+    """The DATA payload of `message`: leading dots doubled (RFC 5321 §4.5.2), ended by
+    CRLF . CRLF. Most messages have no line starting with a dot: one scan, no copy but the end."""
+    if message.startswith(b".") or b"\n." in message:
+        message = _LINE_START_DOT.sub(b"..", b"\n" + message)[1:]
+    return message + (b".\r\n" if message.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 class SharedMessage:
@@ -64,23 +61,16 @@ class SharedMessage:
         self._subject_varies = any(t in message.subject for t in self._tokens)
         self._template: list[tuple[bytes, bytes]] | None = None  # header name → line
         self._pieces: list[bytes | tuple[str, bool]] = []  # body: literals and (token, html)
-        self._wire: list[bytes | tuple[str, bool]] = []  # the same, dots doubled
-        self._at_line_start: set[tuple[str, bool]] = set()
         self._lines: list[tuple[int, list[tuple[str, bool]]]] = []  # token lines: length, tokens
         self._ascii_only = False  # a 7bit part: a non-ASCII value would make it 8bit
         self._prepare()
 
     def bytes_for(self, recipient: OutgoingRecipient) -> bytes:
         """The complete message for `recipient` (raises ValueError for an unusable address)."""
-        fast = self._fast(recipient, self._pieces) if self._template is not None else None
+        fast = self._fast(recipient) if self._template is not None else None
         if fast is not None:
             return fast
         return recipient_mime(self.settings, self.message, recipient).as_bytes()
-
-    def wire_for(self, recipient: OutgoingRecipient) -> bytes:
-        """`bytes_for` as DATA carries it: dots doubled at line starts, ended by CRLF . CRLF."""
-        fast = self._fast(recipient, self._wire) if self._template is not None else None
-        return fast + b".\r\n" if fast is not None else data_payload(self.bytes_for(recipient))
 
     # -- the template ---------------------------------------------------------------------------
 
@@ -119,20 +109,11 @@ class SharedMessage:
             lines.setdefault(start, (length, []))[1].append(token)
         pieces.append(body[at:])
         self._pieces = pieces
-        # Dots doubled once for all (RFC 5321 §4.5.2); a value that would begin a line with a
-        # dot (a token at a line start) takes the slow way, see _filled.
-        self._wire = [_stuffed(p) if isinstance(p, bytes) else p for p in pieces]
-        self._at_line_start = {
-            p for before, p in itertools.pairwise(pieces)
-            if not isinstance(p, bytes) and isinstance(before, bytes) and before.endswith(b"\n")
-        }  # fmt: skip
         self._lines = list(lines.values())
 
     # -- one recipient --------------------------------------------------------------------------
 
-    def _fast(
-        self, recipient: OutgoingRecipient, pieces: list[bytes | tuple[str, bool]]
-    ) -> bytes | None:
+    def _fast(self, recipient: OutgoingRecipient) -> bytes | None:
         values = recipient.values
         if recipient.delivery_id is None or any(t not in values for t in self._tokens):
             return None
@@ -143,7 +124,7 @@ class SharedMessage:
         if head is None:
             return None
         out = [head]
-        for piece in pieces:
+        for piece in self._pieces:
             out.append(piece if isinstance(piece, bytes) else filled[piece])
         return b"".join(out)
 
@@ -156,8 +137,6 @@ class SharedMessage:
                 return None
             filled[(token, False)] = value.encode()
             filled[(token, True)] = html.escape(value, quote=True).encode()
-        if any(filled[t][:1] == b"." for t in self._at_line_start):
-            return None
         for length, tokens in self._lines:
             if length + sum(len(filled[t]) - len(t[0]) for t in tokens) > _MAX_LINE:
                 return None

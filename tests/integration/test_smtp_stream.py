@@ -127,3 +127,26 @@ def test_a_pooled_connection_the_server_closed_is_replaced_without_a_retry_pause
         transport.close()
     assert all(r.accepted for r in first + second)
     assert sink.state.connections == 2 and fake.sleeps == []  # no attempt spent, no pause
+
+
+def test_with_chunking_one_write_per_message_the_same_bytes_and_refusals_placed(
+    tmp_path: Path,
+) -> None:
+    import re
+
+    aside = re.compile(rb"(?m)={15}\d+==|^Message-ID: .*$")  # random per serialisation
+    kept: dict[bool, list[bytes]] = {}
+    for chunking in (True, False):
+        with SmtpSink(keep=True, chunking=chunking) as sink:
+            sink.state.refuse[address(2).encode()] = b"550 5.1.1 no such user"
+            settings = _settings(tmp_path, sink.port)
+            results = SmtpTransport(settings).send(_batch(settings, 4))
+            assert [r.outcome.value for r in results] == ["accepted", "failed", "accepted",
+                                                           "accepted"]  # fmt: skip
+            assert "550 at RCPT TO" in (results[1].error or "")
+            assert sink.state.connections == 1 and sink.state.pipelined_groups == 4
+            assert sink.recipients() == [address(n) for n in (1, 3, 4)]
+            assert sink.state.chunked == (3 if chunking else 0)
+            kept[chunking] = [aside.sub(b"", m) for _, _, m in sink.state.kept]
+    # BDAT carries the message as it is; DATA doubles leading dots, which these have none of.
+    assert kept[True] == kept[False]

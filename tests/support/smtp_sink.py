@@ -1,4 +1,5 @@
-"""A minimal SMTP sink: accepts every message, keeps what tests ask for, offers PIPELINING.
+"""A minimal SMTP sink: accepts every message, keeps what tests ask for, offers PIPELINING
+and CHUNKING (BDAT, RFC 3030).
 
 aiosmtpd does not advertise PIPELINING and parses each message; this answers a whole
 pipelined group with one write and only looks for the end of DATA, so that in benchmarks the
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 _EHLO = b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 104857600\r\n"
+_EHLO_CHUNKING = _EHLO.replace(b"250-8BITMIME", b"250-CHUNKING\r\n250-8BITMIME")
 _END = b"\r\n.\r\n"
 
 
@@ -22,9 +24,12 @@ _END = b"\r\n.\r\n"
 class SinkState:
     keep: bool = False  # keep each message's envelope and bytes (tests)
     answer_delay: float = 0.0  # seconds before answering the end of DATA
+    chunking: bool = True  # offer CHUNKING (BDAT)
+    refuse: dict[bytes, bytes] = field(default_factory=dict)  # RCPT address → reply line
     messages: int = 0
+    chunked: int = 0  # of which came by BDAT
     connections: int = 0
-    pipelined_groups: int = 0  # reads that held MAIL, RCPT and DATA together
+    pipelined_groups: int = 0  # reads that held MAIL, RCPT and DATA (or BDAT) together
     kept: list[tuple[bytes, list[bytes], bytes]] = field(default_factory=list)
     sessions: list[_Session] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -36,6 +41,9 @@ class _Session(asyncio.Protocol):
         self.buffer = b""
         self.in_data = False
         self.scanned = 0  # how much of a message's bytes were searched for its end already
+        self.chunk_left: int | None = None  # bytes of the current BDAT chunk still to come
+        self.chunk_last = False
+        self.chunks: list[bytes] = []
         self.sender = b""
         self.recipients: list[bytes] = []
         self.transport: asyncio.Transport | None = None
@@ -48,7 +56,13 @@ class _Session(asyncio.Protocol):
         transport.write(b"220 sink ESMTP\r\n")
 
     def data_received(self, data: bytes) -> None:
-        if not self.in_data and b"MAIL" in data and b"RCPT" in data and b"DATA" in data:
+        commands = not self.in_data and self.chunk_left is None
+        if (
+            commands
+            and b"MAIL" in data
+            and b"RCPT" in data
+            and (b"DATA" in data or b"BDAT" in data)
+        ):
             self.state.pipelined_groups += 1
         self.buffer += data
         self._process()
@@ -56,6 +70,12 @@ class _Session(asyncio.Protocol):
     def _process(self) -> None:
         replies: list[bytes] = []
         while True:
+            if self.chunk_left is not None:
+                done = self._chunk(replies)
+                if done is None:
+                    break
+                replies = done
+                continue
             if self.in_data:
                 empty = self.buffer.startswith(b".\r\n")
                 end = 0 if empty else self.buffer.find(_END, max(0, self.scanned - 4))
@@ -81,19 +101,48 @@ class _Session(asyncio.Protocol):
                 self.transport.write(b"221 bye\r\n")
                 self.transport.close()
                 return
-            replies.append(reply)
+            if reply:
+                replies.append(reply)
         self._flush(replies)
+
+    def _chunk(self, replies: list[bytes]) -> list[bytes] | None:
+        """Take BDAT bytes; None while the chunk is incomplete, else the replies still due."""
+        assert self.chunk_left is not None
+        taken = self.buffer[: self.chunk_left]
+        self.buffer = self.buffer[len(taken) :]
+        self.chunks.append(taken)
+        self.chunk_left -= len(taken)
+        if self.chunk_left:
+            return None
+        self.chunk_left = None
+        if not self.chunk_last:
+            return [*replies, b"250 chunk ok\r\n"]
+        message, self.chunks = b"".join(self.chunks), []
+        if not self.recipients:
+            return [*replies, b"554 no valid recipients\r\n"]
+        self._flush(replies)
+        self.state.chunked += 1
+        self._accepted(message)
+        return []
 
     def _command(self, line: bytes) -> bytes | None:
         verb = line[:4].upper()
         if verb == b"EHLO":
-            return _EHLO
+            return _EHLO_CHUNKING if self.state.chunking else _EHLO
         if verb == b"MAIL":
             self.sender, self.recipients = line[10:].strip(), []
             return b"250 ok\r\n"
         if verb == b"RCPT":
-            self.recipients.append(line[8:].strip())
+            address = line[8:].strip()
+            refusal = self.state.refuse.get(address.strip(b"<>"))
+            if refusal:
+                return refusal + b"\r\n"
+            self.recipients.append(address)
             return b"250 ok\r\n"
+        if verb == b"BDAT":
+            size, _, last = line[5:].strip().partition(b" ")
+            self.chunk_left, self.chunk_last = int(size), last.upper() == b"LAST"
+            return b""  # answered once the chunk is in
         if verb == b"DATA":
             if not self.recipients:
                 return b"554 no valid recipients\r\n"
