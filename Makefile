@@ -5,9 +5,10 @@ PYTHON ?= $(shell for p in python3 python3.13 python3.12 python3.11; do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-# The bundled sample articles are dated around 2026-11-25; the demo runs at a fixed moment
-# after them so it shows the same issues on any day.
-DEMO_NOW ?= 2026-11-30T06:00:00Z
+# The bundled sample articles are dated 2026-11-17 to 25; the demo runs at a fixed moment after
+# them so it shows the same on any day: on Friday 27 November, Climate Weekly is due (sent) and
+# Turkey Unpacked's next issue, for Monday 30, is a draft for the studio.
+DEMO_NOW ?= 2026-11-27T10:00:00Z
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint typecheck unit bench bench-peers clean

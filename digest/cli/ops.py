@@ -153,7 +153,8 @@ def demo(
         headline = f"issue {outcome.issue_id}, {outcome.articles} articles, {outcome.status}"
         console.print(f"[bold]{outcome.slug}[/]: {headline}")
         if outcome.note:
-            console.print(f"  skipped: {outcome.note}")
+            label = "skipped" if outcome.status == "skipped" else "not sent yet"
+            console.print(f"  {label}: {outcome.note}", highlight=False)
         for kind, path in outcome.preview.items():
             console.print(f"  preview {kind}: {path}")
         if outcome.send is not None:

@@ -40,7 +40,9 @@ class DemoReport:
 
 
 def run_demo(app: App, preview_dir: Path) -> DemoReport:
-    """Upgrade the schema, load sample subscribers once, ingest, then build, preview and send."""
+    """Upgrade the schema, load sample subscribers once, ingest, then build, preview and send
+    each newsletter's issue that is due (as `digest send` would); an issue not due yet is only
+    prepared, so the studio shows it as the next issue."""
     upgrade(app.engine)
     imported = _load_sample_subscribers(app)
     ingest_report = run_ingest(app)
@@ -54,6 +56,12 @@ def run_demo(app: App, preview_dir: Path) -> DemoReport:
         outcome = NewsletterOutcome(newsletter.slug, issue.id, issue.status, count)
         if issue.status == IssueStatus.SKIPPED:
             outcome.note = issue.skip_reason or "skipped"
+        elif target.ahead:  # the next issue, before its time: prepared, as an editor finds it
+            outcome.preview = write_preview(app, newsletter.slug, preview_dir, issue)
+            outcome.note = (
+                f"next issue, for {target.period.isoformat()}: a draft the studio shows; it goes "
+                f"out at its scheduled time (or now: digest send {newsletter.slug} --ahead)"
+            )
         else:
             outcome.preview = write_preview(app, newsletter.slug, preview_dir, issue)
             outcome.send = send_issue(app, issue.id or 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -103,11 +104,17 @@ def test_cli_demo_prints_where_to_look(tmp_path: Path, monkeypatch) -> None:  # 
     config = default_config_file()
     # The bundled config names its sample feeds relative to the repository root.
     (tmp_path / "config").symlink_to(config.parent)
-    result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "--now", "2026-11-30T06:00:00Z", "demo"]
-    )
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text(encoding="utf-8")
+    demo_now = re.search(r"^DEMO_NOW \?= (\S+)$", makefile, re.M)
+    assert demo_now, "the Makefile sets DEMO_NOW"
+    result = CliRunner().invoke(cli_app, ["--config", str(config), "--now", demo_now[1], "demo"])
     assert result.exit_code == 0, result.output
-    assert "turkey-unpacked" in result.output
     assert "Outbox:" in result.output
-    assert list((tmp_path / "var" / "outbox").rglob("*.eml"))
-    assert (tmp_path / "var" / "preview" / "turkey-unpacked.eml").is_file()
+    assert "climate-weekly: issue 2, 4 articles, sent" in result.output
+    assert list((tmp_path / "var" / "outbox" / "climate-weekly").rglob("*.eml"))
+    # What the README's studio step then shows: Turkey Unpacked's next issue, a draft with
+    # articles and the demo's pictures (served by `digest serve` from /media/).
+    draft = re.search(r"turkey-unpacked: issue \d+, (\d+) articles, draft", result.output)
+    assert draft and int(draft[1]) >= 3, result.output
+    preview = (tmp_path / "var" / "preview" / "turkey-unpacked.html").read_text(encoding="utf-8")
+    assert "http://127.0.0.1:8000/media/" in preview
