@@ -183,3 +183,36 @@ def test_the_demo_pictures_are_served(app: App) -> None:
     feeds = Path(__file__).resolve().parents[2] / "config" / "sample" / "feeds"
     for name in re.findall(r"/media/([a-z0-9-]+\.png)", (feeds / "world.xml").read_text()):
         assert client.get(f"/media/{name}").status_code == 200, name
+
+
+def test_the_archive_pages_twenty_at_a_time_newest_first(app: App) -> None:
+    from digest.web.archive import PAGE_SIZE
+    from tests.support.sending import sent_issue
+
+    ids = [sent_issue(app, period=f"2026-10-{day:02d}T05:00:00+00:00") for day in range(1, 23)]
+    client = TestClient(create_app(app))
+    first, second = client.get(f"/archive/{SLUG}"), client.get(f"/archive/{SLUG}?page=2")
+    linked = [
+        [int(i) for i in re.findall(rf"/archive/{SLUG}/(\d+)\"", page.text)]
+        for page in (first, second)
+    ]
+    assert PAGE_SIZE == 20
+    assert linked[0] == ids[::-1][:20] and linked[1] == ids[::-1][20:]
+    assert f"/archive/{SLUG}?page=2" in first.text
+    assert f'href="{app.settings.site.base_url}/archive/{SLUG}"' in second.text  # newer
+    assert client.get(f"/archive/{SLUG}?page=3").status_code == 404
+
+
+def test_one_off_mails_go_to_their_own_outbox_folders(app: App) -> None:
+    from digest.ops.editors import add_editor
+    from digest.storage.access import EditorRole
+    from digest.web.login import mail_sign_in_link
+
+    client = TestClient(create_app(app))
+    assert client.post(f"/subscribe/{SLUG}", data={"email": "new@example.org"}).status_code == 200
+    with app.session() as session:
+        add_editor(session, "desk@example.com", EditorRole.EDITOR, password=None, now=app.now())
+    mail_sign_in_link(app, "desk@example.com")
+    outbox = Path(app.settings.delivery.outbox_dir)
+    folders = sorted(p.parent.relative_to(outbox).as_posix() for p in outbox.rglob("*.eml"))
+    assert folders == sorted([f"{SLUG}/confirmations", "studio/sign-in"])

@@ -93,3 +93,16 @@ def test_only_tokens_used_by_the_content_are_substituted(settings: Settings) -> 
     assert json.loads(payload_json(SharedPart(settings, message), [recipient]))[
         "personalizations"
     ] == [item]
+
+
+def test_every_sendgrid_request_carries_list_archive_and_none_without_an_archive(
+    settings: Settings,
+) -> None:
+    shared, recipients = _batch(settings)
+    body = json.loads(payload_json(shared, recipients))
+    assert body["headers"]["List-Archive"] == "<https://news.example.com/archive/turkey-unpacked>"
+    assert SendGridServer(validate="full").violations(body) == []
+    newsletter = settings.newsletter("turkey-unpacked").model_copy(update={"archive": False})
+    message = OutgoingMessage(7, newsletter, "Hello", HTML, TEXT, {})
+    quiet = json.loads(payload_json(SharedPart(settings, message), recipients[:1]))
+    assert "List-Archive" not in quiet.get("headers", {})
