@@ -169,10 +169,25 @@ def test_ingest_progress_is_one_bar_redrawn_at_a_bounded_rate_and_only_on_a_term
     out, live = io.StringIO(), io.StringIO()
     monkeypatch.setattr(content, "console", Console(file=out, force_terminal=True, width=140))
     monkeypatch.setattr(content, "err_console", Console(file=live, force_terminal=True, width=140))
+    import threading
+
+    from digest.ingest import run as ingest_run
+
+    threads_at_pool: list[int] = []
+    make_pool = ingest_run._parse_executor
+
+    def spy(workers: int, sources: int) -> object:
+        threads_at_pool.append(threading.active_count())
+        return make_pool(workers, sources)
+
+    monkeypatch.setattr(ingest_run, "_parse_executor", spy)
+    threads_before = threading.active_count()
     started = time.monotonic()
     code, _, _ = digest(path, "ingest")
     elapsed = time.monotonic() - started
     assert code == 0
+    # No refresh thread of the display's own: the parse workers can still be forked.
+    assert threads_at_pool == [threads_before]
     frames = live.getvalue().count("items ·")
     assert 1 <= frames <= elapsed * content.REFRESHES_PER_SECOND + 3  # not one per update
     assert "40/40" in live.getvalue() and "feed-" not in live.getvalue()  # one bar, no rows
