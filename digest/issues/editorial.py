@@ -7,6 +7,7 @@ so what the editor previews is exactly what will be sent.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlmodel import Session, col, select
 
@@ -89,40 +90,50 @@ def set_intro(app: App, issue_id: int, intro: str) -> Issue:
 
 
 def approve(app: App, issue_id: int, *, by: str = "editor") -> Issue:
-    """Freeze a draft for sending. A skipped issue cannot be approved."""
-    with app.session() as session:
-        issue = lock_issue(session, issue_id)
-        if issue is None:
-            raise AssemblyError(f"no issue with id {issue_id}")
-        if issue.status == IssueStatus.APPROVED:
-            return issue
-        if issue.status != IssueStatus.DRAFT:
-            raise AssemblyError(f"issue {issue_id} is {issue.status}: only a draft can be approved")
-        issue.status = IssueStatus.APPROVED
-        issue.approved_at = app.now()
-        issue.approved_by = by
-        session.add(issue)
-    return issue
+    """Freeze a draft for sending (recording who). A skipped issue cannot be approved."""
+
+    def stamp(issue: Issue) -> None:
+        issue.approved_at, issue.approved_by = app.now(), by
+
+    return _move(app, issue_id, IssueStatus.DRAFT, IssueStatus.APPROVED, stamp)[0]
 
 
 def unapprove(app: App, issue_id: int, *, by: str) -> Issue:
     """Send an approved issue back to draft so it can be fixed (then approved again). An issue
     whose send has started cannot be recalled."""
+
+    def stamp(issue: Issue) -> None:
+        issue.unapproved_at, issue.unapproved_by = app.now(), by
+        issue.approved_at = issue.approved_by = None
+
+    issue, moved = _move(app, issue_id, IssueStatus.APPROVED, IssueStatus.DRAFT, stamp)
+    return _rebuild(app, issue) if moved else issue
+
+
+_SOURCE_NAME = {IssueStatus.DRAFT: "a draft", IssueStatus.APPROVED: "an approved issue"}
+_VERB = {IssueStatus.APPROVED: "approved", IssueStatus.DRAFT: "un-approved"}
+
+
+def _move(
+    app: App, issue_id: int, source: IssueStatus, target: IssueStatus, stamp: Any
+) -> tuple[Issue, bool]:
+    """Move the locked issue `source → target` (stamping who and when); already at `target` is
+    a no-op. Returns the issue and whether it moved."""
     with app.session() as session:
         issue = lock_issue(session, issue_id)
         if issue is None:
             raise AssemblyError(f"no issue with id {issue_id}")
-        if issue.status == IssueStatus.DRAFT:
-            return issue
-        if issue.status != IssueStatus.APPROVED:
+        if issue.status == target:
+            return issue, False
+        if issue.status != source:
             raise AssemblyError(
-                f"issue {issue_id} is {issue.status}: only an approved issue can be un-approved"
+                f"issue {issue_id} is {issue.status}: only {_SOURCE_NAME[source]} can be "
+                f"{_VERB[target]}"
             )
-        issue.status = IssueStatus.DRAFT
-        issue.unapproved_at, issue.unapproved_by = app.now(), by
-        issue.approved_at = issue.approved_by = None
+        issue.status = target
+        stamp(issue)
         session.add(issue)
-    return _rebuild(app, issue)
+    return issue, True
 
 
 def _next_pin_position(session: Session, issue_id: int) -> int:
