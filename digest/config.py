@@ -188,6 +188,10 @@ class NewsletterConfig(_Strict):
     section_by: str = Field(default="source", description="'source' or 'tag'")
     # Sent issues get a public page (/archive/SLUG/…), a feed and a "view in browser" link.
     archive: bool = True
+    # Opt-in engagement (#16): links through digest's signed redirect, an open pixel; with the
+    # sendgrid transport, SendGrid's own click and open tracking instead.
+    track_clicks: bool = False
+    track_opens: bool = False
     topic: TopicRules = Field(default_factory=TopicRules)
 
     @field_validator("slug")
@@ -264,6 +268,23 @@ class StudioConfig(_Strict):
     sign_in_link_ttl: Duration = "15m"
 
 
+class TrackingConfig(_Strict):
+    """Engagement tracking of the newsletters that opt in (`track_clicks`, `track_opens`)."""
+
+    # False: counts per issue and per link only, nothing that identifies a reader. True (a
+    # redirect per reader) is not implemented: refused rather than silently ignored.
+    per_reader: bool = False
+
+    @field_validator("per_reader")
+    @classmethod
+    def _not_per_reader(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "per-reader engagement is not supported: digest counts per issue and per link"
+            )
+        return value
+
+
 class FormsConfig(_Strict):
     # One confirmation email per address per this long, however often the form is posted.
     confirmation_cooldown: Duration = "1h"
@@ -284,6 +305,7 @@ class Settings(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig)
     studio: StudioConfig = Field(default_factory=StudioConfig)
     forms: FormsConfig = Field(default_factory=FormsConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

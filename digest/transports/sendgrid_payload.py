@@ -14,7 +14,10 @@ both parts), the List-Unsubscribe header, and `custom_args.digest_delivery_id`.
 Message-level: `custom_args` with issue and newsletter (SendGrid merges both levels into every
 event), the newsletter as category, List-Id, List-Archive, List-Unsubscribe-Post (the same for
 everyone), text/plain before text/html, and subscription tracking off so that SendGrid does not
-add a second List-Unsubscribe.
+add a second List-Unsubscribe. Click and open tracking follow `newsletters[].track_clicks` and
+`track_opens` (explicitly off otherwise, whatever the account's default): with this transport
+SendGrid rewrites the links and adds the pixel, digest does neither, and its open and click
+events reach `digest.sending.events`. Text links are never rewritten (`enable_text` off).
 """
 
 from __future__ import annotations
@@ -82,7 +85,11 @@ class SharedPart:
                 "digest_newsletter": newsletter.slug,
             },
             "headers": headers,
-            "tracking_settings": {"subscription_tracking": {"enable": False}},
+            "tracking_settings": {
+                "subscription_tracking": {"enable": False},
+                "click_tracking": {"enable": newsletter.track_clicks, "enable_text": False},
+                "open_tracking": {"enable": newsletter.track_opens},
+            },
         }
         if sender.reply_to:
             self.body["reply_to"] = {"email": sender.reply_to}

@@ -63,7 +63,11 @@ def test_payload_follows_the_schema_and_the_documented_rules(settings: Settings)
     assert body["custom_args"] == {"digest_issue_id": "7", "digest_newsletter": "turkey-unpacked"}
     assert body["headers"]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert body["headers"]["X-Digest-Issue"] == "7"
-    assert body["tracking_settings"] == {"subscription_tracking": {"enable": False}}
+    assert body["tracking_settings"] == {  # tracking off by default, whatever the account says
+        "subscription_tracking": {"enable": False},
+        "click_tracking": {"enable": False, "enable_text": False},
+        "open_tracking": {"enable": False},
+    }
     assert body["reply_to"] == {"email": "desk@example.com"}
     first, _, quoted, listed, bold = body["personalizations"][:5]
     assert first["to"] == [{"email": "Reader0@Example.com", "name": "Ayşe Demir"}]
@@ -106,3 +110,18 @@ def test_every_sendgrid_request_carries_list_archive_and_none_without_an_archive
     message = OutgoingMessage(7, newsletter, "Hello", HTML, TEXT, {})
     quiet = json.loads(payload_json(SharedPart(settings, message), recipients[:1]))
     assert "List-Archive" not in quiet.get("headers", {})
+
+
+def test_track_clicks_and_opens_map_to_sendgrids_own_tracking(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "sqlite://")
+    newsletter = settings.newsletter("turkey-unpacked")
+    tracked = newsletter.model_copy(update={"track_clicks": True, "track_opens": True})
+    settings = settings.model_copy(update={"newsletters": [tracked]})
+    shared, recipients = _batch(settings)
+    body = json.loads(payload_json(shared, recipients))
+    assert SendGridServer(validate="full").violations(body) == []
+    assert body["tracking_settings"] == {
+        "subscription_tracking": {"enable": False},
+        "click_tracking": {"enable": True, "enable_text": False},  # the text part keeps its URLs
+        "open_tracking": {"enable": True},
+    }
