@@ -62,6 +62,14 @@ _register()
 
 
 def main() -> None:
+    # At exit the interpreter's last cyclic collection walks every object the command loaded
+    # (SQLAlchemy, pydantic, the models): about 0.1 s of a 1 s `digest ingest`, spent on memory
+    # the process is about to give back anyway. Frozen objects are skipped; atexit handlers
+    # registered earlier (logging's flush, multiprocessing's joins) still run after this one.
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
     try:
         app()
     except Exception as exc:
