@@ -19,7 +19,7 @@ _LIMITS = {"ip": 64, "user_agent": 500, "detail": 500, "method": 32}
 
 def consent_row(
     *,
-    email: str,
+    email: str | None,
     action: str,
     method: str,
     at: datetime,

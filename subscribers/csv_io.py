@@ -4,13 +4,15 @@ Import maps columns by their header (email, name, newsletters, timezone, locale,
 aliases), checks every row, reports each bad line with its number, field and reason, and imports
 the rest. It is idempotent: existing subscriptions are left as they are, and an unsubscribed,
 bounced, complained or suppressed address is never subscribed again (counted and listed as
-skipped). Rows are handled in chunks with a few set-based queries per chunk, so 100,000 rows
-take seconds, not minutes (`benchmarks/bench_import.py`).
+skipped; so is a forgotten one, recognised by its keyed hash). Rows are handled in chunks with
+a few set-based queries per chunk, so 100,000 rows take seconds, not minutes
+(`benchmarks/bench_import.py`).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -37,7 +39,9 @@ from subscribers.models import (
     Subscription,
     SubscriptionStatus,
     Suppression,
+    SuppressionReason,
 )
+from subscribers.suppression import forgotten_among
 
 __all__ = [
     "ANALYZE_AFTER",
@@ -63,8 +67,12 @@ def import_csv(
     known_newsletters: set[str] | None = None,
     source: str = "csv",
     file_name: str = "<csv>",
+    forget_keys: Sequence[bytes] | None = None,
 ) -> ImportReport:
-    """Import subscribers from a CSV file; see the module docstring for the rules."""
+    """Import subscribers from a CSV file; see the module docstring for the rules.
+
+    `forget_keys` recognise forgotten addresses (default: the session's, see `suppression`).
+    """
     report = ImportReport(file_name=file_name)
     reader = csv.reader(file)
     columns = read_header(reader, report)
@@ -78,9 +86,19 @@ def import_csv(
         if row is not None:
             chunk.append(row)
         if len(chunk) >= CHUNK_ROWS:
-            _import_chunk(session, chunk, report, now=now, source=source, file_name=file_name)
+            _import_chunk(
+                session,
+                chunk,
+                report,
+                now=now,
+                source=source,
+                file_name=file_name,
+                keys=forget_keys,
+            )
             chunk = []
-    _import_chunk(session, chunk, report, now=now, source=source, file_name=file_name)
+    _import_chunk(
+        session, chunk, report, now=now, source=source, file_name=file_name, keys=forget_keys
+    )
     if report.subscriptions_created >= ANALYZE_AFTER:
         refresh_statistics(session, [Subscriber, Subscription])
     return report
@@ -94,6 +112,7 @@ def _import_chunk(
     now: datetime,
     source: str,
     file_name: str,
+    keys: Sequence[bytes] | None,
 ) -> None:
     if not rows:
         return
@@ -106,6 +125,8 @@ def _import_chunk(
             )
         ).all()
     )
+    forgotten = forgotten_among(session, [a for a in addresses if a not in suppressed], keys)
+    suppressed.update(dict.fromkeys(forgotten, SuppressionReason.FORGOTTEN))
     for row in rows:
         if row.email in suppressed:
             reason = skip_reason(None, None, suppressed[row.email]) or "suppressed"

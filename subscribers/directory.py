@@ -64,4 +64,5 @@ def _add_details(session: Session, people: list[SubscriberSummary]) -> None:
             col(Suppression.email).in_(list(by_email))
         )
     ):
-        by_email[email].suppressed = reason
+        if email is not None:  # matched by address, so never a forgotten (hashed) row
+            by_email[email].suppressed = reason

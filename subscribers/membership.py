@@ -7,6 +7,7 @@ a confirmed link (see `optin`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -25,7 +26,13 @@ from subscribers.models import (
     SuppressionReason,
 )
 from subscribers.profile import clean_locale, clean_name, clean_timezone
-from subscribers.suppression import MAILABLE, end_subscriptions, suppress, suppression_reason
+from subscribers.suppression import (
+    MAILABLE,
+    end_subscriptions,
+    is_forgotten,
+    suppress,
+    suppression_reason,
+)
 
 SUBSCRIPTION_KEY = ("subscriber_id", "newsletter")
 
@@ -92,8 +99,10 @@ def add_subscriber(
     timezone: str | None = None,
     source: str = "cli",
     double_opt_in: bool = False,
+    forget_keys: Sequence[bytes] | None = None,
 ) -> AddResult:
-    """Subscribe `email` to `newsletter` unless they left it or are suppressed.
+    """Subscribe `email` to `newsletter` unless they left it or are suppressed (a forgotten
+    address too: recognised by its hash under `forget_keys`, else the session's keys).
 
     Raises InvalidAddress or InvalidField for bad input. An existing subscriber's profile is not
     changed (a public form must not let anyone rename someone else).
@@ -105,6 +114,8 @@ def add_subscriber(
         "timezone": clean_timezone(timezone),
     }
     suppressed = suppression_reason(session, address)
+    if suppressed is None and is_forgotten(session, address, forget_keys):
+        suppressed = SuppressionReason.FORGOTTEN
     if suppressed is not None:
         existing = session.exec(select(Subscriber.id).where(Subscriber.email == address)).first()
         return AddResult(AddOutcome.SKIPPED, existing, None, skip_reason(None, None, suppressed))

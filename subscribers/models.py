@@ -24,6 +24,8 @@ class SuppressionReason(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     COMPLAINT = "complaint"
     MANUAL = "manual"
+    # `digest subscribers forget`: the row keeps only a keyed hash of the address (`email_hash`).
+    FORGOTTEN = "forgotten"
 
 
 class ConsentAction(StrEnum):
@@ -35,6 +37,8 @@ class ConsentAction(StrEnum):
     BOUNCE = "bounce"
     COMPLAINT = "complaint"
     SUPPRESS = "suppress"
+    DATA_EXPORT = "data_export"  # everything held about the address was handed out (GDPR art. 15)
+    FORGET = "forget"  # the address was erased (art. 17); the event names only its keyed hash
 
 
 def _ts(nullable: bool = True, index: bool = False) -> Column[datetime]:
@@ -83,12 +87,18 @@ class Subscription(SQLModel, table=True):
 
 
 class Suppression(SQLModel, table=True):
-    """An address that must never be mailed again, whatever list it is on."""
+    """An address that must never be mailed again, whatever list it is on.
+
+    A forgotten address (`digest subscribers forget`) has no `email`, only `email_hash`: the
+    HMAC-SHA256 of the normalised address under a key derived from the secret (hex), so it can
+    be recognised when someone tries to add it again but not read back.
+    """
 
     __tablename__ = "suppression"
 
     id: int | None = Field(default=None, primary_key=True)
-    email: str = Field(max_length=320, unique=True, index=True)
+    email: str | None = Field(default=None, max_length=320, unique=True, index=True)
+    email_hash: str | None = Field(default=None, max_length=64, unique=True, index=True)
     reason: str = Field(max_length=32)
     source: str = Field(default="manual", max_length=32)
     detail: str | None = Field(default=None, max_length=500)
@@ -104,7 +114,8 @@ class ConsentEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     subscriber_id: int | None = Field(default=None, index=True)
-    email: str = Field(max_length=320)
+    # None once the address was forgotten (and in the `forget` event itself).
+    email: str | None = Field(default=None, max_length=320)
     newsletter: str | None = Field(default=None, max_length=64)
     action: str = Field(max_length=24)
     method: str = Field(max_length=32, description="cli, csv, form, link, one-click, webhook, …")

@@ -34,7 +34,12 @@ from subscribers.models import (
     SuppressionReason,
 )
 from subscribers.profile import clean_name
-from subscribers.suppression import MAILABLE, lift_unsubscribed_all, suppression_reason
+from subscribers.suppression import (
+    MAILABLE,
+    is_forgotten,
+    lift_unsubscribed_all,
+    suppression_reason,
+)
 
 # Left by their own choice: their own confirmed click may bring them back.
 _REVERSIBLE = (SubscriptionStatus.UNSUBSCRIBED,)
@@ -60,10 +65,17 @@ def request_subscription(
     name: str | None = None,
     ip: str | None = None,
     user_agent: str | None = None,
+    forget_keys: Sequence[bytes] | None = None,
 ) -> SubscribeRequest:
-    """Handle a subscribe form post (raises InvalidAddress or InvalidField for bad input)."""
+    """Handle a subscribe form post (raises InvalidAddress or InvalidField for bad input).
+
+    A forgotten address (recognised by its hash under `forget_keys`, else the session's keys)
+    is refused like a bounced one: nothing stored, nothing mailed.
+    """
     address = normalize_email(email)
     suppressed = suppression_reason(session, address)
+    if suppressed is None and is_forgotten(session, address, forget_keys):
+        suppressed = SuppressionReason.FORGOTTEN
     if suppressed not in (None, SuppressionReason.UNSUBSCRIBED_ALL):
         return SubscribeRequest(None, send_confirmation=False, subscribed=False)
     subscriber_id = ensure_subscriber(session, address, now=now, name=clean_name(name))

@@ -4,10 +4,20 @@ Reasons have a strength: a complaint outranks a hard bounce, which outranks a ma
 which outranks "unsubscribed from everything". A stronger reason replaces a weaker one, never
 the reverse, and only "unsubscribed from everything" can be lifted, by the person themselves
 (a confirmed subscription or their preferences page).
+
+A forgotten address (`subscribers.rights.forget`) is suppressed by its keyed hash alone:
+`address_hash(key, address)`, HMAC-SHA256 under `forget_keys(secrets)`, one key per configured
+secret (the current one first, then retired ones, so a rotation does not let a forgotten
+address back in). This package never sees the secret: callers hand in the derived keys, as
+`forget_keys=` or once per session in `session.info[FORGET_KEYS]`. Every path that adds an
+address asks `forgotten_among` / `is_forgotten` first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +26,7 @@ from sqlmodel import Session, col, select
 
 from subscribers import consent
 from subscribers.addresses import InvalidAddress, normalize_email
-from subscribers.bulk import insert_missing
+from subscribers.bulk import among, insert_missing
 from subscribers.models import (
     ConsentAction,
     Subscriber,
@@ -25,12 +35,14 @@ from subscribers.models import (
     Suppression,
     SuppressionReason,
 )
+from subscribers.tokens import derive_key
 
 REASON_RANK = {
     SuppressionReason.UNSUBSCRIBED_ALL: 0,
     SuppressionReason.MANUAL: 1,
     SuppressionReason.HARD_BOUNCE: 2,
     SuppressionReason.COMPLAINT: 3,
+    SuppressionReason.FORGOTTEN: 4,
 }
 # What a suppression does to the address's subscriptions, and how the consent log names it.
 _SUBSCRIPTION_STATUS = {
@@ -45,6 +57,47 @@ _ACTION = {
     SuppressionReason.UNSUBSCRIBED_ALL: ConsentAction.UNSUBSCRIBE_ALL,
 }
 MAILABLE = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
+# session.info key of the forget keys, for callers that set them once per session.
+FORGET_KEYS = "subscribers.forget_keys"
+
+
+def forget_keys(secrets: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The keys forgotten addresses are hashed with, one per secret (current first)."""
+    return tuple(derive_key(secret, "forget") for secret in secrets)
+
+
+def address_hash(key: bytes, address: str) -> str:
+    """The keyed hash a forgotten (normalised) address is kept as: HMAC-SHA256, hex."""
+    return hmac.new(key, address.encode(), hashlib.sha256).hexdigest()
+
+
+def _keys(session: Session, keys: Sequence[bytes] | None) -> Sequence[bytes]:
+    if keys is not None:
+        return keys
+    found: Sequence[bytes] = session.info.get(FORGET_KEYS, ())
+    return found
+
+
+def forgotten_among(
+    session: Session, addresses: Sequence[str], keys: Sequence[bytes] | None = None
+) -> set[str]:
+    """Those of these normalised addresses that were forgotten (hashed with any of `keys`,
+    else the session's; with no keys at all, none can be recognised)."""
+    keys = _keys(session, keys)
+    if not keys or not addresses:
+        return set()
+    by_hash = {address_hash(key, address): address for address in addresses for key in keys}
+    connection = session.connection()
+    found = connection.execute(
+        select(Suppression.email_hash).where(
+            among(col(Suppression.email_hash), list(by_hash), connection.dialect)
+        )
+    ).scalars()
+    return {by_hash[digest] for digest in found if digest is not None}
+
+
+def is_forgotten(session: Session, address: str, keys: Sequence[bytes] | None = None) -> bool:
+    return bool(forgotten_among(session, [address], keys))
 
 
 def lookup_address(email: str) -> str:
@@ -81,6 +134,10 @@ def suppress(
     """
     address = lookup_address(email)
     why = SuppressionReason(reason)
+    if why is SuppressionReason.FORGOTTEN:
+        raise ValueError("an address is forgotten by subscribers.rights.forget, not suppressed")
+    if is_forgotten(session, address):
+        return False  # already suppressed for good; do not write the address down again
     subscriber_id = session.exec(select(Subscriber.id).where(Subscriber.email == address)).first()
     stored = store_suppression(session, address, why, now=now, source=source, detail=detail)
     status = _SUBSCRIPTION_STATUS.get(why)

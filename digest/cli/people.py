@@ -1,4 +1,5 @@
-"""People: `digest subscribers add|import|export|list|unsubscribe|suppress` and `digest stats`."""
+"""People: `digest subscribers add|import|export|list|unsubscribe|suppress|data|forget` and
+`digest stats`."""
 
 from __future__ import annotations
 
@@ -17,10 +18,18 @@ if TYPE_CHECKING:  # the rest is imported where used: `digest --help` loads none
     from digest.app import App
 
 subscribers_app = typer.Typer(
-    help="Subscribers: add, import, export, list, unsubscribe, suppress.", no_args_is_help=True
+    help="Subscribers: add, import, export, list, unsubscribe, suppress, data, forget.",
+    no_args_is_help=True,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def _forget_keys(app: App) -> tuple[bytes, ...]:
+    """The keys forgotten addresses are hashed with (current secret first, then retired ones)."""
+    from subscribers.suppression import forget_keys
+
+    return forget_keys(app.settings.verification_keys())
 
 
 def _known(app: App, slug: str) -> str:
@@ -53,7 +62,14 @@ def add(
     try:
         with app.session() as session:
             result = add_subscriber(
-                session, email, slug, now=app.now(), name=name, locale=locale, timezone=timezone
+                session,
+                email,
+                slug,
+                now=app.now(),
+                name=name,
+                locale=locale,
+                timezone=timezone,
+                forget_keys=_forget_keys(app),
             )
     except (InvalidAddress, InvalidField) as exc:
         fail(f"{email!r}: {exc}")
@@ -96,6 +112,7 @@ def import_(
                 default_newsletter=default,
                 known_newsletters=known,
                 file_name=file.name,
+                forget_keys=_forget_keys(app),
             )
     except FileNotFoundError:
         fail(f"{file}: no such file")
@@ -233,6 +250,8 @@ def suppress_command(
     from subscribers.suppression import lookup_address, suppress
 
     reason = SuppressionReason(reason_name)
+    if reason is SuppressionReason.FORGOTTEN:
+        fail("--reason forgotten: use digest subscribers forget EMAIL")
     app = get_app(ctx)
     try:
         with app.session() as session:
@@ -242,6 +261,89 @@ def suppress_command(
     state = "suppressed" if changed else "was already suppressed"
     console.print(
         f"{escape(lookup_address(email))} {state} ({reason.value})", highlight=False, soft_wrap=True
+    )
+
+
+@subscribers_app.command("data")
+def data_command(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address to report on.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Everything held about an address (GDPR article 15), recorded in the consent log."""
+    from digest.ops.data_rights import export_data
+
+    app = get_app(ctx)
+    with app.session() as session:
+        held = export_data(session, email, keys=_forget_keys(app), now=app.now())
+    if as_json:
+        print_json(held)
+        return
+    _print_held(held)
+
+
+def _print_held(held: dict[str, Any]) -> None:
+    address = escape(held["address"])
+    if not held["held"]:
+        console.print(f"nothing is held about {address}", highlight=False, soft_wrap=True)
+        return
+    sections = (
+        ("subscriptions", ("newsletter", "status", "source", "created_at", "unsubscribed_at")),
+        ("consent_events", ("at", "action", "newsletter", "method", "ip", "detail")),
+        ("deliveries", ("issue_id", "newsletter", "period", "status", "name", "error")),
+        ("suppressions", ("reason", "source", "detail", "created_at")),
+        ("webhook_events", ("received_at", "provider", "event", "delivery_id")),
+        ("form_counters", ("key", "window_start", "count")),
+    )
+    person = held["subscriber"]
+    if person is not None:
+        profile = ", ".join(f"{k} {person[k]}" for k in ("name", "locale", "timezone") if person[k])
+        console.print(
+            f"{address}: subscriber #{person['id']} since {person['created_at']:%Y-%m-%d}"
+            + (f" ({escape(profile)})" if profile else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+        for alias in held["aliases"]:
+            console.print(f"  also #{alias['old_id']} (merged {alias['merged_at']:%Y-%m-%d})")
+    if held["editor"] is not None:
+        editor = held["editor"]
+        console.print(
+            f"{address}: studio editor ({editor['role']}), {len(editor['sessions'])} sessions",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for key, columns in sections:
+        if held[key]:
+            table = Table(*columns, title=key.replace("_", " "))
+            for row in held[key]:
+                table.add_row(*(escape("" if row.get(c) is None else str(row[c])) for c in columns))
+            console.print(table)
+
+
+@subscribers_app.command("forget")
+def forget_command(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Argument(help="The address to erase.")],
+) -> None:
+    """Erase an address everywhere (GDPR article 17), keeping only a keyed hash in the
+    suppression list so it is never mailed, imported or subscribed again."""
+    from digest.ops.data_rights import EditorAddress, forget
+
+    app = get_app(ctx)
+    app.settings.require_secret_key()  # a hash under the public development key is no secret
+    try:
+        with app.session() as session:
+            report = forget(session, email, keys=_forget_keys(app), now=app.now())
+    except EditorAddress as exc:
+        fail(f"{exc}: a studio editor; remove the account first (digest editors remove)")
+    who = f"subscriber #{report.subscriber_id}" if report.subscriber_id else "no subscriber"
+    console.print(
+        f"forgotten: {who}, {report.consent_events} consent events and {report.deliveries} "
+        f"deliveries without the address, {report.suppressions} suppressions replaced; kept: "
+        f"its keyed hash (hmac-sha256:{report.address_hash[:12]}…) in the suppression list",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
