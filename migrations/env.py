@@ -8,13 +8,14 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import digest.storage.access
+import digest.storage.engagement
 import digest.storage.models
 import subscribers.models  # noqa: F401 - registers the tables on SQLModel.metadata
 from digest.storage.db import make_engine
 
 target_metadata = SQLModel.metadata
 # keep the imports: they register the pipeline tables
-assert digest.storage.models and digest.storage.access
+assert digest.storage.models and digest.storage.access and digest.storage.engagement
 
 
 def run_migrations() -> None:

@@ -15,11 +15,12 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.config import NewsletterConfig, Settings
+from digest.config import NewsletterConfig, Settings, TransportName
 from digest.issues.periods import current_period, period_key
 from digest.issues.sources import reader_title, reader_titles
-from digest.rendering import personalize
+from digest.rendering import engagement, personalize
 from digest.rendering.contents import ArticleView, IssueContents, IssueLinks, SectionView
+from digest.storage import engagement as engagement_store
 from digest.storage.models import Article, ArticleTopic, Issue, IssueArticle, IssueStatus
 
 # Issues in these states own their articles: later issues never repeat them.
@@ -141,15 +142,36 @@ def render_into(app: App, session: Session, issue: Issue) -> None:
     links = app.links().issue_links(issue.newsletter, issue.id, archive=newsletter.archive)
     contents = contents_of(session, app.settings, issue, links=links)
     rendered = app.renderer.render(contents)
+    html = _track(app, session, issue, newsletter, rendered.html)
     # The public page is rendered from the same contents now, so it shows the issue as sent.
     issue.web_html = app.renderer.render_web(contents) if newsletter.archive else None
     issue.subject = rendered.subject
     issue.preheader = rendered.preheader
-    issue.html = rendered.html
+    issue.html = html
     issue.text = rendered.text
     issue.template_version = rendered.template_version
-    issue.html_bytes = rendered.html_bytes
+    issue.html_bytes = len(html.encode())
     issue.lint = [{"level": f.level, "code": f.code, "message": f.message} for f in rendered.lint]
+
+
+def _track(
+    app: App, session: Session, issue: Issue, newsletter: NewsletterConfig, html: str
+) -> str:
+    """The issue's HTML with opt-in engagement (once per issue, never per reader), and its
+    link table stored. With the sendgrid transport SendGrid rewrites and adds the pixel itself
+    (`tracking_settings`): the table is still stored, so its click events find their link."""
+    if not (newsletter.track_clicks or newsletter.track_opens) or issue.id is None:
+        return html
+    ours = app.settings.delivery.transport != TransportName.SENDGRID
+    links, issue_id = app.links(), issue.id
+    tracked = engagement.rewrite(
+        html,
+        (lambda index: links.click(issue_id, index)) if ours and newsletter.track_clicks else None,
+        links.open_pixel(issue_id) if ours and newsletter.track_opens else None,
+    )
+    if newsletter.track_clicks:
+        engagement_store.store_links(session, issue_id, tracked.urls)
+    return tracked.html
 
 
 @dataclass(frozen=True)

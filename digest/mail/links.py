@@ -4,13 +4,24 @@ The mail side (per-recipient token values, confirmation mails) and the web route
 their paths from here, so a link in an email and the route that answers it cannot drift apart.
 Signed links carry a token of `subscribers.tokens` naming subscriber, newsletter and purpose;
 `Links.verify` checks one in constant time against the current and retired keys.
+
+Engagement links (`newsletters[].track_clicks`, `track_opens`) name no one: a click link is
+`/r/<issue>/<index>.<sig>` (the index of a URL in the issue's stored link table), the open pixel
+`/o/<issue>.<sig>.gif`; the signature is an HMAC of issue and index under a key derived for
+engagement alone, so a link cannot be edited to point at another entry, and the redirect only
+ever goes to a URL stored for that issue.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 from digest.config import Settings
 from digest.rendering.contents import IssueLinks
@@ -18,6 +29,7 @@ from subscribers.tokens import (
     Purpose,
     TokenClaims,
     default_max_age,
+    derive_key,
     make_token,
     signer,
     verify_token,
@@ -36,6 +48,13 @@ ARCHIVE_ISSUE_ROUTE = "/archive/{slug}/{issue_id}"
 ARCHIVE_FEED_ROUTE = "/archive/{slug}/feed.xml"
 # Bundled demo pictures (config/sample/media/), served by `digest serve`.
 MEDIA_ROUTE = "/media/{name}"
+# Engagement (opt-in): a click through the issue's link table, and the open pixel. Neither
+# names a reader.
+CLICK_ROUTE = "/r/{issue_id}/{link}"
+OPEN_ROUTE = "/o/{pixel}"
+_CLICK_LINK = re.compile(r"(\d{1,6})\.([A-Za-z0-9_-]{16})")
+_OPEN_PIXEL = re.compile(r"(\d{1,12})\.([A-Za-z0-9_-]{16})\.gif")
+_ENGAGEMENT = "engagement links"
 
 _SIGNED_ROUTES = {
     Purpose.UNSUBSCRIBE: UNSUBSCRIBE_ROUTE,
@@ -111,6 +130,48 @@ class Links:
 
     def media(self, name: str) -> str:
         return self.absolute(MEDIA_ROUTE.format(name=name))
+
+    # -- engagement ---------------------------------------------------------------------------
+
+    @cached_property
+    def _engagement_keys(self) -> tuple[bytes, ...]:
+        keys = [self.key, *(k for k in self.verification_keys if k != self.key)]
+        return tuple(derive_key(k, _ENGAGEMENT) for k in keys)
+
+    def _engagement_sig(self, key: bytes, kind: str, issue_id: int, index: int) -> str:
+        mac = hmac.new(key, f"{kind}\0{issue_id}\0{index}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac[:12]).decode()
+
+    def _engagement_ok(self, kind: str, issue_id: int, index: int, sig: str) -> bool:
+        return any(
+            hmac.compare_digest(self._engagement_sig(key, kind, issue_id, index), sig)
+            for key in self._engagement_keys
+        )
+
+    def click(self, issue_id: int, index: int) -> str:
+        """The redirect for the `index`-th URL of the issue's link table."""
+        sig = self._engagement_sig(self._engagement_keys[0], "click", issue_id, index)
+        return self.absolute(CLICK_ROUTE.format(issue_id=issue_id, link=f"{index}.{sig}"))
+
+    def open_pixel(self, issue_id: int) -> str:
+        sig = self._engagement_sig(self._engagement_keys[0], "open", issue_id, 0)
+        return self.absolute(OPEN_ROUTE.format(pixel=f"{issue_id}.{sig}.gif"))
+
+    def verify_click(self, issue_id: int, link: str) -> int | None:
+        """The link index `link` signs for this issue, or None (tampered, unknown, malformed)."""
+        match = _CLICK_LINK.fullmatch(link)
+        if match is None:
+            return None
+        index = int(match.group(1))
+        return index if self._engagement_ok("click", issue_id, index, match.group(2)) else None
+
+    def verify_open(self, pixel: str) -> int | None:
+        """The issue id an open pixel's name signs, or None."""
+        match = _OPEN_PIXEL.fullmatch(pixel)
+        if match is None:
+            return None
+        issue_id = int(match.group(1))
+        return issue_id if self._engagement_ok("open", issue_id, 0, match.group(2)) else None
 
     def issue_links(self, slug: str, issue_id: int | None, *, archive: bool) -> IssueLinks:
         """The issue's public, not personal, URLs the templates print ("view in browser"…).

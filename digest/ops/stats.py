@@ -7,6 +7,13 @@ Delivery outcomes come from the delivery ledger, read through its effective stat
 log, credited to the issue that prompted them when known (a webhook event names it; an
 unsubscribe link is credited to the latest issue the person was sent, see
 `digest.sending.counts.issue_to_credit`).
+
+Engagement of the newsletters that opt in (`track_clicks`, `track_opens`) is counted per issue,
+per link and per hour, naming no one (`digest.storage.engagement`): `opens` (pixel loads, or
+SendGrid open events) and `clicks` per issue, its `top_links` and a `timeline` of the first 48
+hours after the send started. `opened` / `clicked` in `counts` stay what SendGrid's events
+flagged per delivery. Apple Mail's Privacy Protection loads every image when a message
+arrives, so opens are inflated: `OPENS_NOTE` says so wherever opens are shown.
 """
 
 from __future__ import annotations
@@ -20,11 +27,17 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from digest.sending.counts import ACCEPTED_STATES, counts_by
+from digest.storage.engagement import engagement
 from digest.storage.models import Delivery, DeliveryStatus, Issue
 from subscribers.models import ConsentAction, ConsentEvent, Subscription
 
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _UNSUBSCRIBES = (ConsentAction.UNSUBSCRIBE, ConsentAction.UNSUBSCRIBE_ALL)
+OPENS_NOTE = (
+    "Opens are inflated: Apple Mail's Privacy Protection loads every image (the open pixel "
+    "too) when a message arrives, read or not; clicks are the firmer signal."
+)
+TIMELINE_HOURS = 48
 
 
 @dataclass
@@ -51,6 +64,13 @@ class IssueStats:
     status: str
     sent_at: datetime | None
     counts: Counts = field(default_factory=Counts)
+    # Opt-in engagement (no per-reader record): totals, the most clicked links, and per hour
+    # since the send started {"hour": 0…47, "opens": n, "clicks": n}.
+    opens: int = 0
+    clicks: int = 0
+    top_links: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, int]] = field(default_factory=list)
+    started_at: datetime | None = None
 
 
 @dataclass
@@ -59,15 +79,26 @@ class NewsletterStats:
     subscribers: dict[str, int]  # subscription status → count
     totals: Counts
     issues: list[IssueStats]
+    opens_note: str = OPENS_NOTE
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def newsletter_stats(session: Session, newsletter: str, *, limit: int = 20) -> NewsletterStats:
-    """Totals over every issue of `newsletter`, and the latest `limit` issues one by one."""
+def newsletter_stats(
+    session: Session, newsletter: str, *, limit: int = 20, only: int | None = None
+) -> NewsletterStats:
+    """Totals over every issue of `newsletter`, and the latest `limit` issues one by one (or
+    issue `only`)."""
     issues = {
-        issue.id: IssueStats(issue.id, issue.period, issue.subject, issue.status, issue.sent_at)
+        issue.id: IssueStats(
+            issue.id,
+            issue.period,
+            issue.subject,
+            issue.status,
+            issue.sent_at,
+            started_at=issue.sending_at or issue.sent_at,
+        )
         for issue in session.exec(
             select(Issue).where(Issue.newsletter == newsletter).order_by(col(Issue.id).desc())
         )
@@ -97,7 +128,38 @@ def newsletter_stats(session: Session, newsletter: str, *, limit: int = 20) -> N
             .group_by(col(Subscription.status))
         ).all()
     )
-    return NewsletterStats(newsletter, subscribers, totals, list(issues.values())[:limit])
+    shown = [issues[only]] if only in issues else list(issues.values())[:limit]
+    for stats in shown:
+        add_engagement(session, stats)
+    return NewsletterStats(newsletter, subscribers, totals, shown)
+
+
+def add_engagement(session: Session, stats: IssueStats) -> None:
+    """Fill the issue's opens, clicks, top links and 48-hour timeline."""
+    found = engagement(
+        session,
+        stats.issue_id,
+        start=stats.started_at,
+        hours=TIMELINE_HOURS if stats.started_at else 0,
+    )
+    stats.opens, stats.clicks = found.opens, found.clicks
+    stats.top_links = [asdict(link) for link in found.top_links]
+    stats.timeline = found.timeline
+
+
+def issue_stats(session: Session, newsletter: str, issue_id: int) -> IssueStats | None:
+    """One issue's figures, exactly as `newsletter_stats` reports them (None: not of this
+    newsletter)."""
+    return (
+        newsletter_stats(session, newsletter, only=issue_id).issues[0]
+        if _of(session, newsletter, issue_id)
+        else None
+    )
+
+
+def _of(session: Session, newsletter: str, issue_id: int) -> bool:
+    issue = session.get(Issue, issue_id)
+    return issue is not None and issue.newsletter == newsletter
 
 
 def _delivery_counts(session: Session, newsletter: str) -> dict[int, Counts]:

@@ -18,8 +18,10 @@ from digest.web import (
     login,
     media,
     metrics,
+    redirect,
     studio,
     studio_editors,
+    studio_stats,
     subscribe,
     unsubscribe,
     webhooks,
@@ -34,11 +36,13 @@ ROUTERS = (
     webhooks.router,  # /webhooks/sendgrid
     login.router,  # /studio/login…, /studio/logout (before the studio's /studio/{slug})
     studio_editors.router,  # /studio/editors (admins)
+    studio_stats.router,  # /studio/{slug}/issue/{id}/stats (before the studio's /studio/{slug})
     studio.router,  # /studio
     api.router,  # /api/articles
     metrics.router,  # /metrics
     archive.router,  # /, /archive/… (the public archive and its feeds)
     media.router,  # /media/… (the demo's bundled pictures)
+    redirect.router,  # /r/… and /o/… (opt-in click redirect and open pixel)
 )
 
 
