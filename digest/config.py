@@ -44,6 +44,8 @@ ENV_SENDGRID_KEY = "SENDGRID_API_KEY"
 ENV_API_TOKEN = "DIGEST_API_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_SENDGRID_WEBHOOK_KEY = "SENDGRID_WEBHOOK_PUBLIC_KEY"
 ENV_SMTP_PASSWORD = "DIGEST_SMTP_PASSWORD"  # noqa: S105 - a variable name, not a secret
+ENV_DKIM_PRIVATE_KEY = "DIGEST_DKIM_PRIVATE_KEY"
+ENV_BOUNCES_PASSWORD = "DIGEST_BOUNCES_PASSWORD"  # noqa: S105 - a variable name, not a secret
 
 
 class ConfigError(Exception):
@@ -129,6 +131,33 @@ class SmtpConfig(_Strict):
     password: SecretStr | None = None
     security: SmtpSecurity = SmtpSecurity.STARTTLS
     timeout: float = Field(default=30, gt=0)
+
+
+_DOMAIN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
+
+
+class BouncesConfig(_Strict):
+    """Bounces and complaints over SMTP: signed VERP return paths, the bounce mailbox."""
+
+    # Envelope senders `bounce+<id>.<mac>@domain`; None: MAIL FROM is sender.from_email.
+    domain: str | None = Field(default=None, pattern=_DOMAIN, max_length=200)
+    soft_limit: int = Field(default=3, ge=1, le=100)  # soft bounces in a row, then suppressed
+    # imap://user@host[:port]/FOLDER, imaps://…, or a maildir or mbox path; None: no fetch.
+    mailbox: str | None = None
+    every: Duration = "10m"
+
+
+class DkimConfig(_Strict):
+    """DKIM signing of SMTP messages; the private key comes from $DIGEST_DKIM_PRIVATE_KEY."""
+
+    selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,63}$")
+    domain: str | None = Field(default=None, pattern=_DOMAIN)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> DkimConfig:
+        if (self.selector is None) != (self.domain is None):
+            raise ValueError("dkim: set both selector and domain, or neither")
+        return self
 
 
 class SourceKind(StrEnum):
@@ -302,6 +331,8 @@ class Settings(_Strict):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     sendgrid: SendGridConfig = Field(default_factory=SendGridConfig)
     smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    bounces: BouncesConfig = Field(default_factory=BouncesConfig)
+    dkim: DkimConfig = Field(default_factory=DkimConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     studio: StudioConfig = Field(default_factory=StudioConfig)
     forms: FormsConfig = Field(default_factory=FormsConfig)
@@ -318,6 +349,8 @@ class Settings(_Strict):
     sendgrid_api_key: SecretStr | None = None
     api_token: SecretStr | None = None
     sendgrid_webhook_public_key: str | None = None
+    dkim_private_key: SecretStr | None = None  # PEM
+    bounces_password: SecretStr | None = None  # the IMAP bounce mailbox's password
     source_file: str = "<defaults>"
 
     @model_validator(mode="after")
@@ -417,7 +450,10 @@ def settings_from_mapping(
 ) -> Settings:
     env = {} if env is None else env
     data = dict(raw)
-    for forbidden in ("secret_key", "sendgrid_api_key", "api_token", "old_secret_keys"):
+    for forbidden in (
+        "secret_key", "sendgrid_api_key", "api_token", "old_secret_keys", "dkim_private_key",
+        "bounces_password",
+    ):  # fmt: skip
         if forbidden in data:
             raise ConfigError(file, forbidden, "secrets come from the environment, not the file")
     if env.get(ENV_DATABASE_URL):
@@ -436,6 +472,10 @@ def settings_from_mapping(
         data["sendgrid_webhook_public_key"] = env[ENV_SENDGRID_WEBHOOK_KEY]
     if env.get(ENV_SMTP_PASSWORD):
         data["smtp"] = {**data.get("smtp", {}), "password": env[ENV_SMTP_PASSWORD]}
+    if env.get(ENV_DKIM_PRIVATE_KEY):
+        data["dkim_private_key"] = env[ENV_DKIM_PRIVATE_KEY]
+    if env.get(ENV_BOUNCES_PASSWORD):
+        data["bounces_password"] = env[ENV_BOUNCES_PASSWORD]
     data["source_file"] = str(file)
     try:
         return Settings.model_validate(data)

@@ -52,9 +52,9 @@ def _global_options(
 
 def _register() -> None:
     # Imported here: the area modules import helpers from `digest.cli.common`.
-    from digest.cli import content, db, editors, issues, ops, people, schedule, sending
+    from digest.cli import bounces, content, db, editors, issues, ops, people, schedule, sending
 
-    for area in (db, content, issues, sending, people, editors, ops, schedule):
+    for area in (db, content, issues, sending, people, editors, ops, schedule, bounces):
         area.register(app)
 
 

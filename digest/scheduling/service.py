@@ -214,11 +214,14 @@ class SchedulerService:
                 name=f"{newsletter.slug} ({newsletter.schedule} {zone})",
                 replace_existing=True,
             )
-        intervals = (
+        intervals: list[tuple[str, Callable[[], None], timedelta]] = [
             ("tick", self.tick, self._delta("tick_every")),
             ("ingest", self.ingest, self._delta("ingest_every")),
             ("housekeeping", self.housekeeping, HOUSEKEEPING_EVERY),
-        )
+        ]
+        if settings.bounces.mailbox:  # `digest bounces fetch` every bounces.every
+            every = parse_duration(settings.bounces.every)
+            intervals.append(("bounces", self.fetch_bounces, every))
         for job_id, function, every in intervals:
             trigger = IntervalTrigger(seconds=int(every.total_seconds()), timezone=UTC)
             scheduler.add_job(function, trigger, id=job_id, name=job_id, replace_existing=True)
@@ -259,6 +262,21 @@ class SchedulerService:
         with context.ingest_lock:
             if ingest_due(context.app, context.app.now(), []):
                 run_ingest_job(context.app, context.pipeline)
+
+    def fetch_bounces(self) -> None:
+        """Read the bounce mailbox (`digest.tracking.fetch`); a failure waits for the next run."""
+        context = self._context
+        if context is None:
+            return
+        from digest.tracking.fetch import fetch_bounces
+
+        try:
+            report = fetch_bounces(context.app)
+        except Exception:
+            log.exception("bounces fetch failed")
+            return
+        if report.read:
+            log.info("bounces: %s", report.as_json())
 
     def housekeeping(self) -> None:
         """Forget run records older than KEEP_RUNS (issues and deliveries stay)."""

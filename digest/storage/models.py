@@ -311,3 +311,18 @@ class SchedulerLeader(SQLModel, table=True):
     acquired_at: datetime = Field(sa_column=_ts(nullable=False))
     heartbeat_at: datetime = Field(sa_column=_ts(nullable=False))
     released_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class BounceScore(SQLModel, table=True):
+    """Soft bounces in a row of one subscriber, read from the SMTP bounce mailbox
+    (`digest.tracking.bounces`): at `bounces.soft_limit` the address is suppressed. A hard
+    bounce or a complaint suppresses at once and needs no row. No address is copied here."""
+
+    __tablename__ = "bounce_score"
+
+    subscriber_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    soft_in_row: int = 0
+    # The newest delivery counted: a later bounce of it again (delayed, then failed) counts once,
+    # and a delivery between it and the next soft bounce that did not bounce breaks the row.
+    last_delivery_id: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))

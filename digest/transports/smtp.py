@@ -8,6 +8,10 @@ A failure is placed exactly: refused before DATA means not sent (a 4xx is retrie
 pause, a 5xx fails that recipient only); a connection lost before the body went is reconnected
 and retried; a connection lost *during* the body may have delivered the message, so it is
 reported unknown. smtplib still connects, says EHLO, STARTTLS and AUTH.
+
+With `bounces.domain` set, each message's MAIL FROM is its own signed VERP address
+(`digest.tracking.verp`), so the bounce names the delivery; with `[dkim]` set, each message is
+DKIM-signed once its bytes are final (`dkim_signing`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from digest.config import Settings, SmtpSecurity
 from digest.mail.message import one_line
+from digest.tracking.verp import VerpSigner
 from digest.transports import OutgoingBatch, OutgoingMessage, SendOutcome, SendResult
+from digest.transports.dkim_signing import DkimSigner
 from digest.transports.retry import RetryPolicy
 from digest.transports.smtp_message import SharedMessage, data_payload
 
@@ -84,6 +90,10 @@ class SmtpTransport:
         self._lock = threading.Lock()
         self._shared: SharedMessage | None = None
         self._mail_from = _envelope(settings.sender.from_email)
+        domain = settings.bounces.domain
+        secret = settings.secret_key.get_secret_value().encode()
+        self._verp = VerpSigner(secret, domain) if domain else None
+        self._dkim = DkimSigner.from_settings(settings)
 
     @classmethod
     def from_settings(
@@ -200,6 +210,9 @@ class SmtpTransport:
         try:
             message = shared.bytes_for(recipient)
             to = _envelope(recipient.email)
+            mail_from = self._return_path(recipient)
+            if self._dkim is not None:
+                message = self._dkim.sign(message)
         except ValueError as exc:
             return SendResult(recipient.email, SendOutcome.FAILED, None, str(exc))
         policy = self.policy
@@ -212,9 +225,9 @@ class SmtpTransport:
             try:
                 connection, reused = self._take()
                 if connection.has_extn("chunking") and connection.has_extn("pipelining"):
-                    self._converse_bdat(connection, to, message)
+                    self._converse_bdat(connection, mail_from, to, message)
                 else:
-                    self._converse(connection, to, data_payload(message))
+                    self._converse(connection, mail_from, to, data_payload(message))
                 self._give_back(connection)
                 return SendResult(recipient.email, SendOutcome.ACCEPTED)
             except _Refused as refused:
@@ -243,13 +256,22 @@ class SmtpTransport:
                 )
             policy.sleep(wait)
 
-    def _converse(self, connection: smtplib.SMTP, to: bytes, data: bytes) -> None:
+    def _return_path(self, recipient: OutgoingRecipient) -> bytes:
+        """The MAIL FROM of one message: its VERP address, else the sender's address."""
+        if self._verp is None:
+            return self._mail_from
+        address = self._verp.address(
+            delivery_id=recipient.delivery_id, subscriber_id=recipient.subscriber_id
+        )
+        return self._mail_from if address is None else _envelope(address)
+
+    def _converse(self, connection: smtplib.SMTP, mail_from: bytes, to: bytes, data: bytes) -> None:
         """MAIL, RCPT, DATA (in one write if pipelining), then the body.
 
         Raises _Refused for a refusal, _CutDuringData once body bytes may have gone, and
         SMTPException/OSError when cut off before (nothing was delivered).
         """
-        commands = [b"MAIL FROM:" + self._mail_from, b"RCPT TO:" + to, b"DATA"]
+        commands = [b"MAIL FROM:" + mail_from, b"RCPT TO:" + to, b"DATA"]
         if connection.has_extn("pipelining"):
             connection.send(b"\r\n".join(commands) + b"\r\n")
             replies = [connection.getreply() for _ in commands]
@@ -282,11 +304,13 @@ class SmtpTransport:
         if code != 250:
             raise _Refused(code, reply, "end of DATA")
 
-    def _converse_bdat(self, connection: smtplib.SMTP, to: bytes, message: bytes) -> None:
+    def _converse_bdat(
+        self, connection: smtplib.SMTP, mail_from: bytes, to: bytes, message: bytes
+    ) -> None:
         """MAIL, RCPT and the whole message as one `BDAT n LAST` (RFC 3030), in one write: one
         round trip. A refused MAIL or RCPT leaves the BDAT nothing to deliver; a connection
         lost before a refusal was read may have delivered it (_CutDuringData)."""
-        head = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nBDAT %d LAST\r\n" % (self._mail_from, to,
+        head = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nBDAT %d LAST\r\n" % (mail_from, to,
                                                                        len(message))  # fmt: skip
         try:
             connection.send(head + message)

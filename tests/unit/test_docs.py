@@ -19,6 +19,8 @@ FROM_ENVIRONMENT = {
     "sendgrid_api_key",
     "api_token",
     "sendgrid_webhook_public_key",
+    "dkim_private_key",
+    "bounces_password",
     "source_file",
 }
 
