@@ -65,7 +65,16 @@ class App:
         from digest.storage.db import session_scope
 
         with session_scope(self.engine) as session:
+            # Every path that adds an address (the form, imports, late webhook events) refuses
+            # one that was forgotten: subscribers reads the keys its hash was made with here.
+            session.info["subscribers.forget_keys"] = self.forget_keys
             yield session
+
+    @cached_property
+    def forget_keys(self) -> tuple[bytes, ...]:
+        from subscribers.suppression import forget_keys
+
+        return forget_keys(self.settings.verification_keys())
 
     def links(self) -> Links:
         """The site's public URLs, signed as of now (see `digest.mail.links`)."""

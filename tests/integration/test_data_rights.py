@@ -306,3 +306,18 @@ def test_forget_refuses_an_editor_address(app: App, config: Path) -> None:
     assert code == 1 and "digest editors remove" in err
     code, out, _ = cli(config, "subscribers", "data", EMAIL, "--json")
     assert json.loads(out)["editor"]["role"] == "editor"
+
+
+def test_the_public_form_refuses_a_forgotten_address(app: App, config: Path) -> None:
+    """The App's sessions carry the forget keys, so the real subscribe form sees the hash."""
+    from fastapi.testclient import TestClient
+
+    from digest.web.server import create_app
+
+    build_history(app)
+    assert cli(config, "subscribers", "forget", EMAIL)[0] == 0
+    before = mentions(app.engine, EMAIL)
+    answer = TestClient(create_app(app)).post(f"/subscribe/{TU}", data={"email": EMAIL.upper()})
+    assert answer.status_code in (200, 400)
+    assert mentions(app.engine, EMAIL) == before == []
+    assert not list(Path(app.settings.delivery.outbox_dir).rglob("confirmations/*.eml"))
