@@ -168,6 +168,7 @@ def _track(
         html,
         (lambda index: links.click(issue_id, index)) if ours and newsletter.track_clicks else None,
         links.open_pixel(issue_id) if ours and newsletter.track_opens else None,
+        own=(links.archive(issue.newsletter), links.subscribe(issue.newsletter)),
     )
     if newsletter.track_clicks:
         engagement_store.store_links(session, issue_id, tracked.urls)

@@ -36,7 +36,7 @@ _HEADERS = {
 }
 
 WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 14, 30
+LEFT, RIGHT, TOP, BOTTOM = 44, 12, 28, 30
 SERIES = (("opens", "#1f5fbf"), ("clicks", "#b3261e"))
 
 
@@ -122,11 +122,11 @@ def chart_svg(timeline: Sequence[dict[str, int]]) -> Markup:
                     f'r="3" fill="{colour}"><title>{escape(name)} in hour {p["hour"]}: '
                     f"{p[name]}</title></circle>"
                 )
-    legend_x = LEFT + 8
+    legend_x = WIDTH - RIGHT - 150  # above the plot, right-aligned: never over a point
     for offset, (name, colour) in enumerate(SERIES):
         parts.append(
-            f'<rect x="{legend_x + offset * 80}" y="{TOP + 6}" width="10" height="10" '
-            f'fill="{colour}"/><text x="{legend_x + offset * 80 + 14}" y="{TOP + 15}" '
+            f'<rect x="{legend_x + offset * 80}" y="6" width="10" height="10" '
+            f'fill="{colour}"/><text x="{legend_x + offset * 80 + 14}" y="15" '
             f'font-size="12" fill="#1d232b">{name}</text>'
         )
     parts.append("</svg>")
