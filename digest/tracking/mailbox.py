@@ -5,9 +5,9 @@ $DIGEST_BOUNCES_PASSWORD), else a path: a directory with `cur/`, `new/` and `tmp
 maildir, a file an mbox. Messages already seen are skipped. After a message is applied:
 
 - processed (applied or a duplicate): moved to the `Processed` folder (maildir `.Processed`,
-  an mbox `<file>.processed` beside it, IMAP folder `Processed`); the copy is written before
-  the original is removed, so a crash between the two leaves a duplicate, never a loss (and a
-  duplicate is recognised by its hash and changes nothing);
+  by one rename; an mbox `<file>.processed` beside it and IMAP folder `Processed`, where the
+  copy is written before the original is removed, so a crash between the two leaves a
+  duplicate, never a loss; a duplicate is recognised by its hash and changes nothing);
 - not processed (not a bounce, or a forged one): left where it is and flagged seen, for a
   person to read.
 
@@ -60,43 +60,49 @@ def open_mailbox(spec: str, *, password: str | None = None) -> BounceMailbox:
 
 
 class MaildirBox:
+    """A maildir read through its layout (`new/`, `cur/` with `:2,FLAGS` names): a message is
+    moved or flagged by one rename, atomic within the maildir, so nothing is copied and a crash
+    leaves every message in exactly one place."""
+
     def __init__(self, path: Path) -> None:
-        self.box = mailbox.Maildir(path, factory=None, create=False)
-        self._done: mailbox.Maildir | None = None
+        self.root = path
+        if not all((path / sub).is_dir() for sub in ("cur", "new", "tmp")):
+            raise MailboxError(f"{path}: not a maildir (it needs cur/, new/ and tmp/)")
 
     def unseen(self) -> Iterator[tuple[str, bytes]]:
-        for key in list(self.box.keys()):
-            try:
-                message = self.box.get_message(key)
-            except KeyError:  # removed meanwhile
-                continue
-            if "S" in message.get_flags():
-                continue
-            yield key, message.as_bytes()
-
-    def _processed_folder(self) -> mailbox.Maildir:
-        if self._done is None:
-            try:
-                self._done = self.box.get_folder(PROCESSED)
-            except mailbox.NoSuchMailboxError:
-                self._done = self.box.add_folder(PROCESSED)
-        return self._done
+        for sub in ("new", "cur"):
+            for entry in sorted((self.root / sub).iterdir()):
+                if entry.name.startswith(".") or "S" in _flags(entry.name):
+                    continue
+                try:
+                    raw = entry.read_bytes()
+                except FileNotFoundError:  # taken away meanwhile
+                    continue
+                yield f"{sub}/{entry.name}", raw
 
     def processed(self, key: str) -> None:
-        message = self.box.get_message(key)
-        message.add_flag("S")
-        message.set_subdir("cur")
-        self._processed_folder().add(message)  # first the copy, then the removal
-        self.box.discard(key)
+        folder = self.root / f".{PROCESSED}"
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        self._move(key, folder / "cur")
 
     def leave(self, key: str) -> None:
-        message = self.box.get_message(key)
-        message.add_flag("S")
-        message.set_subdir("cur")
-        self.box[key] = message
+        self._move(key, self.root / "cur")
+
+    def _move(self, key: str, target: Path) -> None:
+        source = self.root / key
+        unique = source.name.split(":", 1)[0]
+        flags = "".join(sorted(set(_flags(source.name)) | {"S"}))
+        source.rename(target / f"{unique}:2,{flags}")
 
     def close(self) -> None:
-        self.box.close()
+        pass
+
+
+def _flags(name: str) -> str:
+    """The flags of a maildir file name (`…:2,FS` → `FS`)."""
+    _, sep, info = name.partition(":2,")
+    return info if sep else ""
 
 
 class MboxBox:
