@@ -2,7 +2,9 @@
 
 - delivered, deferred, dropped, bounce, open, click → the delivery's status and flags, found
   through the `custom_args` the sender put on every message (`digest_delivery_id`,
-  `digest_issue_id`, `digest_newsletter`; SendGrid flattens them into each event);
+  `digest_issue_id`, `digest_newsletter`; SendGrid flattens them into each event); open and
+  click also count in the issue's engagement per hour (and per link: the event's `url` in the
+  issue's link table), as digest's own pixel and redirect do (`digest.storage.engagement`);
 - bounce of type `bounce` (hard) and spamreport → the address is suppressed (its subscriptions
   become bounced / complained), as is a drop for "Bounced Address" or "Spam Reporting Address";
 - unsubscribe → unsubscribed from everything; group_unsubscribe → from that newsletter.
@@ -23,6 +25,8 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from digest.storage import engagement
+from digest.storage.engagement import EngagementKind
 from digest.storage.models import Delivery, DeliveryStatus, Issue, WebhookEvent
 from subscribers.bulk import insert_missing
 from subscribers.membership import unsubscribe, unsubscribe_all
@@ -68,6 +72,7 @@ class _Context:
     detail: str | None  # SendGrid's status, reason and type, for the record
     reason: str  # SendGrid's reason, lower-cased ("bounced address", "550 5.1.1 …")
     bounce_type: str  # "bounce" (hard) or "blocked"
+    url: str | None = None  # a click's link
 
 
 def apply_sendgrid_events(session: Session, events: list[Any], *, now: datetime) -> EventsResult:
@@ -128,6 +133,7 @@ def _context(session: Session, raw: dict[str, Any], now: datetime) -> _Context:
         detail=reason[:500] or None,
         reason=str(raw.get("reason") or "").lower(),
         bounce_type=str(raw.get("type") or "bounce").lower(),
+        url=raw["url"] if isinstance(raw.get("url"), str) else None,
     )
 
 
@@ -147,6 +153,7 @@ def _apply(session: Session, event: _Context) -> bool:
             changed = True
         return changed
     if kind in ("open", "click"):
+        _count_engagement(session, event)
         return _record_engagement(session, event, clicked=kind == "click")
     if kind == "spamreport" and event.email:
         _suppress(session, event, SuppressionReason.COMPLAINT)
@@ -191,6 +198,17 @@ def _record_engagement(session: Session, event: _Context, *, clicked: bool) -> b
     delivery.updated_at = event.at
     session.add(delivery)
     return True
+
+
+def _count_engagement(session: Session, event: _Context) -> None:
+    if event.delivery is None:  # not a message of ours, or about another address
+        return
+    issue_id = event.delivery.issue_id
+    if event.kind == "click":
+        link = engagement.link_position(session, issue_id, event.url or "")
+        engagement.record(session, issue_id, EngagementKind.CLICK, event.at, link)
+    else:
+        engagement.record(session, issue_id, EngagementKind.OPEN, event.at)
 
 
 def _suppress(session: Session, event: _Context, reason: SuppressionReason) -> None:

@@ -246,6 +246,44 @@ def test_the_studio_shows_a_sent_issue_with_its_chart(tracked: App) -> None:
     assert client.get(f"/studio/{SLUG}/issue/{issue_id + 99}/stats").status_code == 404
 
 
+def test_sendgrid_open_and_click_events_count_like_the_pixel_and_the_redirect(
+    tracked: App,
+) -> None:
+    from digest.ops.stats import issue_stats
+    from digest.sending.events import apply_sendgrid_events
+    from digest.storage.models import Delivery
+
+    issue_id, _ = send_built_issue(tracked)
+    story = sorted(article_urls(tracked))[0]
+    with tracked.session() as session:
+        deliveries = session.exec(select(Delivery).where(Delivery.issue_id == issue_id)).all()
+        stamp = int((DEFAULT_NOW + timedelta(hours=5)).timestamp())
+        events = [
+            {
+                "event": kind,
+                "email": d.email,
+                "timestamp": stamp,
+                "sg_event_id": f"{kind}-{d.id}",
+                "digest_delivery_id": str(d.id),
+                "digest_issue_id": str(issue_id),
+                "digest_newsletter": SLUG,
+                **({"url": story} if kind == "click" else {}),
+            }
+            for d in deliveries
+            for kind in ("open", "click")
+        ]
+        later = DEFAULT_NOW + timedelta(hours=6)  # the batch arrives after the events
+        result = apply_sendgrid_events(session, [*events, events[0]], now=later)
+    assert result.applied == len(events) and result.duplicates == 1
+    with tracked.session() as session:
+        stats = issue_stats(session, SLUG, issue_id)
+    assert stats is not None
+    assert (stats.opens, stats.clicks) == (len(READERS), len(READERS))
+    assert (stats.counts.opened, stats.counts.clicked) == (len(READERS), len(READERS))
+    assert stats.top_links == [{"url": story, "clicks": len(READERS)}]
+    assert stats.timeline[5] == {"hour": 5, "opens": len(READERS), "clicks": len(READERS)}
+
+
 def _at(app: App, hours: int) -> App:
     from digest.app import fixed_clock
 
