@@ -123,16 +123,16 @@ class MboxBox:
         if self._done is None:
             self._done = mailbox.mbox(self.path.with_name(self.path.name + ".processed"))
             self._done.lock()
-        message = self.box.get_message(key)
+        message = self.box.get_message(int(key))  # mbox keys are ints; the protocol's are str
         message.add_flag("RO")
         self._done.add(message)
         self._done.flush()  # the copy is on disk before the original goes (at close)
-        self.box.discard(key)
+        self.box.discard(int(key))
 
     def leave(self, key: str) -> None:
-        message = self.box.get_message(key)
+        message = self.box.get_message(int(key))
         message.add_flag("RO")
-        self.box[key] = message
+        self.box[int(key)] = message
 
     def close(self) -> None:
         try:

@@ -141,3 +141,32 @@ def test_each_style_is_read_as_a_hard_bounce(name: str) -> None:
         .replace("{RCPT}", "r@y.example")
     )
     assert classify(parse(raw.encode())).kind is Kind.HARD
+
+
+def test_an_mbox_bounce_mailbox_is_read_and_tidied_the_same(
+    any_engine: Engine,
+    make_app: Callable[..., App],
+    smtp_server: Callable[..., tuple[Handler, int]],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from digest.tracking.fetch import fetch_bounces
+
+    handler, port = smtp_server()
+    path = tmp_path / "bounces.mbox"
+    app = _app(make_app, any_engine, port, tmp_path, mailbox=str(path))
+    first, _ = add_audience(any_engine, "turkey-unpacked", 2)
+    envelopes = _send(app, any_engine, handler)
+    hard, other = address(first), address(first + 1)
+    box = mailbox.mbox(path, create=True)
+    for name, person in (("postfix_hard.eml", hard), ("autoreply.eml", other)):
+        text = (FIXTURES / name).read_text().replace("{VERP}", envelopes[person])
+        box.add(mailbox.mboxMessage(text.replace("{RCPT}", person).encode()))
+    box.close()
+
+    report = fetch_bounces(app)
+    again = fetch_bounces(app)
+
+    assert (report.read, report.hard, again.read) == (2, 1, 0)  # the left one is flagged read
+    assert _suppressed(any_engine) == {hard: "hard_bounce"}
+    assert len(mailbox.mbox(path)) == 1  # the auto-reply stays, for a person
+    assert len(mailbox.mbox(path.with_name("bounces.mbox.processed"))) == 1
