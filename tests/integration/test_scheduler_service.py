@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers import date as date_trigger
 from apscheduler.triggers import interval as interval_trigger
 from sqlalchemy import Engine
+from sqlmodel import select
 
 from digest.app import App
 from digest.cron import CrontabTrigger
@@ -219,3 +221,53 @@ def test_housekeeping_forgets_run_records_older_than_400_days(
     service.begin_term()
     service.housekeeping()
     assert [r.period[:7] for r in runs_of(any_engine)] == ["2025-11"]
+
+
+def test_the_scheduler_fetches_bounces_every_bounces_every_when_a_mailbox_is_set(
+    any_engine: Engine, make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    import mailbox
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from subscribers import is_suppressed
+    from tests.support.sending import add_audience, address, make_issue
+
+    box_path = tmp_path / "Maildir"
+    mailbox.Maildir(box_path, create=True).close()
+    app = make_app(
+        any_engine,
+        bounces={"domain": "bounces.example.com", "mailbox": str(box_path), "every": "7m"},
+    )
+    service = SchedulerService(lambda: app, app=app, pipeline_factory=RecordingPipeline().pipeline)
+    scheduler = BackgroundScheduler(timezone=UTC)
+    service._add_jobs(scheduler, start_now=False)
+    job = scheduler.get_job("bounces")
+    assert job is not None and job.trigger.interval.total_seconds() == 7 * 60
+    plain = make_app(any_engine)
+    other = BackgroundScheduler(timezone=UTC)
+    SchedulerService(
+        lambda: plain, app=plain, pipeline_factory=RecordingPipeline().pipeline
+    )._add_jobs(other, start_now=False)
+    assert other.get_job("bounces") is None  # no mailbox, no job
+
+    # The job itself reads the mailbox: a DSN to a real delivery's signed return path.
+    from digest.sending.send import send_issue
+    from digest.storage.models import Delivery
+    from digest.tracking.verp import VerpSigner
+
+    first, _ = add_audience(any_engine, TURKEY, 1)
+    send_issue(app, make_issue(any_engine, TURKEY))
+    with app.session() as session:
+        delivery = session.exec(select(Delivery)).one()
+    verp = VerpSigner(app.signing_key(), "bounces.example.com").address(
+        delivery_id=delivery.id, subscriber_id=None
+    )
+    dsn = (Path(__file__).parents[1] / "fixtures" / "bounces" / "postfix_hard.eml").read_text()
+    box = mailbox.Maildir(box_path)
+    box.add(dsn.replace("{VERP}", verp or "").replace("{RCPT}", address(first)).encode())
+    box.close()
+    service.begin_term()
+    service.fetch_bounces()
+    with app.session() as session:
+        assert is_suppressed(session, address(first))
