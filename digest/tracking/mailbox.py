@@ -111,28 +111,31 @@ class MboxBox:
         self.box = mailbox.mbox(path, create=False)
         self.box.lock()
         self._done: mailbox.mbox | None = None
+        # mbox keys are ints at run time (typeshed says str); the protocol hands out str.
+        self._keys: dict[str, Any] = {}
 
     def unseen(self) -> Iterator[tuple[str, bytes]]:
         for key in list(self.box.keys()):
             message = self.box.get_message(key)
             if "R" in message.get_flags():
                 continue
+            self._keys[str(key)] = key
             yield str(key), message.as_bytes()
 
     def processed(self, key: str) -> None:
         if self._done is None:
             self._done = mailbox.mbox(self.path.with_name(self.path.name + ".processed"))
             self._done.lock()
-        message = self.box.get_message(int(key))  # mbox keys are ints; the protocol's are str
+        message = self.box.get_message(self._keys[key])
         message.add_flag("RO")
         self._done.add(message)
         self._done.flush()  # the copy is on disk before the original goes (at close)
-        self.box.discard(int(key))
+        self.box.discard(self._keys[key])
 
     def leave(self, key: str) -> None:
-        message = self.box.get_message(int(key))
+        message = self.box.get_message(self._keys[key])
         message.add_flag("RO")
-        self.box[int(key)] = message
+        self.box[self._keys[key]] = message
 
     def close(self) -> None:
         try:
