@@ -473,7 +473,9 @@ def settings_from_mapping(
     if env.get(ENV_SMTP_PASSWORD):
         data["smtp"] = {**data.get("smtp", {}), "password": env[ENV_SMTP_PASSWORD]}
     if env.get(ENV_DKIM_PRIVATE_KEY):
-        data["dkim_private_key"] = env[ENV_DKIM_PRIVATE_KEY]
+        # An environment file (systemd's EnvironmentFile) holds one line: a PEM key written
+        # there with `\n` for its line breaks is read back with real ones.
+        data["dkim_private_key"] = env[ENV_DKIM_PRIVATE_KEY].replace("\\n", "\n")
     if env.get(ENV_BOUNCES_PASSWORD):
         data["bounces_password"] = env[ENV_BOUNCES_PASSWORD]
     data["source_file"] = str(file)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from digest.cli import app as cli_app
-from digest.config import ConfigError, load_settings
+from digest.config import ConfigError, load_settings, settings_from_mapping
 
 GOOD = """
 [site]
@@ -130,3 +130,11 @@ def test_bundled_default_config_is_valid() -> None:
     settings = load_settings(default_config_file(), env={})
     slugs = [n.slug for n in settings.newsletters]
     assert "turkey-unpacked" in slugs and len(slugs) >= 2
+
+
+def test_a_one_line_dkim_key_in_an_environment_file_gets_its_line_breaks_back() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+    one_line = pem.replace("\n", "\\n")
+    settings = settings_from_mapping({}, env={"DIGEST_DKIM_PRIVATE_KEY": one_line})
+    assert settings.dkim_private_key is not None
+    assert settings.dkim_private_key.get_secret_value() == pem
