@@ -18,14 +18,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, String, func
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, SQLModel, col, select
-from typer.testing import CliRunner
 
 import digest.storage.access
 import digest.storage.models
 import subscribers.models
 from digest.app import App
-from digest.cli import app as cli_app
-from digest.cli import common
 from digest.sending.counts import delivery_counts
 from digest.sending.events import apply_sendgrid_events
 from digest.storage.models import Delivery
@@ -35,6 +32,8 @@ from subscribers.models import ConsentEvent, Subscriber, Suppression
 from subscribers.suppression import address_hash, forget_keys
 from subscribers.tokens import Purpose, make_token
 from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.support.cli import cli_config
+from tests.support.cli import digest as cli
 from tests.support.sending import sent_issue
 
 TU, CW = "turkey-unpacked", "climate-weekly"
@@ -48,41 +47,9 @@ def app(any_engine: Engine, make_app: Callable[..., App]) -> App:
     return make_app(any_engine)
 
 
-def write_config(path: Path, engine: Engine) -> Path:
-    path.write_text(
-        f"""
-[database]
-url = "{engine.url.render_as_string(hide_password=False)}"
-[site]
-base_url = "https://news.example.com"
-[[newsletters]]
-slug = "turkey-unpacked"
-title = "Turkey Unpacked"
-[[newsletters]]
-slug = "climate-weekly"
-title = "Climate Weekly"
-""",
-        encoding="utf-8",
-    )
-    return path
-
-
 @pytest.fixture
 def config(any_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("DIGEST_SECRET_KEY", TEST_SECRET)
-    monkeypatch.delenv("DIGEST_OLD_SECRET_KEYS", raising=False)
-    monkeypatch.delenv("DIGEST_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    monkeypatch.setattr(common.console, "width", 300)
-    monkeypatch.setattr(common.err_console, "width", 300)
-    yield write_config(tmp_path / "digest.toml", any_engine)
-
-
-def cli(config: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "--now", DEFAULT_NOW.isoformat(), *args]
-    )
-    return result.exit_code, result.stdout, result.stderr
+    yield cli_config(tmp_path / "digest.toml", any_engine, monkeypatch)
 
 
 def build_history(app: App) -> dict[str, Any]:

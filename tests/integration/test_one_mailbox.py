@@ -16,11 +16,8 @@ from alembic import command
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlmodel import Session, select
-from typer.testing import CliRunner
 
 from digest.app import App
-from digest.cli import app as cli_app
-from digest.cli import common
 from digest.sending.events import apply_sendgrid_events
 from digest.storage.db import alembic_config, current_revision, head_revision, make_engine
 from digest.storage.models import Delivery
@@ -40,7 +37,8 @@ from subscribers import (
 from subscribers.addresses import InvalidAddress
 from subscribers.membership import current_subscriber_id
 from subscribers.models import ConsentEvent, Subscriber, Suppression
-from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.conftest import DEFAULT_NOW
+from tests.support.cli import cli_config, digest
 from tests.support.sending import mailed, make_issue, sent_issue
 
 TU, CW = "turkey-unpacked", "climate-weekly"
@@ -190,35 +188,7 @@ def test_an_unsubscribe_event_in_another_spelling_finds_the_subscriber(any_engin
 
 @pytest.fixture
 def config(any_engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("DIGEST_SECRET_KEY", TEST_SECRET)
-    monkeypatch.delenv("DIGEST_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    monkeypatch.setattr(common.console, "width", 300)
-    monkeypatch.setattr(common.err_console, "width", 300)
-    path = tmp_path / "digest.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{any_engine.url.render_as_string(hide_password=False)}"
-[site]
-base_url = "https://news.example.com"
-[[newsletters]]
-slug = "{TU}"
-title = "Turkey Unpacked"
-[[newsletters]]
-slug = "{CW}"
-title = "Climate Weekly"
-""",
-        encoding="utf-8",
-    )
-    yield path
-
-
-def digest(config: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "--now", DEFAULT_NOW.isoformat(), *args]
-    )
-    return result.exit_code, result.stdout, result.stderr
+    yield cli_config(tmp_path / "digest.toml", any_engine, monkeypatch)
 
 
 def test_the_cli_treats_every_spelling_as_one_subscriber(

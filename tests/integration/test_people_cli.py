@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
-from typer.testing import CliRunner
 
 from digest.app import App
-from digest.cli import app as cli_app
-from digest.cli import common
 from digest.sending.events import apply_sendgrid_events
 from digest.storage.models import Delivery
 from subscribers import count_audience, find_subscriber, is_suppressed
-from tests.conftest import DEFAULT_NOW, TEST_SECRET
+from tests.conftest import DEFAULT_NOW
+from tests.support.cli import cli_config, digest
 from tests.support.sending import sent_issue
 
 SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample" / "subscribers.csv"
@@ -25,36 +23,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "config" / "sample" / "subscriber
 
 @pytest.fixture
 def config(engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("DIGEST_SECRET_KEY", TEST_SECRET)
-    monkeypatch.delenv("DIGEST_DATABASE_URL", raising=False)
-    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    # Rich wraps and truncates at the terminal width, fixed when the console was made.
-    monkeypatch.setattr(common.console, "width", 300)
-    monkeypatch.setattr(common.err_console, "width", 300)
-    path = tmp_path / "digest.toml"
-    path.write_text(
-        f"""
-[database]
-url = "{engine.url.render_as_string(hide_password=False)}"
-[site]
-base_url = "https://news.example.com"
-[[newsletters]]
-slug = "turkey-unpacked"
-title = "Turkey Unpacked"
-[[newsletters]]
-slug = "climate-weekly"
-title = "Climate Weekly"
-""",
-        encoding="utf-8",
-    )
-    yield path
-
-
-def digest(config: Path, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "--now", DEFAULT_NOW.isoformat(), *args]
-    )
-    return result.exit_code, result.stdout, result.stderr
+    yield cli_config(tmp_path / "digest.toml", engine, monkeypatch)
 
 
 def test_add_then_add_again(config: Path, engine: Engine) -> None:
