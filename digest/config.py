@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -30,7 +28,21 @@ from pydantic import (
 )
 
 from digest import paths
-from digest.config_types import Duration, HeaderText, TimeZoneName, parse_duration
+from digest.config_sections import (  # noqa: F401 - re-exported
+    BouncesConfig,
+    DeliveryConfig,
+    DkimConfig,
+    FormsConfig,
+    SenderConfig,
+    SendGridConfig,
+    SmtpConfig,
+    SmtpSecurity,
+    StudioAuth,
+    StudioConfig,
+    TrackingConfig,
+    TransportName,
+)
+from digest.config_types import Duration, HeaderText, Strict, TimeZoneName, parse_duration
 
 # A development-only key: used when DIGEST_SECRET_KEY is unset and the site is local, so that
 # `make demo` works on a fresh machine. `Settings.require_secret_key()` refuses it elsewhere.
@@ -61,15 +73,11 @@ class ConfigError(Exception):
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseConfig(_Strict):
+class DatabaseConfig(Strict):
     url: str = "sqlite:///var/digest.db"
 
 
-class SiteConfig(_Strict):
+class SiteConfig(Strict):
     name: str = "digest"
     base_url: str = "http://127.0.0.1:8000"
     timezone: TimeZoneName = "UTC"
@@ -85,88 +93,13 @@ class SiteConfig(_Strict):
         return value.rstrip("/")
 
 
-class SenderConfig(_Strict):
-    from_email: HeaderText = "newsletter@localhost"
-    from_name: HeaderText = "digest"
-    reply_to: HeaderText | None = None
-    postal_address: str = ""
-    # mailto target offered next to the https link in List-Unsubscribe (RFC 2369).
-    unsubscribe_mailto: HeaderText | None = None
-
-
-class TransportName(StrEnum):
-    OUTBOX = "outbox"
-    SMTP = "smtp"
-    SENDGRID = "sendgrid"
-
-
-class DeliveryConfig(_Strict):
-    transport: TransportName = TransportName.OUTBOX
-    outbox_dir: str = "var/outbox"
-    batch_size: int = Field(default=500, ge=1, le=1000)
-    concurrency: int = Field(default=4, ge=1, le=64)
-    rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
-    max_retries: int = Field(default=5, ge=0, le=20)
-    # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
-    # little faster, smaller holds the database's write lock for less time.
-    freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
-
-
-class SendGridConfig(_Strict):
-    api_url: str = "https://api.sendgrid.com"
-    timeout: float = Field(default=30, gt=0)
-    batch_size: int = Field(default=1000, ge=1, le=1000)
-
-
-class SmtpSecurity(StrEnum):
-    STARTTLS = "starttls"
-    SSL = "ssl"
-    NONE = "none"
-
-
-class SmtpConfig(_Strict):
-    host: str = "localhost"
-    port: int = Field(default=587, ge=1, le=65535)
-    username: str | None = None
-    password: SecretStr | None = None
-    security: SmtpSecurity = SmtpSecurity.STARTTLS
-    timeout: float = Field(default=30, gt=0)
-
-
-_DOMAIN = r"^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
-
-
-class BouncesConfig(_Strict):
-    """Bounces and complaints over SMTP: signed VERP return paths, the bounce mailbox."""
-
-    # Envelope senders `bounce+<id>.<mac>@domain`; None: MAIL FROM is sender.from_email.
-    domain: str | None = Field(default=None, pattern=_DOMAIN, max_length=200)
-    soft_limit: int = Field(default=3, ge=1, le=100)  # soft bounces in a row, then suppressed
-    # imap://user@host[:port]/FOLDER, imaps://…, or a maildir or mbox path; None: no fetch.
-    mailbox: str | None = None
-    every: Duration = "10m"
-
-
-class DkimConfig(_Strict):
-    """DKIM signing of SMTP messages; the private key comes from $DIGEST_DKIM_PRIVATE_KEY."""
-
-    selector: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,63}$")
-    domain: str | None = Field(default=None, pattern=_DOMAIN)
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> DkimConfig:
-        if (self.selector is None) != (self.domain is None):
-            raise ValueError("dkim: set both selector and domain, or neither")
-        return self
-
-
 class SourceKind(StrEnum):
     RSS = "rss"
     JSON = "json"
     CSV = "csv"
 
 
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     name: str = Field(min_length=1)
     kind: SourceKind = SourceKind.RSS
     url: str = Field(min_length=1, description="http(s) URL or a file path")
@@ -174,7 +107,7 @@ class SourceConfig(_Strict):
     title: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-class IngestConfig(_Strict):
+class IngestConfig(Strict):
     """How `digest ingest` fetches and stores sources (digest/fetch.py, digest/ingest.py)."""
 
     concurrency: int = Field(default=8, ge=1, le=64, description="sources fetched at once")
@@ -189,14 +122,14 @@ class IngestConfig(_Strict):
     )
 
 
-class TopicRules(_Strict):
+class TopicRules(Strict):
     tags: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
     exclude_keywords: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list, description="only articles of these sources")
 
 
-class NewsletterConfig(_Strict):
+class NewsletterConfig(Strict):
     slug: str
     title: str
     description: str = ""
@@ -252,13 +185,13 @@ class NewsletterConfig(_Strict):
         return parse_duration(self.window)
 
 
-class ApiConfig(_Strict):
+class ApiConfig(Strict):
     """The push API used by a CMS; the bearer token comes from $DIGEST_API_TOKEN."""
 
     enabled: bool = True
 
 
-class SchedulerConfig(_Strict):
+class SchedulerConfig(Strict):
     """`digest scheduler` and `digest run-due`: how often, how late, and who leads."""
 
     ingest_every: Duration = "15m"
@@ -275,56 +208,12 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(Strict):
     format: LogFormat = LogFormat.HUMAN
     level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
 
 
-class StudioAuth(StrEnum):
-    LOGIN = "login"  # editors sign in with a password or a mailed one-time link
-    PROXY = "proxy"  # an authenticating proxy (SSO) names the editor in a header
-    NONE = "none"  # no sign-in: only when base_url is a loopback address
-
-
-class StudioConfig(_Strict):
-    auth: StudioAuth = StudioAuth.LOGIN
-    proxy_header: HeaderText = "X-Forwarded-Email"
-    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
-    # Domains an editor may send a test to besides their own address.
-    test_domains: list[str] = Field(default_factory=list)
-    session_idle: Duration = "12h"
-    session_max: Duration = "14d"
-    sign_in_link_ttl: Duration = "15m"
-
-
-class TrackingConfig(_Strict):
-    """Engagement tracking of the newsletters that opt in (`track_clicks`, `track_opens`)."""
-
-    # False: counts per issue and per link only, nothing that identifies a reader. True (a
-    # redirect per reader) is not implemented: refused rather than silently ignored.
-    per_reader: bool = False
-
-    @field_validator("per_reader")
-    @classmethod
-    def _not_per_reader(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "per-reader engagement is not supported: digest counts per issue and per link"
-            )
-        return value
-
-
-class FormsConfig(_Strict):
-    # One confirmation email per address per this long, however often the form is posted.
-    confirmation_cooldown: Duration = "1h"
-    # Per client address (IP) per hour: subscribe posts, and studio sign-in attempts.
-    subscribe_per_hour: int = Field(default=20, ge=1)
-    sign_in_per_hour: int = Field(default=20, ge=1)
-    # Per editor account per hour, whatever the client.
-    sign_in_per_account_per_hour: int = Field(default=10, ge=1)
-
-
-class Settings(_Strict):
+class Settings(Strict):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     site: SiteConfig = Field(default_factory=SiteConfig)
     sender: SenderConfig = Field(default_factory=SenderConfig)

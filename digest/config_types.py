@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 
 def _timezone(value: str) -> str:
@@ -51,3 +51,9 @@ def _no_newlines(value: str) -> str:
 
 
 HeaderText = Annotated[str, AfterValidator(_no_newlines)]
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are refused (a typo is an error, not a silent default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -12,7 +12,13 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from digest.app import App
-from digest.issues.assemble import REBUILDABLE, AssemblyError, build_issue, lock_issue
+from digest.issues.assemble import (
+    REBUILDABLE,
+    AssemblyError,
+    build_issue,
+    issue_articles,
+    lock_issue,
+)
 from digest.storage.models import Article, Issue, IssueArticle, IssueStatus
 
 
@@ -69,6 +75,24 @@ def reorder(app: App, issue_id: int, article_ids: list[int]) -> Issue:
             link.pinned, link.excluded, link.position = True, False, position
             session.add(link)
     return _rebuild(app, issue)
+
+
+def move(app: App, issue_id: int, article_id: int, *, up: bool) -> bool:
+    """Swap an article with its neighbour above (or below); it and those before it become
+    pinned in that order. False when it is already first (or last)."""
+    with app.session() as session:
+        order = [
+            link.article_id for link, _ in issue_articles(session, issue_id) if not link.excluded
+        ]
+    if article_id not in order:
+        raise AssemblyError(f"article {article_id} is not in issue {issue_id}")
+    index = order.index(article_id)
+    other = index - 1 if up else index + 1
+    if not 0 <= other < len(order):
+        return False
+    order[index], order[other] = order[other], order[index]
+    reorder(app, issue_id, order[: max(index, other) + 1])
+    return True
 
 
 def set_subject(app: App, issue_id: int, subject: str | None) -> Issue:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import textwrap
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,12 +31,12 @@ from jinja2 import (
     meta,
     select_autoescape,
 )
-from markupsafe import Markup, escape
 
 from digest import paths
 from digest.config import NewsletterConfig
 from digest.rendering import inline, lint, personalize
 from digest.rendering.contents import ArticleView, IssueContents, RenderedEmail
+from digest.rendering.filters import TEXT_WIDTH, fmt, http_url, nl2br, one_line, wrap
 
 DEFAULT_TEMPLATE = "digest"
 EMAIL_DIR = "email"
@@ -50,9 +49,7 @@ SUBJECT_TEMPLATE = "subject.txt.j2"
 PREHEADER_TEMPLATE = "preheader.txt.j2"
 ENTRY_TEMPLATES = (SUBJECT_TEMPLATE, PREHEADER_TEMPLATE, HTML_TEMPLATE, TEXT_TEMPLATE)
 
-TEXT_WIDTH = 72
 SUBJECT_MAX = 200
-_WS = re.compile(r"\s+")
 
 
 class RenderError(Exception):
@@ -335,45 +332,6 @@ def _check_placeholders(contents: IssueContents, *parts: str) -> set[str]:
 
 
 # -- filters and helpers ----------------------------------------------------------------------
-
-
-def one_line(value: str) -> str:
-    """Collapse all whitespace, CR and LF included: safe for a header such as Subject."""
-    return _WS.sub(" ", value).strip()
-
-
-def wrap(value: str, width: int = TEXT_WIDTH, indent: str = "") -> str:
-    """Wrap a paragraph for the text part; never breaks URLs or tokens."""
-    return textwrap.fill(
-        one_line(value),
-        width=width,
-        initial_indent=indent,
-        subsequent_indent=indent,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-
-
-def http_url(value: str | None) -> str:
-    """The URL when it is absolute http(s), else "" (no `javascript:` or relative links)."""
-    url = (value or "").strip()
-    return url if re.match(r"^https?://[^\s/]+", url, re.IGNORECASE) else ""
-
-
-def nl2br(value: str) -> Markup:
-    """Escape, then keep line breaks (postal addresses are often written on several lines)."""
-    lines = [escape(line.strip()) for line in value.strip().splitlines() if line.strip()]
-    return Markup("<br>").join(lines)
-
-
-def fmt(label: str, **values: Any) -> str:
-    """Fill `{name}` placeholders of a label; the result is escaped like any other value."""
-    return label.format_map(_Default(values))
-
-
-class _Default(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
 
 
 def _locale(newsletter: NewsletterConfig) -> Locale:

@@ -26,7 +26,7 @@ from fastapi.responses import (
 
 from digest.app import App
 from digest.config import ConfigError
-from digest.issues import assemble, editorial, timeline
+from digest.issues import editorial, timeline
 from digest.issues.assemble import AssemblyError
 from digest.rendering.render import RenderError
 from digest.storage.access import EditorRole
@@ -315,21 +315,8 @@ def move(
     """Swap an article with its neighbour; it and those above it become pinned in order."""
 
     def action(app: App) -> str:
-        with app.session() as session:
-            order = [
-                link.article_id
-                for link, _ in assemble.issue_articles(session, issue_id)
-                if not link.excluded
-            ]
-        if article_id not in order:
-            raise AssemblyError(f"article {article_id} is not in issue {issue_id}")
-        index = order.index(article_id)
-        other = index - 1 if direction == "up" else index + 1
-        if not 0 <= other < len(order):
-            return "Nothing to move."
-        order[index], order[other] = order[other], order[index]
-        editorial.reorder(app, issue_id, order[: max(index, other) + 1])
-        return f"Article {article_id} moved {direction}."
+        moved = editorial.move(app, issue_id, article_id, up=direction == "up")
+        return f"Article {article_id} moved {direction}." if moved else "Nothing to move."
 
     return _act(request, slug, issue_id, csrf, action, who)
 
