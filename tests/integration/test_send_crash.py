@@ -8,10 +8,8 @@ what really arrived; it answers slowly so that kills land mid-send.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,10 +22,10 @@ from digest.config import Settings
 from digest.issues import periods
 from digest.sending.counts import delivery_counts
 from digest.storage.models import BatchStatus, Delivery, SendBatch
-from tests.conftest import DEFAULT_NOW, REPO_ROOT, TEST_SECRET, make_settings
+from tests.conftest import DEFAULT_NOW, make_settings
 from tests.support.seeds import draw_seed
 from tests.support.sendgrid_server import SendGridServer
-from tests.support.sending import add_audience, address, make_issue
+from tests.support.sending import add_audience, address, finish, make_issue, start_send
 
 pytestmark = pytest.mark.slow
 
@@ -84,20 +82,7 @@ def _current_issue(engine: Engine, settings: Settings) -> int:
 
 
 def _start(config: Path, *extra: str) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, "DIGEST_SECRET_KEY": TEST_SECRET, "SENDGRID_API_KEY": KEY}
-    return subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), "--now",
-         DEFAULT_NOW.isoformat(), "send", SLUG, *extra],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-
-def _finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
-    out, err = process.communicate(timeout=180)
-    return process.returncode, " ".join((out + err).decode("utf-8", "replace").split())
+    return start_send(config, SLUG, *extra, env={"SENDGRID_API_KEY": KEY})
 
 
 def _wait_for_request(process: subprocess.Popen[bytes], server: SendGridServer, seen: int) -> None:
@@ -145,11 +130,11 @@ def test_killed_at_random_moments_then_resumed_mails_everyone_once_or_reports_un
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
-        _finish(process)
+        finish(process)
 
-    code, output = _finish(_start(config))
+    code, output = finish(_start(config))
     assert code in (0, 2), f"{seed}: {output}"
-    _, again = _finish(_start(config))
+    _, again = finish(_start(config))
     assert "nothing left to send" in again, f"{seed}: {again}"
 
     counts, unknown = _ledger(any_engine, issue_id)
@@ -163,7 +148,7 @@ def test_killed_at_random_moments_then_resumed_mails_everyone_once_or_reports_un
     assert everyone - unknown <= set(received), f"an accepted recipient was not mailed: {context}"
     server.assert_all_valid()  # requests cut off by a kill are aborted, not invalid
 
-    code, output = _finish(_start(config, "--retry-unknown"))
+    code, output = finish(_start(config, "--retry-unknown"))
     assert code == 0, f"{seed}: {output}"
     received = Counter(server.recipients())
     assert set(received) == everyone, context
@@ -181,7 +166,7 @@ def test_two_processes_sending_one_issue_mail_everyone_once(
     issue_id = _current_issue(any_engine, settings)
 
     processes = [_start(config), _start(config)]
-    results = [_finish(p) for p in processes]
+    results = [finish(p) for p in processes]
 
     assert all(code == 0 for code, _ in results), results
     received = Counter(server.recipients())

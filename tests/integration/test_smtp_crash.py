@@ -7,10 +7,8 @@ unknown, not the rest of its batch; the next run sends the untouched rows, once.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,10 +18,10 @@ import pytest
 from sqlalchemy import Engine
 
 from digest.issues import periods
-from tests.conftest import DEFAULT_NOW, REPO_ROOT, TEST_SECRET, make_settings
+from tests.conftest import DEFAULT_NOW, make_settings
 from tests.integration.test_send_crash import _ledger
 from tests.support.seeds import draw_seed
-from tests.support.sending import add_audience, address, make_issue
+from tests.support.sending import add_audience, address, finish, make_issue, start_send
 from tests.support.smtp_sink import SmtpSink
 
 pytestmark = pytest.mark.slow
@@ -65,19 +63,7 @@ def _issue(engine: Engine, tmp_path: Path) -> int:
 
 
 def _run(config: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "digest", "--config", str(config), "--now",
-         DEFAULT_NOW.isoformat(), "send", SLUG, *extra],
-        cwd=REPO_ROOT,
-        env={**os.environ, "DIGEST_SECRET_KEY": TEST_SECRET},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-
-def _finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
-    out, err = process.communicate(timeout=180)
-    return process.returncode, " ".join((out + err).decode("utf-8", "replace").split())
+    return start_send(config, SLUG, *extra)
 
 
 def _kill_after(process: subprocess.Popen[bytes], sink: SmtpSink, messages: int) -> bool:
@@ -85,10 +71,10 @@ def _kill_after(process: subprocess.Popen[bytes], sink: SmtpSink, messages: int)
     while process.poll() is None and time.monotonic() < deadline:
         if sink.state.messages >= messages:
             process.send_signal(signal.SIGKILL)
-            _finish(process)
+            finish(process)
             return True
         time.sleep(0.002)
-    _finish(process)
+    finish(process)
     return False
 
 
@@ -112,7 +98,7 @@ def test_a_kill_mid_send_leaves_at_most_the_messages_in_flight_unknown(
         assert counts["accepted"] <= len(received), context
     assert kills >= 1, f"{seed}: the send ended before a kill"
 
-    code, output = _finish(_run(config))
+    code, output = finish(_run(config))
     assert code in (0, 2), f"{seed}: {output}"
     counts, unknown = _ledger(any_engine, issue_id)
     received = Counter(sink.recipients())
@@ -123,7 +109,7 @@ def test_a_kill_mid_send_leaves_at_most_the_messages_in_flight_unknown(
     assert max(received.values()) == 1, context
     assert everyone - unknown <= set(received), f"an accepted recipient was not mailed: {context}"
 
-    code, output = _finish(_run(config, "--retry-unknown"))
+    code, output = finish(_run(config, "--retry-unknown"))
     assert code == 0, f"{seed}: {output}"
     received = Counter(sink.recipients())
     assert set(received) == everyone, context
@@ -138,7 +124,7 @@ def test_two_smtp_senders_of_one_issue_mail_everyone_once(
     config = _config(tmp_path, any_engine, sink.port)
     first, last = add_audience(any_engine, SLUG, AUDIENCE)
     issue_id = _issue(any_engine, tmp_path)
-    results = [_finish(p) for p in [_run(config), _run(config)]]
+    results = [finish(p) for p in [_run(config), _run(config)]]
     assert all(code == 0 for code, _ in results), results
     assert Counter(sink.recipients()) == Counter({address(i): 1 for i in range(first, last + 1)})
     counts, unknown = _ledger(any_engine, issue_id)

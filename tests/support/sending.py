@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from datetime import UTC, datetime
@@ -204,3 +207,25 @@ class FakeTime:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += max(seconds, 0.0)
+
+
+def start_send(
+    config: Path, slug: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`digest send SLUG` as its own process (so a test can SIGKILL it), at DEFAULT_NOW."""
+    from tests.conftest import DEFAULT_NOW, REPO_ROOT, TEST_SECRET
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "digest", "--config", str(config), "--now",
+         DEFAULT_NOW.isoformat(), "send", slug, *extra],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DIGEST_SECRET_KEY": TEST_SECRET, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Wait for a process from `start_send`: its exit code and its output on one line."""
+    out, err = process.communicate(timeout=180)
+    return process.returncode, " ".join((out + err).decode("utf-8", "replace").split())
