@@ -122,6 +122,11 @@ class IngestConfig(Strict):
     )
 
 
+class NewsletterKind(StrEnum):
+    TOPIC = "topic"
+    PERSONAL = "personal"
+
+
 class TopicRules(Strict):
     tags: list[str] = Field(default_factory=list)
     keywords: list[str] = Field(default_factory=list)
@@ -155,6 +160,18 @@ class NewsletterConfig(Strict):
     track_clicks: bool = False
     track_opens: bool = False
     topic: TopicRules = Field(default_factory=TopicRules)
+    # "topic": the articles matching `topic`, the same email for every subscriber. "personal":
+    # no topic of its own; each subscriber gets one email merging the topic newsletters they
+    # follow (`digest.issues.personal`).
+    kind: NewsletterKind = NewsletterKind.TOPIC
+    # Personal only: the topic newsletters it merges (default: every topic newsletter), in the
+    # order its sections come in.
+    topics: list[str] | None = None
+    # Personal only: its subscribers do not also get the separate emails of the topics it merges.
+    replaces_topic_emails: bool = True
+    # Personal only: an article a reader received from this site within this long is not sent
+    # to them again, whichever newsletter it came in.
+    memory: Duration = "30d"
 
     @field_validator("slug")
     @classmethod
@@ -183,6 +200,47 @@ class NewsletterConfig(Strict):
     @property
     def window_delta(self) -> timedelta:
         return parse_duration(self.window)
+
+    @property
+    def personal(self) -> bool:
+        return self.kind == NewsletterKind.PERSONAL
+
+    @property
+    def memory_delta(self) -> timedelta:
+        return parse_duration(self.memory)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _personal_defaults(cls, data: Any) -> Any:
+        """A personal issue differs per reader: it has no public archive page."""
+        if isinstance(data, dict) and data.get("kind") == NewsletterKind.PERSONAL:
+            if data.get("archive"):
+                raise ValueError(
+                    f"newsletters ({data.get('slug')}).archive: a personal newsletter differs "
+                    "per reader and has no public archive"
+                )
+            data = {**data, "archive": False}
+        return data
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> NewsletterConfig:
+        if self.personal:
+            if self.topic.tags or self.topic.keywords or self.topic.sources:
+                raise ValueError(
+                    f"newsletters ({self.slug}).topic: a personal newsletter has no topic of its "
+                    "own; it merges the topic newsletters each subscriber follows (`topics`)"
+                )
+            if self.track_clicks or self.track_opens:
+                raise ValueError(
+                    f"newsletters ({self.slug}).track_clicks/track_opens: engagement tracking "
+                    "is not available for personal newsletters yet"
+                )
+        elif self.topics is not None:
+            raise ValueError(
+                f'newsletters ({self.slug}).topics: only a newsletter of kind = "personal" '
+                "merges topics"
+            )
+        return self
 
 
 class ApiConfig(Strict):
@@ -246,7 +304,35 @@ class Settings(Strict):
     def _unique_names(self) -> Settings:
         _require_unique([n.slug for n in self.newsletters], "newsletters", "slug")
         _require_unique([s.name for s in self.sources], "sources", "name")
+        topics = {n.slug for n in self.newsletters if not n.personal}
+        for n in self.newsletters:
+            unknown = [t for t in n.topics or [] if t not in topics]
+            if unknown:
+                raise ValueError(
+                    f"newsletters ({n.slug}).topics: {', '.join(map(repr, unknown))} is not a "
+                    f"topic newsletter (topic newsletters: {', '.join(sorted(topics)) or 'none'})"
+                )
         return self
+
+    def merged_topics(self, newsletter: NewsletterConfig) -> list[NewsletterConfig]:
+        """The topic newsletters a personal newsletter merges, in its sections' order."""
+        if not newsletter.personal:
+            return []
+        topics = [n for n in self.newsletters if not n.personal]
+        if newsletter.topics is None:
+            return topics
+        by_slug = {n.slug: n for n in topics}
+        return [by_slug[slug] for slug in newsletter.topics]
+
+    def replaced_by(self, slug: str) -> list[str]:
+        """The personal newsletters whose subscribers do not get `slug`'s own emails."""
+        return [
+            n.slug
+            for n in self.newsletters
+            if n.personal
+            and n.replaces_topic_emails
+            and slug in {t.slug for t in self.merged_topics(n)}
+        ]
 
     def newsletter(self, slug: str) -> NewsletterConfig:
         for newsletter in self.newsletters:

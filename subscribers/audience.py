@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, exists, func
 from sqlalchemy import select as sa_select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from subscribers.bulk import among
@@ -32,16 +33,30 @@ class Recipient:
     locale: str | None
 
 
-def _mailable(newsletter: str) -> list[Any]:
-    """WHERE clauses: an active subscription to `newsletter` of an unsuppressed address."""
-    return [
+def _mailable(newsletter: str, replaced_by: Sequence[str] = ()) -> list[Any]:
+    """WHERE clauses: an active subscription to `newsletter` of an unsuppressed address, whose
+    subscriber is not actively subscribed to one of `replaced_by` (a personal newsletter that
+    sends them this topic inside its own email instead)."""
+    clauses = [
         col(Subscription.newsletter) == newsletter,
         col(Subscription.status) == SubscriptionStatus.ACTIVE,
         ~exists().where(col(Suppression.email) == col(Subscriber.email)),
     ]
+    if replaced_by:
+        other = aliased(Subscription)
+        clauses.append(
+            ~exists().where(
+                col(other.subscriber_id) == col(Subscription.subscriber_id),
+                col(other.newsletter).in_(list(replaced_by)),
+                col(other.status) == SubscriptionStatus.ACTIVE,
+            )
+        )
+    return clauses
 
 
-def audience_statement(newsletter: str, *, after_id: int, limit: int) -> Select:  # type: ignore[type-arg]
+def audience_statement(
+    newsletter: str, *, after_id: int, limit: int, replaced_by: Sequence[str] = ()
+) -> Select:  # type: ignore[type-arg]
     """The query behind `audience_page`, columns in `Recipient` order, for callers that insert
     its rows elsewhere in SQL (the sender freezes a million recipients with INSERT … SELECT)."""
     return (
@@ -56,7 +71,7 @@ def audience_statement(newsletter: str, *, after_id: int, limit: int) -> Select:
         # The bound on both sides of the join: PostgreSQL does not carry an inequality across it
         # and would otherwise merge-join from the first subscriber on every page.
         .where(
-            *_mailable(newsletter),
+            *_mailable(newsletter, replaced_by),
             col(Subscription.subscriber_id) > after_id,
             col(Subscriber.id) > after_id,
         )
@@ -66,49 +81,68 @@ def audience_statement(newsletter: str, *, after_id: int, limit: int) -> Select:
 
 
 def audience_page(
-    session: Session, newsletter: str, *, after_id: int, limit: int
+    session: Session,
+    newsletter: str,
+    *,
+    after_id: int,
+    limit: int,
+    replaced_by: Sequence[str] = (),
 ) -> list[Recipient]:
     """The next `limit` recipients with subscriber_id > after_id, in id order (one query)."""
-    statement = audience_statement(newsletter, after_id=after_id, limit=limit)
+    statement = audience_statement(
+        newsletter, after_id=after_id, limit=limit, replaced_by=replaced_by
+    )
     # Core execution on the session's connection: no ORM row processing on the hot path.
     return [Recipient(*row) for row in session.connection().execute(statement)]
 
 
-def count_audience(session: Session, newsletter: str, *, after_id: int = 0) -> int:
+def count_audience(
+    session: Session, newsletter: str, *, after_id: int = 0, replaced_by: Sequence[str] = ()
+) -> int:
     """How many `audience_page` would return, all pages together (those after `after_id`)."""
     statement = (
         select(func.count())
         .select_from(Subscription)
         .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
-        .where(*_mailable(newsletter), col(Subscription.subscriber_id) > after_id)
+        .where(*_mailable(newsletter, replaced_by), col(Subscription.subscriber_id) > after_id)
     )
     return session.exec(statement).one()
 
 
-def audience_timezones(session: Session, newsletter: str) -> set[str | None]:
+def audience_timezones(
+    session: Session, newsletter: str, *, replaced_by: Sequence[str] = ()
+) -> set[str | None]:
     """The distinct time zones of the audience, as subscribers gave them (None: not given)."""
     statement = (
         sa_select(col(Subscriber.timezone))
         .select_from(Subscription)
         .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
-        .where(*_mailable(newsletter))
+        .where(*_mailable(newsletter, replaced_by))
         .distinct()
     )
     return set(session.connection().execute(statement).scalars())
 
 
-def mailable(subscriber_id: Any, newsletter: str) -> ColumnElement[bool]:
+def mailable(
+    subscriber_id: Any, newsletter: str, *, replaced_by: Sequence[str] = ()
+) -> ColumnElement[bool]:
     """SQL: the subscriber whose id is `subscriber_id` (a column of the caller's query) may be
     mailed `newsletter` now; the rule of `audience_page` and `blocked_among`, for a caller that
     checks it inside its own query (the sender, as it reads a batch it is about to send)."""
     return exists().where(
         col(Subscription.subscriber_id) == subscriber_id,
         col(Subscriber.id) == col(Subscription.subscriber_id),
-        *_mailable(newsletter),
+        *_mailable(newsletter, replaced_by),
     )
 
 
-def blocked_among(session: Session, newsletter: str, subscriber_ids: Sequence[int]) -> set[int]:
+def blocked_among(
+    session: Session,
+    newsletter: str,
+    subscriber_ids: Sequence[int],
+    *,
+    replaced_by: Sequence[str] = (),
+) -> set[int]:
     """Those of `subscriber_ids` that must not be mailed `newsletter` now.
 
     Checked just before a batch goes out, so an unsubscribe or bounce that arrived since the
@@ -123,7 +157,10 @@ def blocked_among(session: Session, newsletter: str, subscriber_ids: Sequence[in
         statement = (
             select(Subscription.subscriber_id)
             .join(Subscriber, col(Subscriber.id) == col(Subscription.subscriber_id))
-            .where(*_mailable(newsletter), among(col(Subscription.subscriber_id), chunk, dialect))
+            .where(
+                *_mailable(newsletter, replaced_by),
+                among(col(Subscription.subscriber_id), chunk, dialect),
+            )
         )
         allowed.update(session.exec(statement))
     return wanted - allowed

@@ -228,7 +228,7 @@ def deliveries(
         if issue is None:
             fail(f"no issue {issue_id} for {slug!r}" if issue_id else f"{slug} has no issue yet")
         counts = delivery_counts(session, issue.id or 0)
-        to_freeze = unfrozen(session, issue.id or 0, slug)
+        to_freeze = unfrozen(session, issue.id or 0, slug, app.settings.replaced_by(slug))
     document: dict[str, Any] = {
         "newsletter": slug,
         "issue_id": issue.id,

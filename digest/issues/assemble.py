@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 
 from digest.app import App
 from digest.config import NewsletterConfig, Settings, TransportName
+from digest.issues import personal
 from digest.issues.periods import current_period, period_key
 from digest.issues.sources import reader_title, reader_titles
 from digest.rendering import engagement, personalize
@@ -121,6 +122,11 @@ def _refresh(
 ) -> None:
     assert issue.id is not None
     decisions = _editor_decisions(session, issue.id)
+    if newsletter.personal:
+        excluded = {a for a, d in decisions.items() if d.excluded}
+        pinned = {a for a, d in decisions.items() if d.pinned and not d.excluded}
+        personal.rebuild(app, session, issue, newsletter, period, now, excluded, pinned)
+        return
     choices = _select(session, issue, newsletter, period, now, decisions)
     _store_selection(session, issue.id, choices, decisions, newsletter)
     issue.updated_at = now
@@ -139,6 +145,9 @@ def _refresh(
 def render_into(app: App, session: Session, issue: Issue) -> None:
     """Render the issue's current selection and store the result on the row."""
     newsletter = app.settings.newsletter(issue.newsletter)
+    if newsletter.personal:
+        personal.render_own(app, session, issue)
+        return
     links = app.links().issue_links(issue.newsletter, issue.id, archive=newsletter.archive)
     contents = contents_of(session, app.settings, issue, links=links)
     rendered = app.renderer.render(contents)

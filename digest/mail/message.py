@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.policy
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -148,20 +148,30 @@ class RecipientValues:
         *,
         name_fallback: str,
         tokens: personalize.Tokens = personalize.LEGACY,
+        unfollow: Sequence[tuple[str, str]] = (),
     ) -> None:
         links = Links(settings.site.base_url, key, now)
         self.tokens = tokens
         self._unsubscribe = links.signer(Purpose.UNSUBSCRIBE, newsletter=newsletter.slug)
         self._preferences = links.signer(Purpose.PREFERENCES, newsletter=newsletter.slug)
         self._fallback = clean_name(name_fallback)
+        # Personal newsletters: (token, topic slug) of each followed topic's "unfollow" link,
+        # the topic's own signed unsubscribe link.
+        self._unfollow = [
+            (token, links.signer(Purpose.UNSUBSCRIBE, newsletter=topic))
+            for token, topic in unfollow
+        ]
 
     def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
         tokens = self.tokens
-        return {
+        values = {
             tokens.unsubscribe_url: self._unsubscribe(subscriber_id),
             tokens.preferences_url: self._preferences(subscriber_id),
             tokens.name: clean_name(name) or self._fallback,
         }
+        for token, sign in self._unfollow:
+            values[token] = sign(subscriber_id)
+        return values
 
 
 def recipient_values(

@@ -36,6 +36,15 @@ class SectionView:
 
 
 @dataclass(frozen=True)
+class FollowedTopic:
+    """Personal newsletters: a topic the reader follows, for the footer's "unfollow" links."""
+
+    slug: str
+    title: str
+    unfollow_url: str  # a token (`Tokens.unfollow`): each reader's own signed link
+
+
+@dataclass(frozen=True)
 class IssueLinks:
     """The issue's public URLs (`digest.mail.links.Links.issue_links`): the same for everyone,
     so the templates print them (they are not tokens)."""
@@ -61,6 +70,8 @@ class IssueContents:
     tokens: Tokens = field(default_factory=random_tokens)
     # Public URLs; None outside an issue (previews of sample contents): no "view in browser".
     links: IssueLinks | None = None
+    # Personal newsletters: the topics this variant's readers follow (sections are per topic).
+    followed: list[FollowedTopic] = field(default_factory=list)
 
     @property
     def articles(self) -> list[ArticleView]:

@@ -34,6 +34,8 @@ class Tokens:
     unsubscribe_url: str
     preferences_url: str
     name: str
+    # Personal newsletters: one "unfollow this topic" link per followed topic (`unfollow`).
+    extra: tuple[str, ...] = ()
 
     @classmethod
     def with_suffix(cls, suffix: str) -> Tokens:
@@ -44,8 +46,27 @@ class Tokens:
         )
 
     @property
-    def all(self) -> tuple[str, str, str]:
-        return (self.unsubscribe_url, self.preferences_url, self.name)
+    def all(self) -> tuple[str, ...]:
+        return (self.unsubscribe_url, self.preferences_url, self.name, *self.extra)
+
+    @property
+    def suffix(self) -> str:
+        return self.name.removeprefix("%%NAME").strip("%_")
+
+    def unfollow(self, index: int) -> str:
+        """The token of the signed "unfollow" link of the `index`-th topic a personal
+        newsletter merges (its position in `Settings.merged_topics`)."""
+        suffix = self.suffix
+        return f"%%UNFOLLOW_{index}_{suffix}%%" if suffix else f"%%UNFOLLOW_{index}%%"
+
+    def with_unfollow(self, indices: Iterable[int]) -> Tokens:
+        """These names plus the unfollow tokens of the given topics."""
+        return Tokens(
+            self.unsubscribe_url,
+            self.preferences_url,
+            self.name,
+            tuple(self.unfollow(i) for i in indices),
+        )
 
     def used_in(self, *parts: str) -> bool:
         """Whether any of these names appears in any of `parts`."""

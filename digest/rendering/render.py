@@ -250,6 +250,7 @@ class Renderer:
             "start": "right" if rtl else "left",
             "end": "left" if rtl else "right",
             "t": labels,
+            "followed": [] if web else contents.followed,
             "unsubscribe_url": "" if web else tokens.unsubscribe_url,
             "preferences_url": "" if web else tokens.preferences_url,
             "name": name,

@@ -26,6 +26,7 @@ _I = Issue.__table__  # type: ignore[attr-defined]
 # What a `pending` row is, by its batch's status (no batch yet, or moved on: still pending).
 BATCH_SPEAKS_AS: dict[str | None, DeliveryStatus] = {
     None: DeliveryStatus.PENDING,
+    BatchStatus.FILLING: DeliveryStatus.PENDING,
     BatchStatus.PENDING: DeliveryStatus.PENDING,
     BatchStatus.SENDING: DeliveryStatus.SENDING,
     BatchStatus.ACCEPTED: DeliveryStatus.ACCEPTED,

@@ -86,6 +86,7 @@ def freeze_next_page(
     page_size: int | None = None,
     zones: Zoning | None = None,
     message_domain: str = "localhost",
+    replaced_by: Sequence[str] = (),
 ) -> int | None:
     """Freeze the next page of the audience into pending deliveries and batches; the caller
     commits. Returns the recipients frozen, or None when the audience was frozen already.
@@ -94,6 +95,7 @@ def freeze_next_page(
     reads how far the freeze got, so freezers in several processes take turns and never copy a
     page twice. With `zones` every batch holds recipients of one time zone and records it.
     Each delivery gets its random Message-ID `<…@message_domain>` here (see `message_ids`).
+    `replaced_by` are the personal newsletters whose subscribers get this topic in them instead.
     """
     locked = session.execute(
         update(_I)
@@ -107,13 +109,16 @@ def freeze_next_page(
     page_size = page_size or FREEZE_PAGE
     per_page = batch_size * min(max(1, page_size // batch_size), MAX_BATCHES_PER_PAGE)
     message_id = message_ids(session, message_domain)
+    page = audience_statement(
+        newsletter, after_id=after, limit=per_page, replaced_by=replaced_by
+    ).subquery("audience")
     if zones is None:
         rows, last = _freeze_page(
-            session, issue_id, newsletter, after, per_page, batch_size, now, message_id
+            session, issue_id, page, after, per_page, batch_size, now, message_id
         )
     else:
         rows, last = _freeze_zoned_page(
-            session, issue_id, newsletter, after, per_page, batch_size, now, zones, message_id
+            session, issue_id, page, after, per_page, batch_size, now, zones, message_id
         )
     done = rows < per_page
     session.execute(
@@ -125,7 +130,7 @@ def freeze_next_page(
 def _freeze_page(
     session: Session,
     issue_id: int,
-    newsletter: str,
+    page: Any,
     after: int,
     page_size: int,
     batch_size: int,
@@ -139,7 +144,6 @@ def _freeze_page(
     them, and their sizes are filled in (or the unused ones deleted) afterwards.
     """
     ids = insert_batches(session, issue_id, [0] * (page_size // batch_size), now)
-    page = audience_statement(newsletter, after_id=after, limit=page_size).subquery("audience")
     slot = (func.row_number().over(order_by=page.c.subscriber_id) - 1) // batch_size
     rows = select(
         literal(issue_id),
@@ -160,7 +164,7 @@ def _freeze_page(
 def _freeze_zoned_page(
     session: Session,
     issue_id: int,
-    newsletter: str,
+    page: Any,
     after: int,
     page_size: int,
     batch_size: int,
@@ -170,7 +174,6 @@ def _freeze_zoned_page(
 ) -> tuple[int, int]:
     """`_freeze_page` cutting batches per time zone: the page's recipients are counted per zone,
     each zone gets its own batches, and row_number() within the zone places each recipient."""
-    page = audience_statement(newsletter, after_id=after, limit=page_size).subquery("audience")
     zone = zones.expression(page.c.timezone).label("zone")
     counts = session.execute(select(zone, func.count()).group_by(zone)).all()
     slots: list[tuple[str, int]] = []

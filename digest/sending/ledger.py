@@ -71,6 +71,7 @@ class ClaimedBatch:
     batch_id: int
     recipients: list[ClaimedRecipient]  # to send now, in delivery order
     skipped: int  # blocked since the freeze: marked skipped, not sent
+    variant_id: int | None = None  # personal newsletters: what every recipient of it gets
 
 
 def claim(
@@ -118,6 +119,7 @@ def open_batch(
     now: datetime,
     newsletter: str,
     max_recipients: int | None = None,
+    replaced_by: Sequence[str] = (),
 ) -> ClaimedBatch:
     """The recipients of a batch just claimed, minus those who may no longer be mailed.
 
@@ -132,18 +134,20 @@ def open_batch(
             _D.c.subscriber_id,
             _D.c.email,
             _D.c.name,
-            mailable(_D.c.subscriber_id, newsletter),
+            mailable(_D.c.subscriber_id, newsletter, replaced_by=replaced_by),
             _D.c.message_id,
         )
         .where(_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
         .order_by(_D.c.id)
     ).all()
     resized = False
+    zone, variant = session.execute(
+        select(_B.c.zone, _B.c.variant_id).where(_B.c.id == batch_id)
+    ).one()
     if max_recipients is not None and len(rows) > max_recipients:
         tail = rows[max_recipients:]
         rows = rows[:max_recipients]
-        zone = session.execute(select(_B.c.zone).where(_B.c.id == batch_id)).scalar()
-        _move_to_new_batch(session, issue_id, [row[0] for row in tail], now, zone)
+        _move_to_new_batch(session, issue_id, [row[0] for row in tail], now, zone, variant)
         resized = True
     members = [ClaimedRecipient(d, s, e, n, m) for d, s, e, n, ok, m in rows if ok]
     skipped_ids = [row[0] for row in rows if not row[4]]
@@ -151,7 +155,7 @@ def open_batch(
         set_rows(session, skipped_ids, status=DeliveryStatus.SKIPPED, now=now)
     if resized:
         session.execute(update(_B).where(_B.c.id == batch_id).values(size=len(rows)))
-    return ClaimedBatch(batch_id, members, len(skipped_ids))
+    return ClaimedBatch(batch_id, members, len(skipped_ids), variant)
 
 
 def release(session: Db, *, batch_id: int, claimer: Claimer, now: datetime) -> bool:
@@ -255,9 +259,16 @@ def set_rows(session: Db, delivery_ids: Iterable[int], *, status: str, now: date
 
 
 def _move_to_new_batch(
-    session: Db, issue_id: int, delivery_ids: list[int], now: datetime, zone: str | None
+    session: Db,
+    issue_id: int,
+    delivery_ids: list[int],
+    now: datetime,
+    zone: str | None,
+    variant: int | None = None,
 ) -> int:
     (batch_id,) = insert_batches(session, issue_id, [len(delivery_ids)], now, [zone])
+    if variant is not None:
+        session.execute(update(_B).where(_B.c.id == batch_id).values(variant_id=variant))
     for start in range(0, len(delivery_ids), 1000):
         session.execute(
             update(_D)
@@ -343,25 +354,31 @@ def requeue(
         and_(_D.c.status == DeliveryStatus.PENDING, _B.c.status == batch_status),
     )
     source = _D.outerjoin(_B, _B.c.id == _D.c.batch_id)
-    zones = session.execute(
-        select(_B.c.zone).select_from(source).where(_D.c.issue_id == issue_id, waiting).distinct()
-    ).scalars()
+    groups = session.execute(
+        select(_B.c.zone, _D.c.variant_id)
+        .select_from(source)
+        .where(_D.c.issue_id == issue_id, waiting)
+        .distinct()
+    ).all()
     moved = 0
-    for zone in sorted(zones, key=lambda z: z or ""):  # new batches keep their time zone
+    # New batches keep their time zone and (personal newsletters) their variant.
+    for zone, variant in sorted(groups, key=lambda g: (g[0] or "", g[1] or 0)):
+        same_variant = _D.c.variant_id.is_(None) if variant is None else _D.c.variant_id == variant
         after = 0
         while True:
             ids = list(
                 session.execute(
                     select(_D.c.id)
                     .select_from(source)
-                    .where(_D.c.issue_id == issue_id, _D.c.id > after, waiting, in_zones({zone}))
+                    .where(_D.c.issue_id == issue_id, _D.c.id > after, waiting, in_zones({zone}),
+                           same_variant)
                     .order_by(_D.c.id)
                     .limit(batch_size)
                 ).scalars()
-            )
+            )  # fmt: skip
             if not ids:
                 break
-            _move_to_new_batch(session, issue_id, ids, now, zone)
+            _move_to_new_batch(session, issue_id, ids, now, zone, variant)
             moved += len(ids)
             after = ids[-1]
     session.execute(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 from digest.app import App
 from digest.config import NewsletterConfig
 from digest.mail.message import RecipientValues, tokens_of
+from digest.rendering.personalize import Tokens
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
 from digest.storage.models import Issue
@@ -119,15 +120,14 @@ class SendRun:
         self.newsletter = newsletter
         self.transport = transport
         self.claimer = claimer
+        self.issue = issue
+        self.replaced_by = app.settings.replaced_by(newsletter.slug)
         self.message = outgoing_message(app, issue, newsletter)
-        self.values = RecipientValues(
-            app.settings,
-            newsletter,
-            app.signing_key(),
-            app.now(),
-            name_fallback=app.renderer.name_fallback(newsletter),
-            tokens=self.message.tokens,
-        )
+        self.values = self._values(self.message.tokens)
+        # Personal newsletters: variant id → its message and token values, built at its first
+        # batch (the variant rendered then if no one has yet).
+        self._variants: dict[int, tuple[OutgoingMessage, RecipientValues]] = {}
+        self._variants_lock = threading.Lock()
         self.limiter = RateLimiter(
             app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
         )
@@ -262,6 +262,7 @@ class SendRun:
                         now=app.now(),
                         newsletter=self.newsletter.slug,
                         max_recipients=quota,
+                        replaced_by=self.replaced_by,
                     )
             except BaseException:
                 with app.session() as session:
@@ -292,8 +293,46 @@ class SendRun:
         self._note(batch, results, taken)
         return True
 
+    def _values(self, tokens: Tokens, unfollow: Sequence[tuple[str, str]] = ()) -> RecipientValues:
+        app = self.app
+        return RecipientValues(
+            app.settings, self.newsletter, app.signing_key(), app.now(),
+            name_fallback=app.renderer.name_fallback(self.newsletter), tokens=tokens,
+            unfollow=unfollow,
+        )  # fmt: skip
+
+    def message_for(self, variant_id: int | None) -> tuple[OutgoingMessage, RecipientValues]:
+        """The message and token values of a batch: the issue's, or its variant's."""
+        if variant_id is None:
+            return self.message, self.values
+        with self._variants_lock:
+            found = self._variants.get(variant_id)
+            if found is None:
+                found = self._variants[variant_id] = self._variant_message(variant_id)
+            return found
+
+    def _variant_message(self, variant_id: int) -> tuple[OutgoingMessage, RecipientValues]:
+        from digest.issues import personal
+
+        app = self.app
+        with app.session() as session:
+            variant = personal.render_variant(app, session, self.issue, variant_id)
+            chosen = personal.plan_of(variant)
+            subject, html, text = variant.subject, variant.html or "", variant.text or ""
+        merged = [t.slug for t in app.settings.merged_topics(self.newsletter)]
+        indices = [merged.index(t) for t in chosen.topics if t in merged]
+        tokens = self.message.tokens.with_unfollow(indices)
+        message = OutgoingMessage(
+            issue_id=self.message.issue_id, newsletter=self.newsletter,
+            subject=subject or self.message.subject, html=html, text=text,
+            headers={**self.message.headers, "X-Digest-Variant": str(variant_id)},
+            date=self.message.date, tokens=tokens,
+        )  # fmt: skip
+        unfollow = [(tokens.unfollow(i), merged[i]) for i in indices]
+        return message, self._values(tokens, unfollow)
+
     def _outgoing(self, batch: ledger.ClaimedBatch) -> OutgoingBatch:
-        make_values = self.values
+        message, make_values = self.message_for(batch.variant_id)
         recipients = [
             OutgoingRecipient(
                 r.delivery_id,
@@ -305,7 +344,7 @@ class SendRun:
             )
             for r in batch.recipients
         ]
-        return OutgoingBatch(self.message, recipients, batch.batch_id)
+        return OutgoingBatch(message, recipients, batch.batch_id)
 
     def _note(self, batch: ledger.ClaimedBatch, results: list[SendResult], taken: int) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from sqlmodel import Session
@@ -176,7 +176,9 @@ def send_issue(
             todo = ledger_counts.pending_recipients(session, issue_id, zones)
             still_freezing = freeze.freezing_after(session, issue_id) is not None
             if still_freezing:  # the rest of the audience, for the progress total
-                todo += unfrozen(session, issue_id, newsletter.slug)
+                todo += unfrozen(
+                    session, issue_id, newsletter.slug, settings.replaced_by(newsletter.slug)
+                )
         report.already_done = todo == 0 and not still_freezing  # (in the zones asked for)
         if (todo or still_freezing) and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
@@ -245,6 +247,9 @@ def _freeze_step(
         with app.session() as session:
             default = str(app.settings.newsletter_timezone(newsletter))
             zones = local_time.zoning(session, newsletter.slug, default)
+    if newsletter.personal:
+        return _personal_freeze_step(app, issue_id, newsletter, batch_size, zones)
+    replaced_by = app.settings.replaced_by(newsletter.slug)
 
     def step() -> bool:
         with app.session() as session:
@@ -257,6 +262,7 @@ def _freeze_step(
                 page_size=app.settings.delivery.freeze_page,
                 zones=zones,
                 message_domain=message_domain(app.settings),
+                replaced_by=replaced_by,
             )
         if frozen is None:
             with app.session() as session:
@@ -266,10 +272,42 @@ def _freeze_step(
     return step
 
 
-def unfrozen(session: Session, issue_id: int, newsletter: str) -> int:
+def _personal_freeze_step(
+    app: App,
+    issue_id: int,
+    newsletter: NewsletterConfig,
+    batch_size: int,
+    zones: freeze.Zoning | None,
+) -> Callable[[], bool]:
+    """`_freeze_step` for a personal issue: readers' variants, batches per variant."""
+    from digest.sending.personal_freeze import PersonalFreezer
+
+    with app.session() as session:
+        issue = session.get(Issue, issue_id)
+    assert issue is not None
+    freezer = PersonalFreezer(
+        app, issue, newsletter, batch_size=batch_size, page_size=app.settings.delivery.freeze_page,
+        zones=zones, message_domain=message_domain(app.settings),
+    )  # fmt: skip
+
+    def step() -> bool:
+        if freezer.step() is not None:
+            return True
+        with app.session() as session:
+            freeze.checkpoint(session)
+        return False
+
+    return step
+
+
+def unfrozen(
+    session: Session, issue_id: int, newsletter: str, replaced_by: Sequence[str] = ()
+) -> int:
     """How many of the audience the freeze has not reached yet (0 once it is done)."""
     after = freeze.freezing_after(session, issue_id)
-    return 0 if after is None else count_audience(session, newsletter, after_id=after)
+    if after is None:
+        return 0
+    return count_audience(session, newsletter, after_id=after, replaced_by=replaced_by)
 
 
 def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = None) -> None:
@@ -290,7 +328,9 @@ def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = N
     report.unknown = counts[DeliveryStatus.UNKNOWN]
     report.pending = counts[DeliveryStatus.PENDING]
     with app.session() as session:  # still to be frozen: waiting as much as the pending
-        report.pending += unfrozen(session, report.issue_id, issue.newsletter if issue else "")
+        slug = issue.newsletter if issue else ""
+        replaced = app.settings.replaced_by(slug) if issue else []
+        report.pending += unfrozen(session, report.issue_id, slug, replaced)
     report.sending = counts[DeliveryStatus.SENDING]
     report.total = sum(counts.values())
     report.issue_status = issue.status if issue else ""
@@ -306,7 +346,9 @@ def _dry_run(app: App, issue: Issue, newsletter: NewsletterConfig, started: floa
         report.already_done = report.pending == 0
     else:
         with app.session() as session:
-            report.pending = report.total = count_audience(session, newsletter.slug)
+            report.pending = report.total = count_audience(
+                session, newsletter.slug, replaced_by=app.settings.replaced_by(newsletter.slug)
+            )
         report.issue_status = issue.status
     report.seconds = time.perf_counter() - started
     return report

@@ -169,6 +169,7 @@ def one_batch(run: SendRun, quota: int | None) -> bool:
             batch = ledger.open_batch(
                 db, issue_id=run.issue_id, batch_id=batch_id, now=app.now(),
                 newsletter=run.newsletter.slug, max_recipients=quota,
+                replaced_by=run.replaced_by,
             )  # fmt: skip
             if batch.recipients:
                 hand_over(db, batch_id=batch_id, delivery_id=batch.recipients[0].delivery_id,

@@ -206,9 +206,15 @@ class Delivery(SQLModel, table=True):
     opened: bool = False
     clicked: bool = False
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    # Personal newsletters: the IssueVariant this recipient got (what they received, and what
+    # `digest preview SLUG --as EMAIL` shows). None for topic newsletters and skipped readers.
+    variant_id: int | None = None
 
 
 class BatchStatus(StrEnum):
+    # Personal newsletters: still taking recipients of its variant from the next freeze pages;
+    # no sender claims it until it is full or the freeze ends (then pending).
+    FILLING = "filling"
     PENDING = "pending"  # cut, waiting for a sender
     SENDING = "sending"  # claimed by a sender (compare-and-set from pending), in flight
     ACCEPTED = "accepted"  # the provider took it; its failed recipients are marked on their rows
@@ -237,6 +243,48 @@ class SendBatch(SQLModel, table=True):
     provider_message_id: str | None = Field(default=None, max_length=200)
     error: str | None = Field(default=None, sa_column=_text())
     updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
+    # Personal newsletters: every recipient of the batch gets this IssueVariant (one message
+    # per batch, as for a topic issue).
+    variant_id: int | None = None
+
+
+class IssueCandidate(SQLModel, table=True):
+    """Personal newsletters: an article one merged topic offers the issue, in the topic's order.
+
+    Built with the issue (`digest.issues.personal`); each reader's variant takes from the
+    candidates of the topics they follow, each article once, in its strongest topic.
+    """
+
+    __tablename__ = "issue_candidate"
+
+    issue_id: int = Field(foreign_key="issue.id", primary_key=True, ondelete="CASCADE")
+    topic: str = Field(max_length=64, primary_key=True)
+    article_id: int = Field(foreign_key="article.id", primary_key=True, ondelete="CASCADE")
+    position: int = 0
+    score: int = 0  # how strongly the article matches the topic (tags count more than words)
+    pinned: bool = False
+
+
+class IssueVariant(SQLModel, table=True):
+    """Personal newsletters: one distinct content of an issue (the topics and the articles a
+    group of readers gets), rendered and inlined once for all of them."""
+
+    __tablename__ = "issue_variant"
+    __table_args__ = (UniqueConstraint("issue_id", "key", name="uq_issue_variant_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="issue.id", index=True, ondelete="CASCADE")
+    key: str = Field(max_length=64, description="hash of topics and sections")
+    topics: list[str] = Field(default_factory=list, sa_column=_json())  # followed, for the footer
+    # [[topic slug, [article id, …]], …] in the email's order.
+    sections: list[Any] = Field(default_factory=list, sa_column=_json())
+    articles: int = 0
+    readers: int = 0  # recipients frozen with it
+    subject: str = Field(default="", max_length=500)
+    html: str | None = Field(default=None, sa_column=_text())  # None until first rendered
+    text: str | None = Field(default=None, sa_column=_text())
+    html_bytes: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
 class WebhookEvent(SQLModel, table=True):

@@ -35,6 +35,8 @@ from digest.transports.smtp_message import SharedMessage, data_payload
 if TYPE_CHECKING:
     from digest.transports import OutgoingRecipient
 
+_SHARED_KEPT = 64  # serialised messages kept: a personal issue sends one per variant
+
 
 def _text(reply: bytes | str) -> str:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
@@ -88,7 +90,7 @@ class SmtpTransport:
         self._ssl_context = ssl_context
         self._idle: list[smtplib.SMTP] = []  # the pool: connections not in use by a thread
         self._lock = threading.Lock()
-        self._shared: SharedMessage | None = None
+        self._shared: dict[int, SharedMessage] = {}
         self._mail_from = _envelope(settings.sender.from_email)
         domain = settings.bounces.domain
         secret = settings.secret_key.get_secret_value().encode()
@@ -187,9 +189,11 @@ class SmtpTransport:
 
     def _message(self, message: OutgoingMessage) -> SharedMessage:
         with self._lock:
-            shared = self._shared
+            shared = self._shared.get(id(message))
             if shared is None or shared.message is not message:
-                shared = self._shared = SharedMessage(self.settings, message)
+                if len(self._shared) >= _SHARED_KEPT:  # personal issues: one per variant
+                    self._shared.pop(next(iter(self._shared)))
+                shared = self._shared[id(message)] = SharedMessage(self.settings, message)
             return shared
 
     def send(self, batch: OutgoingBatch) -> list[SendResult]:

@@ -1,0 +1,273 @@
+"""Freezing a personal issue's audience: each reader's variant, batches cut per variant.
+
+As for a topic issue (`digest.sending.freeze`) the audience is frozen in keyset pages, one
+transaction each, while senders send the pages already committed; a crash resumes at the
+recorded `Issue.freezing_after`. What differs:
+
+- Each reader of the page gets a plan (`digest.issues.variants.plan`) from the topics they
+  follow and what they received (`digest.issues.received`); readers with the same followed
+  topics and history share it, so plans are computed per distinct (topics, history), not per
+  reader. A reader with nothing to get is frozen `skipped` with the reason in `error`.
+- The rows pass through Python (their variant is decided here), read and planned before the
+  page's write transaction, so SQLite's write lock is held only for the inserts.
+- A batch holds one variant (one message per batch, as the transports want). A page of 20,000
+  readers over hundreds of variants would otherwise cut hundreds of tiny batches: a batch stays
+  `filling` across pages until it holds `batch_size` recipients or the freeze ends, and only
+  then becomes `pending` for the senders.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlmodel import Session
+
+from digest.app import App
+from digest.config import NewsletterConfig
+from digest.issues import personal
+from digest.issues.received import History, Receipt
+from digest.issues.variants import Plan, plan
+from digest.sending.freeze import FREEZE_PAGE, Zoning, insert_batches
+from digest.storage.models import (
+    BatchStatus,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueVariant,
+    SendBatch,
+)
+from subscribers.audience import Recipient, audience_page
+from subscribers.models import Subscription, SubscriptionStatus
+
+_D = Delivery.__table__  # type: ignore[attr-defined]
+_B = SendBatch.__table__  # type: ignore[attr-defined]
+_I = Issue.__table__  # type: ignore[attr-defined]
+_V = IssueVariant.__table__  # type: ignore[attr-defined]
+_S = Subscription.__table__  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Page:
+    after: int
+    recipients: list[Recipient]
+    outcome: list[Plan | str]  # per recipient: their plan, or why they are skipped
+    variants: dict[str, int]  # plan key → variant id
+
+
+class PersonalFreezer:
+    """Freezes one personal issue, page by page (`step`), for one sending run."""
+
+    def __init__(
+        self,
+        app: App,
+        issue: Issue,
+        newsletter: NewsletterConfig,
+        *,
+        batch_size: int,
+        page_size: int | None = None,
+        zones: Zoning | None = None,
+        message_domain: str = "localhost",
+    ) -> None:
+        self.app, self.newsletter, self.zones = app, newsletter, zones
+        self.issue_id = issue.id or 0
+        self.batch_size = batch_size
+        self.page_size = page_size or FREEZE_PAGE
+        self.domain = message_domain
+        self.order = [t.slug for t in app.settings.merged_topics(newsletter)]
+        with app.session() as session:
+            self.candidates = personal.candidates_of(session, self.issue_id)
+            ids = {c.article_id for cs in self.candidates.values() for c in cs}
+            memory_start = app.now() - newsletter.memory_delta
+            self.history = History.load(session, app.settings, self.issue_id, memory_start, ids)
+        self._plans: dict[tuple[frozenset[str], frozenset[Receipt]], Plan | str] = {}
+
+    def plan_for(self, followed: frozenset[str], receipts: frozenset[Receipt]) -> Plan | str:
+        """A reader's plan, computed once per distinct (followed topics, receipts)."""
+        key = (followed, receipts)
+        found = self._plans.get(key)
+        if found is None:
+            found = self._plans[key] = plan(
+                self.candidates, self.order, followed, self.history.received(receipts),
+                min_articles=self.newsletter.min_articles,
+                max_articles=self.newsletter.max_articles,
+            )  # fmt: skip
+        return found
+
+    def step(self) -> int | None:
+        """Freeze the next page; the recipients frozen, or None once the freeze is done."""
+        with self.app.session() as session:
+            after = session.execute(
+                select(_I.c.freezing_after).where(_I.c.id == self.issue_id)
+            ).scalar()
+            if after is None:
+                return None
+            page = self._read(session, int(after))
+            session.commit()  # the new variants, before the page's write transaction
+        with self.app.session() as session:
+            return self._write(session, page)
+
+    def _read(self, session: Session, after: int) -> _Page:
+        recipients = audience_page(
+            session, self.newsletter.slug, after_id=after, limit=self.page_size
+        )
+        if not recipients:
+            return _Page(after, [], [], {})
+        first, last = recipients[0].subscriber_id, recipients[-1].subscriber_id
+        follows = followed_topics(session, self.order, first, last)
+        receipts = self.history.receipts(session, first, last)
+        outcome = [
+            self.plan_for(
+                follows.get(r.subscriber_id, frozenset()),
+                receipts.get(r.subscriber_id, frozenset()),
+            )
+            for r in recipients
+        ]
+        plans = {p.key: p for p in outcome if isinstance(p, Plan)}
+        variants = personal.variant_ids(
+            session, self.issue_id, list(plans.values()), self.app.now()
+        )
+        return _Page(after, recipients, outcome, variants)
+
+    def _write(self, session: Session, page: _Page) -> int | None:
+        now = self.app.now()
+        done = len(page.recipients) < self.page_size
+        last = page.recipients[-1].subscriber_id if page.recipients else page.after
+        # Lock the issue row and check nobody froze this page meanwhile (another sender).
+        locked = session.execute(
+            update(_I)
+            .where(_I.c.id == self.issue_id, _I.c.freezing_after == page.after)
+            .values(freezing_after=None if done else last)
+            .returning(_I.c.id)
+        ).first()
+        if locked is None:
+            session.rollback()
+            return 0 if self._still_freezing(session) else None
+        rows, readers = self._rows(session, page, now)
+        if rows:
+            session.execute(insert(_D), rows)
+        if readers:
+            more = _V.c.readers + bindparam("n")
+            session.execute(
+                update(_V).where(_V.c.id == bindparam("v")).values(readers=more),
+                [{"v": v, "n": n} for v, n in readers.items()],
+            )
+        if done:  # the last page: what is still filling goes to the senders as it is
+            session.execute(
+                update(_B)
+                .where(_B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING)
+                .values(status=BatchStatus.PENDING, updated_at=now)
+            )
+        session.commit()
+        return len(page.recipients)
+
+    def _still_freezing(self, session: Session) -> bool:
+        after = session.execute(
+            select(_I.c.freezing_after).where(_I.c.id == self.issue_id)
+        ).scalar()
+        return after is not None
+
+    def _rows(
+        self, session: Session, page: _Page, now: datetime
+    ) -> tuple[list[dict[str, Any]], Counter[int]]:
+        """The page's delivery rows, each reader placed in a batch of their variant and zone."""
+        zone_of = self._zone
+        slots: dict[tuple[int, str | None], list[int]] = defaultdict(list)
+        for index, (recipient, outcome) in enumerate(
+            zip(page.recipients, page.outcome, strict=True)
+        ):
+            if isinstance(outcome, Plan):
+                slots[(page.variants[outcome.key], zone_of(recipient))].append(index)
+        batch_of = self._place(session, slots, now)
+        readers: Counter[int] = Counter()
+        rows: list[dict[str, Any]] = []
+        domain = f"@{self.domain}>"
+        for index, (recipient, outcome) in enumerate(
+            zip(page.recipients, page.outcome, strict=True)
+        ):
+            variant = page.variants[outcome.key] if isinstance(outcome, Plan) else None
+            if variant is not None:
+                readers[variant] += 1
+            rows.append({
+                "issue_id": self.issue_id, "subscriber_id": recipient.subscriber_id,
+                "email": recipient.email, "name": recipient.name,
+                "status": DeliveryStatus.PENDING if variant else DeliveryStatus.SKIPPED,
+                "batch_id": batch_of.get(index), "variant_id": variant,
+                "error": None if variant else str(outcome),
+                "message_id": "<" + secrets.token_hex(16) + domain,
+                "opened": False, "clicked": False, "updated_at": now,
+            })  # fmt: skip
+        return rows, readers
+
+    def _zone(self, recipient: Recipient) -> str | None:
+        if self.zones is None:
+            return None
+        given = recipient.timezone
+        return self.zones.effective.get(given, self.zones.default) if given else self.zones.default
+
+    def _place(
+        self, session: Session, slots: dict[tuple[int, str | None], list[int]], now: datetime
+    ) -> dict[int, int]:
+        """recipient index → batch id: the open (filling) batches of each variant and zone
+        first, then new ones; a batch that fills up goes to the senders (pending)."""
+        open_batches = {
+            (int(v or 0), z): (int(b), int(size))
+            for b, v, z, size in session.execute(
+                select(_B.c.id, _B.c.variant_id, _B.c.zone, _B.c.size).where(
+                    _B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING
+                )
+            )
+        }
+        placed: dict[int, int] = {}
+        sizes: dict[int, tuple[int, int]] = {}  # batch id → (size, variant id)
+        for (variant, zone), members in slots.items():
+            start = 0
+            held = open_batches.get((variant, zone))
+            if held is not None:
+                batch_id, size = held
+                take = members[: max(0, self.batch_size - size)]
+                placed.update(dict.fromkeys(take, batch_id))
+                sizes[batch_id] = (size + len(take), variant)
+                start = len(take)
+            rest = members[start:]
+            chunks = [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+            if chunks:
+                ids = insert_batches(session, self.issue_id, [0] * len(chunks), now,
+                                     [zone] * len(chunks))  # fmt: skip
+                for batch_id, chunk in zip(ids, chunks, strict=True):
+                    placed.update(dict.fromkeys(chunk, batch_id))
+                    sizes[batch_id] = (len(chunk), variant)
+        if sizes:
+            full, filling = BatchStatus.PENDING, BatchStatus.FILLING
+            session.execute(
+                update(_B)
+                .where(_B.c.id == bindparam("b"))
+                .values(size=bindparam("s"), status=bindparam("st"), variant_id=bindparam("v")),
+                [{"b": b, "s": s, "v": v, "st": full if s >= self.batch_size else filling}
+                 for b, (s, v) in sizes.items()],
+            )  # fmt: skip
+        return placed
+
+
+def followed_topics(
+    session: Session, topics: Sequence[str], first: int, last: int
+) -> dict[int, frozenset[str]]:
+    """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]:
+    one range of the (newsletter, status, subscriber) index per topic."""
+    out: dict[int, set[str]] = defaultdict(set)
+    rows = session.execute(
+        select(_S.c.subscriber_id, _S.c.newsletter).where(
+            _S.c.newsletter.in_(list(topics)),
+            _S.c.status == SubscriptionStatus.ACTIVE,
+            _S.c.subscriber_id >= first,
+            _S.c.subscriber_id <= last,
+        )
+    )
+    for subscriber, topic in rows:
+        out[int(subscriber)].add(str(topic))
+    return {s: frozenset(t) for s, t in out.items()}

@@ -1,0 +1,164 @@
+"""Personal digests (#14): one email per reader with every topic they follow, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlmodel import Session
+
+from digest.app import App
+from digest.issues.assemble import build_issue
+from digest.sending.send import send_issue
+from digest.storage.models import Delivery, DeliveryStatus, Issue, IssueStatus, IssueVariant
+from subscribers import add_subscriber, unsubscribe
+from tests.conftest import DEFAULT_NOW
+from tests.support.articles import add_article
+from tests.support.sending import outbox_messages
+
+BRIEFING = "my-briefing"
+TURKEY, CLIMATE = "turkey-unpacked", "climate-weekly"
+
+
+def personal_app(make_app: Callable[..., App], engine: Engine, now: datetime = DEFAULT_NOW, **extra: Any) -> App:
+    from tests.conftest import base_config
+
+    newsletters = base_config(Path("/tmp"))["newsletters"] + [
+        {"slug": BRIEFING, "title": "Your Briefing", "kind": "personal",
+         "schedule": "0 7 * * *", "timezone": "Europe/Istanbul", "window": "8d",
+         "min_articles": 1, "max_articles": 12, **extra}
+    ]  # fmt: skip
+    return make_app(engine, now=now, newsletters=newsletters, delivery={"batch_size": 3})
+
+
+def _articles(app: App, before: datetime) -> dict[str, int]:
+    """Two Turkey stories, two climate stories, one that is both (a drought in Ankara)."""
+    ids = {}
+    for n in (1, 2):
+        ids[f"turkey{n}"] = add_article(app, f"Turkey story {n}", before - timedelta(hours=n),
+                                        topics={TURKEY: ["tag:Turkey"]})  # fmt: skip
+        ids[f"climate{n}"] = add_article(app, f"Climate story {n}", before - timedelta(hours=n),
+                                         topics={CLIMATE: ["tag:Climate"]}, tags=["Climate"])  # fmt: skip
+    ids["both"] = add_article(
+        app, "Drought reaches Ankara", before - timedelta(hours=3),
+        topics={TURKEY: ["keyword:Ankara"], CLIMATE: ["tag:Climate", "keyword:drought"]},
+        tags=["Climate", "Turkey"],
+    )  # fmt: skip
+    return ids
+
+
+def _reader(app: App, email: str, *topics: str, personal: bool = True) -> int:
+    with app.session() as session:
+        result = None
+        for topic in topics:
+            result = add_subscriber(session, email, topic, now=app.now())
+        if personal:
+            result = add_subscriber(session, email, BRIEFING, now=app.now())
+        assert result is not None
+        return result.subscriber_id
+
+
+def _by_recipient(app: App) -> dict[str, list[EmailMessage]]:
+    out: dict[str, list[EmailMessage]] = {}
+    for message in outbox_messages(Path(app.settings.delivery.outbox_dir)):
+        out.setdefault(message["To"].addresses[0].addr_spec, []).append(message)
+    return out
+
+
+def _html(message: EmailMessage) -> str:
+    part = message.get_body(("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def _text(message: EmailMessage) -> str:
+    part = message.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def test_one_email_per_reader_with_each_followed_topic_and_each_article_once(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    _reader(app, "both@example.com", TURKEY, CLIMATE)
+    _reader(app, "turkey@example.com", TURKEY)
+    _reader(app, "none@example.com")
+    _reader(app, "separate@example.com", TURKEY, personal=False)
+
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    assert issue.status == IssueStatus.DRAFT
+    report = send_issue(app, issue.id or 0)
+    topic_issue = build_issue(app, TURKEY, DEFAULT_NOW)
+    send_issue(app, topic_issue.id or 0)
+
+    mail = _by_recipient(app)
+    assert report.accepted == 2 and report.skipped == 1
+    both = _text(mail["both@example.com"][0])
+    assert len(mail["both@example.com"]) == 1  # no separate Turkey Unpacked email
+    for title in ("Turkey story 1", "Turkey story 2", "Climate story 1", "Climate story 2"):
+        assert both.count(f"{title} [") == 1, title  # the text part lists each article as "Title [n]"
+    assert both.count("Drought reaches Ankara [") == 1
+    # The shared story sits in its strongest match (a Climate tag beats an Ankara keyword).
+    assert both.index("CLIMATE WEEKLY") < both.index("Drought reaches Ankara")
+    turkey_only = _text(mail["turkey@example.com"][0])
+    assert len(mail["turkey@example.com"]) == 1 and "Climate story" not in turkey_only
+    assert "Drought reaches Ankara" in turkey_only
+    assert "none@example.com" not in mail
+    assert [m["Subject"] for m in mail["separate@example.com"]] and all(
+        "Your Briefing" not in _html(m) for m in mail["separate@example.com"]
+    )
+    with Session(any_engine) as session:
+        skipped = session.execute(
+            select(Delivery.error).where(Delivery.status == DeliveryStatus.SKIPPED)  # type: ignore[call-overload]
+        ).scalars().all()
+        variants = session.execute(
+            select(func.count()).select_from(IssueVariant).where(IssueVariant.issue_id == issue.id)  # type: ignore[arg-type]
+        ).scalar()
+    assert skipped == ["follows no topic"] and variants == 2
+
+
+def test_the_next_period_repeats_nothing_already_received(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    _reader(app, "both@example.com", TURKEY, CLIMATE)
+    first = build_issue(app, BRIEFING, DEFAULT_NOW)
+    send_issue(app, first.id or 0)
+
+    later = personal_app(make_app, any_engine, now=DEFAULT_NOW + timedelta(days=1))
+    fresh = add_article(later, "Turkey story 3", DEFAULT_NOW + timedelta(hours=12),
+                        topics={TURKEY: ["tag:Turkey"]})  # fmt: skip
+    second = build_issue(later, BRIEFING, DEFAULT_NOW + timedelta(days=1))
+    send_issue(later, second.id or 0)
+
+    messages = _by_recipient(later)["both@example.com"]
+    assert len(messages) == 2
+    newest = _html(messages[-1]) if "Turkey story 3" in _html(messages[-1]) else _html(messages[0])
+    assert "Turkey story 3" in newest
+    for title in ("Turkey story 1", "Climate story 2", "Drought reaches Ankara"):
+        assert title not in newest
+    assert fresh
+
+
+def test_unfollowing_a_topic_changes_the_next_issue(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    reader = _reader(app, "both@example.com", TURKEY, CLIMATE)
+    with app.session() as session:
+        unsubscribe(session, reader, CLIMATE, now=app.now(), method="link")
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    send_issue(app, issue.id or 0)
+    html = _html(_by_recipient(app)["both@example.com"][0])
+    assert "Turkey story 1" in html and "Climate story 1" not in html
+    with Session(any_engine) as session:
+        stored = session.get(Issue, issue.id)
+        assert stored is not None and stored.status == IssueStatus.SENT
