@@ -263,13 +263,22 @@ def preview(
     open_browser: Annotated[
         bool, typer.Option("--open", help="Open the HTML in a browser.")
     ] = False,
+    reader: Annotated[
+        str | None,
+        typer.Option("--as", help="Personal newsletters: the email this subscriber gets."),
+    ] = None,
 ) -> None:
     """Write the next issue as HTML, text and a complete .eml, exactly as subscribers get it."""
-    from digest.mail.preview import write_preview
+    from digest.mail.preview import NoEmail, write_preview
 
     app = get_app(ctx)
     _known(app, slug)
-    files = write_preview(app, slug, out)
+    if reader is not None and not app.settings.newsletter(slug).personal:
+        fail(f"--as: {slug} is a topic newsletter: every subscriber gets the same email")
+    try:
+        files = write_preview(app, slug, out, reader=reader)
+    except NoEmail as exc:
+        fail(str(exc))
     for kind, path in files.items():
         console.print(f"{kind:>5}: {path}")
     if open_browser:

@@ -35,6 +35,7 @@ from digest.rendering.contents import (
 from digest.storage.models import (
     Article,
     ArticleTopic,
+    Delivery,
     Issue,
     IssueArticle,
     IssueCandidate,
@@ -355,3 +356,33 @@ def _existing(session: Session, issue_id: int, keys: list[str]) -> dict[str, int
         )
         out.update({key: int(vid) for key, vid in rows})
     return out
+
+
+def reader_plan(app: App, session: Session, issue: Issue, subscriber_id: int) -> Plan | str:
+    """What one reader gets from the issue, or why nothing: their frozen variant once the
+    audience is frozen, else what they would get if it were frozen now (same rules)."""
+    from digest.issues.received import History, followed_topics
+
+    frozen = session.execute(
+        select(Delivery.variant_id, Delivery.error).where(  # type: ignore[call-overload]
+            Delivery.issue_id == issue.id, Delivery.subscriber_id == subscriber_id
+        )
+    ).first()
+    if frozen is not None:
+        variant = session.get(IssueVariant, frozen[0]) if frozen[0] else None
+        return plan_of(variant) if variant is not None else str(frozen[1] or "skipped")
+    settings = app.settings
+    newsletter = settings.newsletter(issue.newsletter)
+    order = [t.slug for t in settings.merged_topics(newsletter)]
+    candidates = candidates_of(session, issue.id or 0)
+    ids = {c.article_id for column in candidates.values() for c in column}
+    history = History.load(
+        session, settings, issue.id or 0, app.now() - newsletter.memory_delta, ids
+    )
+    receipts = history.receipts(session, subscriber_id, subscriber_id).get(subscriber_id)
+    follows = followed_topics(session, order, subscriber_id, subscriber_id)
+    return plan(
+        candidates, order, follows.get(subscriber_id, frozenset()),
+        history.received(receipts or frozenset()),
+        min_articles=newsletter.min_articles, max_articles=newsletter.max_articles,
+    )  # fmt: skip

@@ -10,7 +10,8 @@ per issue, never a scan of past deliveries. Cleaning up old deliveries cleans th
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,12 +29,14 @@ from digest.storage.models import (
     IssueVariant,
     SendBatch,
 )
+from subscribers.models import Subscription, SubscriptionStatus
 
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
 _A = IssueArticle.__table__  # type: ignore[attr-defined]
 _V = IssueVariant.__table__  # type: ignore[attr-defined]
+_S = Subscription.__table__  # type: ignore[attr-defined]
 
 Receipt = tuple[int, int]  # (issue id, variant id or 0)
 
@@ -123,3 +126,22 @@ class History:
         if not receipts:
             return frozenset()
         return frozenset().union(*(self.articles[r] for r in receipts))
+
+
+def followed_topics(
+    session: Session, topics: Sequence[str], first: int, last: int
+) -> dict[int, frozenset[str]]:
+    """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]:
+    one range of the (newsletter, status, subscriber) index per topic."""
+    out: dict[int, set[str]] = defaultdict(set)
+    rows = session.execute(
+        select(_S.c.subscriber_id, _S.c.newsletter).where(
+            _S.c.newsletter.in_(list(topics)),
+            _S.c.status == SubscriptionStatus.ACTIVE,
+            _S.c.subscriber_id >= first,
+            _S.c.subscriber_id <= last,
+        )
+    )
+    for subscriber, topic in rows:
+        out[int(subscriber)].add(str(topic))
+    return {s: frozenset(t) for s, t in out.items()}

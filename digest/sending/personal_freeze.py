@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +30,7 @@ from sqlmodel import Session
 from digest.app import App
 from digest.config import NewsletterConfig
 from digest.issues import personal
-from digest.issues.received import History, Receipt
+from digest.issues.received import History, Receipt, followed_topics
 from digest.issues.variants import Plan, plan
 from digest.sending.freeze import FREEZE_PAGE, Zoning, insert_batches
 from digest.storage.models import (
@@ -43,13 +42,11 @@ from digest.storage.models import (
     SendBatch,
 )
 from subscribers.audience import Recipient, audience_page
-from subscribers.models import Subscription, SubscriptionStatus
 
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
 _V = IssueVariant.__table__  # type: ignore[attr-defined]
-_S = Subscription.__table__  # type: ignore[attr-defined]
 
 
 @dataclass
@@ -252,22 +249,3 @@ class PersonalFreezer:
                  for b, (s, v) in sizes.items()],
             )  # fmt: skip
         return placed
-
-
-def followed_topics(
-    session: Session, topics: Sequence[str], first: int, last: int
-) -> dict[int, frozenset[str]]:
-    """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]:
-    one range of the (newsletter, status, subscriber) index per topic."""
-    out: dict[int, set[str]] = defaultdict(set)
-    rows = session.execute(
-        select(_S.c.subscriber_id, _S.c.newsletter).where(
-            _S.c.newsletter.in_(list(topics)),
-            _S.c.status == SubscriptionStatus.ACTIVE,
-            _S.c.subscriber_id >= first,
-            _S.c.subscriber_id <= last,
-        )
-    )
-    for subscriber, topic in rows:
-        out[int(subscriber)].add(str(topic))
-    return {s: frozenset(t) for s, t in out.items()}

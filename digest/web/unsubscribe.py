@@ -5,7 +5,9 @@
 - `POST /u/{token}` is RFC 8058 one-click: the body `List-Unsubscribe=One-Click`, urlencoded or
   multipart, no cookies, no auth. It answers 200 (never a redirect), is idempotent, and is also
   what the page's own button posts.
-- `GET|POST /preferences/{token}`: every newsletter with a checkbox, and "unsubscribe from all".
+- `GET|POST /preferences/{token}`: every newsletter with a checkbox, and "unsubscribe from all";
+  with a personal newsletter, "one email or each on its own" and the topics followed
+  (`digest.web.preferences_personal`, which also has what a personal unsubscribe leaves).
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from digest.app import App
+from digest.config import NewsletterConfig
 from digest.mail.links import PREFERENCES_ROUTE, UNSUBSCRIBE_ROUTE
 from digest.sending.counts import issue_to_credit
+from digest.web import preferences_personal as personal
 from digest.web.deps import app_of
 from digest.web.signed import (
     client_of,
@@ -33,7 +37,7 @@ from digest.web.signed import (
 )
 from subscribers.addresses import mask_email
 from subscribers.membership import subscriptions_of, unsubscribe, unsubscribe_all
-from subscribers.models import Subscriber, SubscriptionStatus, SuppressionReason
+from subscribers.models import Subscriber, Subscription, SubscriptionStatus, SuppressionReason
 from subscribers.optin import set_preferences
 from subscribers.suppression import MAILABLE, suppression_reason
 from subscribers.tokens import Purpose, TokenClaims
@@ -49,16 +53,27 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         if owner is None:
             return invalid_link(app)
         claims, subscriber = owner
-        current = subscriptions_of(session, claims.subscriber_id).get(claims.newsletter)
+        subscriptions = subscriptions_of(session, claims.subscriber_id)
         suppressed = suppression_reason(session, subscriber.email)
+    current = subscriptions.get(claims.newsletter)
     already = suppressed is not None or current is None or current.status not in MAILABLE
     title = newsletter_title(app, claims.newsletter)
+    unfollows = [
+        t.title for t in personal.topics_to_leave(app.settings, subscriptions, claims.newsletter)
+    ]
+    merged_into = personal.merged_into(app.settings, subscriptions, claims.newsletter)
+    if merged_into:  # a topic's "unfollow" link in a personal email's footer
+        heading = f"You no longer follow {title}" if already else f"Stop following {title}?"
+    else:
+        heading = "You're unsubscribed" if already else f"Unsubscribe from {title}?"
     return page(
         app,
         "unsubscribe.html",
-        heading="You're unsubscribed" if already else f"Unsubscribe from {title}?",
+        heading=heading,
         already=already,
         newsletter=title,
+        unfollows=unfollows,
+        merged_into=merged_into,
         email=mask_email(subscriber.email),
         action_url=request.url.path,
         preferences_url=_preferences_url(app, claims),
@@ -83,7 +98,11 @@ def _unsubscribe(
         if owner is None:
             return invalid_link(app)
         claims, subscriber = owner
-        unsubscribe(
+        subscriptions = subscriptions_of(session, claims.subscriber_id)
+        topics = personal.topics_to_leave(app.settings, subscriptions, claims.newsletter)
+        merged_into = personal.merged_into(app.settings, subscriptions, claims.newsletter)
+        issue_id = issue_to_credit(session, claims.subscriber_id, claims.newsletter)
+        left = unsubscribe(
             session,
             claims.subscriber_id,
             claims.newsletter,
@@ -91,14 +110,35 @@ def _unsubscribe(
             method=method,
             ip=ip,
             user_agent=user_agent,
-            issue_id=issue_to_credit(session, claims.subscriber_id, claims.newsletter),
+            issue_id=issue_id,
+        )
+        # Unsubscribing from a personal email also unfollows the topics it carried in place of
+        # their own emails: a reader pressing "unsubscribe" (in Gmail, say) expects less mail,
+        # not the topics' separate emails from the next morning on. Only when this request
+        # ended the subscription (`left`): a repeated click never unfollows topics followed
+        # again since.
+        unfollowed = (
+            personal.leave_topics(
+                session,
+                claims.subscriber_id,
+                topics,
+                now=app.now(),
+                method=method,
+                ip=ip,
+                user_agent=user_agent,
+                issue_id=issue_id,
+            )
+            if left
+            else []
         )
         email = subscriber.email
     return page(
         app,
         "unsubscribed.html",
-        heading="You're unsubscribed",
+        heading="Topic unfollowed" if merged_into else "You're unsubscribed",
         newsletter=newsletter_title(app, claims.newsletter),
+        unfollowed=unfollowed,
+        merged_into=merged_into,
         email=mask_email(email),
         preferences_url=_preferences_url(app, claims),
     )
@@ -149,8 +189,16 @@ def _save_preferences(
             )
             message = "Done: you won't receive any of our newsletters."
         else:
-            offered = [n.slug for n in app.settings.newsletters]
-            wanted = set(fields.get("newsletter", []))
+            current = subscriptions_of(session, claims.subscriber_id)
+            choice = personal.delivery_choice(
+                app.settings, current, first(fields, "personal"), claims.newsletter
+            )
+            offered, wanted = personal.apply_delivery(
+                choice,
+                first(fields, "delivery"),
+                [n.slug for n in app.settings.newsletters],
+                set(fields.get("newsletter", [])),
+            )
             change = set_preferences(
                 session,
                 claims.subscriber_id,
@@ -163,11 +211,21 @@ def _save_preferences(
             message = "Saved." if change.changed else "Nothing to change."
             if change.refused:
                 message += " Some newsletters can't be sent to this address; please contact us."
+            after = subscriptions_of(session, claims.subscriber_id)
+            if choice is not None and personal.follows_nothing(app.settings, choice, after):
+                message += f" You follow no topic yet: tick one or more for {choice.title}."
+            return _preferences(app, session, claims, path, message=message, shown=choice)
         return _preferences(app, session, claims, path, message=message)
 
 
 def _preferences(
-    app: App, session: Session, claims: TokenClaims, path: str, *, message: str = ""
+    app: App,
+    session: Session,
+    claims: TokenClaims,
+    path: str,
+    *,
+    message: str = "",
+    shown: NewsletterConfig | None = None,
 ) -> HTMLResponse:
     subscriber = session.get(Subscriber, claims.subscriber_id)
     if subscriber is None:
@@ -175,30 +233,40 @@ def _preferences(
     current = subscriptions_of(session, claims.subscriber_id)
     suppressed = suppression_reason(session, subscriber.email)
     blocked_address = suppressed not in (None, SuppressionReason.UNSUBSCRIBED_ALL)
-    items: list[dict[str, Any]] = []
-    for newsletter in app.settings.newsletters:
-        subscription = current.get(newsletter.slug)
-        status = subscription.status if subscription else None
-        items.append(
-            {
-                "slug": newsletter.slug,
-                "title": newsletter.title,
-                "description": newsletter.description,
-                "checked": status in MAILABLE and suppressed is None,
-                "blocked": blocked_address
-                or status in (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED),
-            }
-        )
+    items = {
+        n.slug: _item(n, current.get(n.slug), suppressed, blocked_address)
+        for n in app.settings.newsletters
+    }
+    # After a save, the personal newsletter the form showed stays the one shown.
+    choice = shown or personal.delivery_choice(app.settings, current, claims.newsletter)
     return page(
         app,
         "preferences.html",
         heading="Your newsletters",
         email=mask_email(subscriber.email),
-        newsletters=items,
         action_url=path,
         message=message,
         message_class="ok",
+        **personal.layout(app.settings, choice, items),
     )
+
+
+def _item(
+    newsletter: NewsletterConfig,
+    subscription: Subscription | None,
+    suppressed: str | None,
+    blocked_address: bool,
+) -> dict[str, Any]:
+    """One newsletter's checkbox (or, for the personal one, radio button) on the page."""
+    status = subscription.status if subscription else None
+    return {
+        "slug": newsletter.slug,
+        "title": newsletter.title,
+        "description": newsletter.description,
+        "checked": status in MAILABLE and suppressed is None,
+        "blocked": blocked_address
+        or status in (SubscriptionStatus.BOUNCED, SubscriptionStatus.COMPLAINED),
+    }
 
 
 def _preferences_url(app: App, claims: TokenClaims) -> str:

@@ -24,7 +24,9 @@ BRIEFING = "my-briefing"
 TURKEY, CLIMATE = "turkey-unpacked", "climate-weekly"
 
 
-def personal_app(make_app: Callable[..., App], engine: Engine, now: datetime = DEFAULT_NOW, **extra: Any) -> App:
+def personal_app(
+    make_app: Callable[..., App], engine: Engine, now: datetime = DEFAULT_NOW, **extra: Any
+) -> App:
     from tests.conftest import base_config
 
     newsletters = base_config(Path("/tmp"))["newsletters"] + [
@@ -41,8 +43,10 @@ def _articles(app: App, before: datetime) -> dict[str, int]:
     for n in (1, 2):
         ids[f"turkey{n}"] = add_article(app, f"Turkey story {n}", before - timedelta(hours=n),
                                         topics={TURKEY: ["tag:Turkey"]})  # fmt: skip
-        ids[f"climate{n}"] = add_article(app, f"Climate story {n}", before - timedelta(hours=n),
-                                         topics={CLIMATE: ["tag:Climate"]}, tags=["Climate"])  # fmt: skip
+        ids[f"climate{n}"] = add_article(
+            app, f"Climate story {n}", before - timedelta(hours=n),
+            topics={CLIMATE: ["tag:Climate"]}, tags=["Climate"],
+        )  # fmt: skip
     ids["both"] = add_article(
         app, "Drought reaches Ankara", before - timedelta(hours=3),
         topics={TURKEY: ["keyword:Ankara"], CLIMATE: ["tag:Climate", "keyword:drought"]},
@@ -102,7 +106,9 @@ def test_one_email_per_reader_with_each_followed_topic_and_each_article_once(
     both = _text(mail["both@example.com"][0])
     assert len(mail["both@example.com"]) == 1  # no separate Turkey Unpacked email
     for title in ("Turkey story 1", "Turkey story 2", "Climate story 1", "Climate story 2"):
-        assert both.count(f"{title} [") == 1, title  # the text part lists each article as "Title [n]"
+        assert both.count(f"{title} [") == 1, (
+            title
+        )  # the text part lists each article as "Title [n]"
     assert both.count("Drought reaches Ankara [") == 1
     # The shared story sits in its strongest match (a Climate tag beats an Ankara keyword).
     assert both.index("CLIMATE WEEKLY") < both.index("Drought reaches Ankara")
@@ -114,9 +120,13 @@ def test_one_email_per_reader_with_each_followed_topic_and_each_article_once(
         "Your Briefing" not in _html(m) for m in mail["separate@example.com"]
     )
     with Session(any_engine) as session:
-        skipped = session.execute(
-            select(Delivery.error).where(Delivery.status == DeliveryStatus.SKIPPED)  # type: ignore[call-overload]
-        ).scalars().all()
+        skipped = (
+            session.execute(
+                select(Delivery.error).where(Delivery.status == DeliveryStatus.SKIPPED)  # type: ignore[call-overload]
+            )
+            .scalars()
+            .all()
+        )
         variants = session.execute(
             select(func.count()).select_from(IssueVariant).where(IssueVariant.issue_id == issue.id)  # type: ignore[arg-type]
         ).scalar()
@@ -162,3 +172,36 @@ def test_unfollowing_a_topic_changes_the_next_issue(
     with Session(any_engine) as session:
         stored = session.get(Issue, issue.id)
         assert stored is not None and stored.status == IssueStatus.SENT
+
+
+def test_preview_as_a_reader_shows_their_own_email(
+    any_engine: Engine, make_app: Callable[..., App], tmp_path: Path, monkeypatch: Any
+) -> None:
+    from tests.support.cli import cli_config, digest
+
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW - timedelta(hours=6))  # before the 07:00 period
+    _reader(app, "both@example.com", TURKEY, CLIMATE)
+    _reader(app, "turkey@example.com", TURKEY)
+    _reader(app, "none@example.com")
+    config = cli_config(tmp_path / "digest.toml", any_engine, monkeypatch)
+    config.write_text(
+        config.read_text() + '[[newsletters]]\nslug = "my-briefing"\ntitle = "Your Briefing"\n'
+        'kind = "personal"\nschedule = "0 7 * * *"\nwindow = "8d"\n'
+    )
+
+    def preview(email: str) -> tuple[int, str, str]:
+        out = tmp_path / email
+        code, stdout, stderr = digest(config, "preview", BRIEFING, "--as", email, "--out", str(out))
+        text = (out / f"{BRIEFING}.txt").read_text() if code == 0 else ""
+        return code, text, stdout + stderr
+
+    code, both, said = preview("both@example.com")
+    assert code == 0, said
+    assert "Climate story 1 [" in both and "Turkey story 1 [" in both
+    code, turkey, _ = preview("turkey@example.com")
+    assert code == 0 and "Turkey story 1 [" in turkey and "Climate story 1" not in turkey
+    code, _, said = preview("none@example.com")
+    assert code != 0 and "follows no topic" in said
+    code, _, said = digest(config, "preview", TURKEY, "--as", "both@example.com")
+    assert code != 0 and "topic newsletter" in said
