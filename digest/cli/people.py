@@ -379,6 +379,15 @@ def stats(
     console.print(table)
     people = ", ".join(f"{status} {count}" for status, count in sorted(report.subscribers.items()))
     console.print(f"subscriptions: {people or 'none'}", highlight=False, soft_wrap=True)
+    for issue in report.issues:
+        if issue.variants is not None:
+            v = issue.variants
+            skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(v.skipped.items()))
+            console.print(
+                f"#{issue.issue_id}: {v.variants} variants, readers per variant largest "
+                f"{v.readers_largest}, median {v.readers_median:g}; skipped: {skipped or 'none'}",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
 
 
 def _cell(counts: dict[str, Any], column: str) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy import case, func, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from digest.ops.variant_stats import VariantStats, variant_stats
 from digest.sending.counts import ACCEPTED_STATES, counts_by
 from digest.storage.engagement import engagement
 from digest.storage.models import Delivery, DeliveryStatus, Issue
@@ -71,6 +72,8 @@ class IssueStats:
     top_links: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, int]] = field(default_factory=list)
     started_at: datetime | None = None
+    # Personal newsletters: the issue's variants and skipped readers (`variant_stats`).
+    variants: VariantStats | None = None
 
 
 @dataclass
@@ -131,6 +134,7 @@ def newsletter_stats(
     shown = [issues[only]] if only in issues else list(issues.values())[:limit]
     for stats in shown:
         add_engagement(session, stats)
+        stats.variants = variant_stats(session, stats.issue_id)
     return NewsletterStats(newsletter, subscribers, totals, shown)
 
 

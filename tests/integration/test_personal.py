@@ -205,3 +205,27 @@ def test_preview_as_a_reader_shows_their_own_email(
     assert code != 0 and "follows no topic" in said
     code, _, said = digest(config, "preview", TURKEY, "--as", "both@example.com")
     assert code != 0 and "topic newsletter" in said
+
+
+def test_stats_count_variants_readers_per_variant_and_skipped_readers(
+    any_engine: Engine, make_app: Callable[..., App], tmp_path: Path, monkeypatch: Any
+) -> None:
+    from digest.ops.stats import newsletter_stats
+
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    for n in range(3):
+        _reader(app, f"both{n}@example.com", TURKEY, CLIMATE)
+    _reader(app, "turkey@example.com", TURKEY)
+    _reader(app, "none@example.com")
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    send_issue(app, issue.id or 0)
+
+    with app.session() as session:
+        stats = newsletter_stats(session, BRIEFING).issues[0]
+    assert stats.variants is not None
+    assert (stats.variants.variants, stats.variants.readers_largest) == (2, 3)
+    assert stats.variants.readers_median == 2.0
+    assert stats.variants.skipped == {"follows no topic": 1}
+    assert stats.counts.sent == 4 and stats.counts.recipients == 5
+    assert [v.topics for v in stats.variants.largest] == [[TURKEY, CLIMATE], [TURKEY]]
