@@ -119,12 +119,24 @@ def tokens_of(settings: Settings, issue: Issue) -> personalize.Tokens:
         )
         for key in keys
     ]
+    chosen = candidates[0]
     for tokens in candidates:
         if tokens.used_in(*parts):
-            return tokens
-    if personalize.LEGACY.used_in(*parts) and not _has_suffixed_token(parts):
-        return personalize.LEGACY
-    return candidates[0]
+            chosen = tokens
+            break
+    else:
+        if personalize.LEGACY.used_in(*parts) and not _has_suffixed_token(parts):
+            return personalize.LEGACY
+    return _with_unfollow(settings, issue.newsletter, chosen)
+
+
+def _with_unfollow(settings: Settings, slug: str, tokens: personalize.Tokens) -> personalize.Tokens:
+    """A personal issue's own page lists every merged topic with its unfollow link: its names
+    include their tokens (a variant's carry only its own topics', `SendRun.message_for`)."""
+    newsletter = next((n for n in settings.newsletters if n.slug == slug), None)
+    if newsletter is None or not newsletter.personal:
+        return tokens
+    return tokens.with_unfollow(range(len(settings.merged_topics(newsletter))))
 
 
 def _has_suffixed_token(parts: tuple[str, ...]) -> bool:
@@ -156,7 +168,15 @@ class RecipientValues:
         self._preferences = links.signer(Purpose.PREFERENCES, newsletter=newsletter.slug)
         self._fallback = clean_name(name_fallback)
         # Personal newsletters: (token, topic slug) of each followed topic's "unfollow" link,
-        # the topic's own signed unsubscribe link.
+        # the topic's own signed unsubscribe link; by default every merged topic's token the
+        # names hold (the issue's own page).
+        if not unfollow and tokens.extra and newsletter.personal:
+            merged = settings.merged_topics(newsletter)
+            unfollow = [
+                (tokens.unfollow(i), t.slug)
+                for i, t in enumerate(merged)
+                if tokens.unfollow(i) in tokens.extra
+            ]
         self._unfollow = [
             (token, links.signer(Purpose.UNSUBSCRIBE, newsletter=topic))
             for token, topic in unfollow

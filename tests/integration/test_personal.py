@@ -229,3 +229,22 @@ def test_stats_count_variants_readers_per_variant_and_skipped_readers(
     assert stats.variants.skipped == {"follows no topic": 1}
     assert stats.counts.sent == 4 and stats.counts.recipients == 5
     assert [v.topics for v in stats.variants.largest] == [[TURKEY, CLIMATE], [TURKEY]]
+
+
+def test_the_editors_preview_and_test_send_fill_every_token(
+    any_engine: Engine, make_app: Callable[..., App], tmp_path: Path
+) -> None:
+    from digest.mail.preview import write_preview
+    from digest.rendering.personalize import leaks
+    from digest.sending.send import send_test
+
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    files = write_preview(app, BRIEFING, tmp_path / "pv", issue)
+    html, text = files["html"].read_text(), files["text"].read_text()
+    assert leaks(html) == [] and leaks(text) == []
+    assert 'Climate Weekly (<a href="https://news.example.com/u/' in html  # every topic's link
+    assert send_test(app, issue.id or 0, "editor@example.com").accepted
+    (sent,) = _by_recipient(app)["editor@example.com"]
+    assert leaks(_html(sent)) == [] and leaks(_text(sent)) == []
