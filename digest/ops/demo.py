@@ -20,6 +20,9 @@ from subscribers import import_csv
 from subscribers.models import Subscriber
 
 
+BRIEFING = "my-briefing"  # the demo's personal newsletter (config/digest.toml)
+
+
 @dataclass
 class NewsletterOutcome:
     slug: str
@@ -75,18 +78,21 @@ def run_demo(app: App, preview_dir: Path) -> DemoReport:
 
 
 def _load_sample_subscribers(app: App) -> int:
-    """Import config/sample/subscribers.csv into an empty database (never twice)."""
+    """Import config/sample/subscribers.csv into an empty database (never twice), then the
+    readers of the demo's personal newsletter (subscribers-briefing.csv) when it is configured."""
+    known = {n.slug for n in app.settings.newsletters}
+    added = 0
     with app.session() as session:
         if session.exec(select(func.count()).select_from(Subscriber)).one() > 0:
             return 0
-        sample = config_dir() / "sample" / "subscribers.csv"
-        with sample.open(encoding="utf-8", newline="") as handle:
-            report = import_csv(
-                session,
-                handle,
-                now=app.now(),
-                known_newsletters={n.slug for n in app.settings.newsletters},
-                file_name=str(sample),
-                source="demo",
-            )
-    return int(report.added)
+        for name, needs in (("subscribers.csv", set()), ("subscribers-briefing.csv", {BRIEFING})):
+            if not needs <= known:
+                continue
+            sample = config_dir() / "sample" / name
+            with sample.open(encoding="utf-8", newline="") as handle:
+                report = import_csv(
+                    session, handle, now=app.now(), known_newsletters=known,
+                    file_name=str(sample), source="demo",
+                )  # fmt: skip
+            added += int(report.added)
+    return added
