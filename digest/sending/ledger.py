@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, or_, select, update
 from sqlmodel import Session
 
+from digest.sending import snapshot
 from digest.sending.claimer import Claimer
 from digest.sending.counts import BATCH_SPEAKS_AS, delivery_counts, in_zones
 from digest.sending.freeze import insert_batches
@@ -387,6 +388,7 @@ def requeue(
         .values(status=BatchStatus.RETRIED, updated_at=now)
     )
     if moved:
+        snapshot.drop(session, issue_id)
         session.execute(
             update(_I)
             .where(_I.c.id == issue_id, _I.c.status == IssueStatus.SENT)
@@ -414,4 +416,7 @@ def finish_if_done(
         )
         .values(status=IssueStatus.SENT, sent_at=now, updated_at=now)
     )
-    return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
+    done = bool(moved.rowcount == 1)  # type: ignore[attr-defined]
+    if done:  # from now on its counts are read from `issue_count` (digest.sending.snapshot)
+        snapshot.take(session, issue_id)
+    return done

@@ -287,6 +287,47 @@ class IssueVariant(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(nullable=False))
 
 
+class IssueCount(SQLModel, table=True):
+    """An issue's effective delivery counts, kept once it is sent (`digest.sending.snapshot`):
+    `stats`, `status` and `/metrics` read these instead of scanning its deliveries, provider
+    events adjust them in the same transaction, and they stay when retention deletes the
+    deliveries. `state` is an effective status, or "opened" / "clicked"."""
+
+    __tablename__ = "issue_count"
+
+    issue_id: int = Field(foreign_key="issue.id", primary_key=True, ondelete="CASCADE")
+    state: str = Field(max_length=16, primary_key=True)
+    n: int = 0
+
+
+class SendWorker(SQLModel, table=True):
+    """A `digest worker` process (or a scheduler sending itself), for liveness and `status`."""
+
+    __tablename__ = "send_worker"
+
+    id: str = Field(max_length=200, primary_key=True)  # its Claimer: host/boot/pid/start/run
+    host: str = Field(default="", max_length=200)
+    pid: int = 0
+    concurrency: int = 1
+    started_at: datetime = Field(sa_column=_ts(nullable=False))
+    heartbeat_at: datetime = Field(sa_column=_ts(nullable=False, index=True))
+    in_flight: int = 0  # batches it holds now
+    draining: bool = False  # SIGTERM: finishing in-flight batches, claiming nothing new
+    stopped_at: datetime | None = Field(default=None, sa_column=_ts())
+
+
+class RateLimit(SQLModel, table=True):
+    """A rate shared by every sender through the database (PostgreSQL): the moment the next
+    message may go (GCRA's theoretical arrival time, seconds since the epoch) and a provider's
+    back-off (429) until a moment."""
+
+    __tablename__ = "rate_limit"
+
+    name: str = Field(max_length=64, primary_key=True)
+    next_at: float = 0.0
+    paused_until: float = 0.0
+
+
 class WebhookEvent(SQLModel, table=True):
     """A provider event already applied: providers retry and duplicate, so each counts once."""
 
