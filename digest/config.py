@@ -33,6 +33,7 @@ from digest.config_sections import (  # noqa: F401 - re-exported
     DeliveryConfig,
     DkimConfig,
     FormsConfig,
+    RetentionConfig,
     SenderConfig,
     SendGridConfig,
     SmtpConfig,
@@ -284,6 +285,7 @@ class Settings(Strict):
     studio: StudioConfig = Field(default_factory=StudioConfig)
     forms: FormsConfig = Field(default_factory=FormsConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -311,6 +313,14 @@ class Settings(Strict):
                 raise ValueError(
                     f"newsletters ({n.slug}).topics: {', '.join(map(repr, unknown))} is not a "
                     f"topic newsletter (topic newsletters: {', '.join(sorted(topics)) or 'none'})"
+                )
+        kept = self.retention.deliveries_delta
+        for n in self.newsletters:
+            if kept is not None and n.personal and kept < n.memory_delta:
+                raise ValueError(  # "never repeat" reads deliveries sent within the memory
+                    f"retention.deliveries ({self.retention.deliveries}) is shorter than "
+                    f"newsletters ({n.slug}).memory ({n.memory}): deliveries are what a personal "
+                    "newsletter remembers, so keep them at least as long as its memory"
                 )
         return self
 

@@ -1,5 +1,6 @@
 """The config file's sections for sending mail (sender, delivery, the SendGrid and SMTP
-transports, bounces, DKIM) and for the public web (studio sign-in, forms, engagement tracking).
+transports, bounces, DKIM), for the public web (studio sign-in, forms, engagement tracking) and
+for how long per-reader records are kept (retention).
 
 Kept apart from `digest.config`, which composes them into `Settings` and loads the file; import
 them from there as from here.
@@ -7,11 +8,12 @@ them from there as from here.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from digest.config_types import Duration, HeaderText, Strict
+from digest.config_types import Duration, HeaderText, Strict, parse_duration
 
 
 class SenderConfig(Strict):
@@ -131,3 +133,40 @@ class FormsConfig(Strict):
     sign_in_per_hour: int = Field(default=20, ge=1)
     # Per editor account per hour, whatever the client.
     sign_in_per_account_per_hour: int = Field(default=10, ge=1)
+
+
+class RetentionConfig(Strict):
+    """How long records naming a reader are kept (`digest.ops.retention`, run by `digest
+    housekeeping` and daily by the scheduler). None: kept forever."""
+
+    # Deliveries and batches of issues sent longer ago than this are deleted, once the issue's
+    # counts are stored. At least a week: late bounces and provider events need their delivery.
+    deliveries: Duration | None = None
+    # Applied provider events (kept so a retried event counts once; SendGrid retries for up to
+    # 72 hours). None: as long as deliveries.
+    webhook_events: Duration | None = None
+
+    @field_validator("deliveries")
+    @classmethod
+    def _a_week_at_least(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) < timedelta(days=7):
+            raise ValueError(
+                "at least 7d: bounces and provider events arrive days later and need their delivery"
+            )
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _three_days_at_least(cls, value: str | None) -> str | None:
+        if value is not None and parse_duration(value) < timedelta(days=3):
+            raise ValueError("at least 3d: providers retry an event for up to 72 hours")
+        return value
+
+    @property
+    def deliveries_delta(self) -> timedelta | None:
+        return parse_duration(self.deliveries) if self.deliveries else None
+
+    @property
+    def webhook_events_delta(self) -> timedelta | None:
+        kept = self.webhook_events or self.deliveries
+        return parse_duration(kept) if kept else None
