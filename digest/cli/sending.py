@@ -210,9 +210,11 @@ def deliveries(
         int | None, typer.Option("--issue", help="Issue id (default: the latest issue).")
     ] = None,
 ) -> None:
-    """Delivery counts per state for the newsletter's latest issue (or --issue)."""
+    """Delivery counts per state for the newsletter's latest issue (or --issue), and how many
+    recipients left unknown provider events have since proved sent."""
     from digest.issues import assemble
-    from digest.sending.counts import SEND_STATES, delivery_counts
+    from digest.sending import snapshot
+    from digest.sending.counts import SEND_STATES
     from digest.sending.send import unfrozen
     from digest.storage.models import Issue
 
@@ -227,7 +229,8 @@ def deliveries(
                 issue = None
         if issue is None:
             fail(f"no issue {issue_id} for {slug!r}" if issue_id else f"{slug} has no issue yet")
-        counts = delivery_counts(session, issue.id or 0)
+        counts = snapshot.delivery_counts(session, issue.id or 0)  # stored once sent
+        settled = snapshot.settled(session, [issue.id or 0]).get(issue.id or 0, 0)
         to_freeze = unfrozen(session, issue.id or 0, slug, app.settings.replaced_by(slug))
     document: dict[str, Any] = {
         "newsletter": slug,
@@ -237,6 +240,9 @@ def deliveries(
         "total": sum(counts.values()),
         "counts": counts,
         "not_yet_frozen": to_freeze,  # recipients the freeze of a send in progress has not reached
+        # recipients whose batch was left unknown, proved sent since by a provider event
+        # (delivered, processed, bounced…): --retry-unknown no longer resends them
+        "settled_by_events": settled,
     }
     if as_json:
         print_json(document)
@@ -248,6 +254,11 @@ def deliveries(
     console.print(f"  {'total':<10} {document['total']:>10,}")
     if to_freeze:
         console.print(f"  and {to_freeze:,} more still to be frozen (the send goes on)")
+    if settled:
+        console.print(
+            f"  {settled:,} left unknown were since proved sent by provider events "
+            "(--retry-unknown does not resend them)"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -3,10 +3,11 @@ unsubscribed.
 
 Delivery outcomes come from the delivery ledger, read through its effective status
 (`digest.sending.counts`: a pending row in an accepted batch was sent), plus `opened` and
-`clicked` kept current by the SendGrid webhook; complaints and unsubscribes from the consent
-log, credited to the issue that prompted them when known (a webhook event names it; an
-unsubscribe link is credited to the latest issue the person was sent, see
-`digest.sending.counts.issue_to_credit`).
+`clicked` kept current by the SendGrid webhook: kept per issue once it is sent
+(`digest.sending.snapshot`), so stats scan only the deliveries of issues still sending;
+complaints and unsubscribes from the consent log, credited to the issue that prompted them
+when known (a webhook event names it; an unsubscribe link is credited to the latest issue the
+person was sent, see `digest.sending.counts.issue_to_credit`).
 
 Engagement of the newsletters that opt in (`track_clicks`, `track_opens`) is counted per issue,
 per link and per hour, naming no one (`digest.storage.engagement`): `opens` (pixel loads, or
@@ -22,17 +23,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, or_
-from sqlalchemy import select as sa_select
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from digest.ops.variant_stats import VariantStats, variant_stats
-from digest.sending.counts import ACCEPTED_STATES, counts_by
+from digest.sending import snapshot
+from digest.sending.counts import ACCEPTED_STATES
 from digest.storage.engagement import engagement
-from digest.storage.models import Delivery, DeliveryStatus, Issue
+from digest.storage.models import DeliveryStatus, Issue
 from subscribers.models import ConsentAction, ConsentEvent, Subscription
 
-_D = Delivery.__table__  # type: ignore[attr-defined]
 _UNSUBSCRIBES = (ConsentAction.UNSUBSCRIBE, ConsentAction.UNSUBSCRIBE_ALL)
 OPENS_NOTE = (
     "Opens are inflated: Apple Mail's Privacy Protection loads every image (the open pixel "
@@ -167,32 +166,26 @@ def _of(session: Session, newsletter: str, issue_id: int) -> bool:
 
 
 def _delivery_counts(session: Session, newsletter: str) -> dict[int, Counts]:
-    """Per issue: recipients and `sent` from the effective status, provider events from rows."""
-    issue_id = _D.c.issue_id
-    of_newsletter = issue_id.in_(select(Issue.id).where(Issue.newsletter == newsletter))
+    """Per issue: recipients and `sent` from the effective status, provider events, opened and
+    clicked: stored for sent issues (`digest.sending.snapshot`), live for those sending."""
+    ids = session.exec(
+        select(Issue.id).where(
+            Issue.newsletter == newsletter,
+            col(Issue.status).in_([str(s) for s in snapshot.WITH_DELIVERIES]),
+        )
+    ).all()
     counts: dict[int, Counts] = {}
-    for issue, state, n in session.execute(counts_by(issue_id).where(of_newsletter)):
+    for issue, found in snapshot.many(session, [i for i in ids if i is not None]).items():
         target = counts.setdefault(issue, Counts())
-        target.recipients += int(n)
-        if state in ACCEPTED_STATES:
-            target.sent += int(n)
-        if state == DeliveryStatus.DELIVERED:
-            target.delivered += int(n)
-        elif state == DeliveryStatus.BOUNCED:
-            target.bounced += int(n)
-    engagement = (
-        sa_select(issue_id, _count_true(_D.c.opened), _count_true(_D.c.clicked))
-        .where(of_newsletter, or_(_D.c.opened, _D.c.clicked))
-        .group_by(issue_id)
-    )
-    for issue, opened, clicked in session.execute(engagement):
-        target = counts.setdefault(issue, Counts())
-        target.opened, target.clicked = int(opened), int(clicked)
+        for state, n in snapshot.states_only(found).items():
+            target.recipients += n
+            if state in ACCEPTED_STATES:
+                target.sent += n
+        target.delivered = found.get(DeliveryStatus.DELIVERED, 0)
+        target.bounced = found.get(DeliveryStatus.BOUNCED, 0)
+        target.opened = found.get(snapshot.OPENED, 0)
+        target.clicked = found.get(snapshot.CLICKED, 0)
     return counts
-
-
-def _count_true(column: Any) -> Any:
-    return func.coalesce(func.sum(case((column, 1), else_=0)), 0)
 
 
 def _consent_counts(session: Session, newsletter: str) -> list[tuple[int | None, str, int]]:
