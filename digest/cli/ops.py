@@ -15,7 +15,8 @@ def status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
-    """Newsletters (next run, last issue, scheduler outcome, failures), sources, the leader."""
+    """Newsletters (next run, last issue, scheduler outcome, failures), sources, the leader,
+    the workers."""
     from digest.ops.status import status_report
 
     report = status_report(get_app(ctx))
@@ -73,6 +74,17 @@ def status(
         )
     console.print(sources)
     console.print(_scheduler_line(report["scheduler"]), highlight=False)
+    if report["workers"]:
+        workers = Table("worker host", "pid", "state", "last heartbeat", "batches in flight")
+        for worker in report["workers"]:
+            workers.add_row(
+                worker["host"],
+                str(worker["pid"]),
+                worker["state"],
+                f"{worker['heartbeat_age_seconds']:.0f}s ago",
+                str(worker["in_flight"]),
+            )
+        console.print(workers)
 
 
 def _moment(iso: str | None) -> str:

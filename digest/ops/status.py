@@ -1,7 +1,7 @@
 """What ops need to see at a glance (`digest status`): per newsletter the next run, the next
 issue (as prepared so far), the last issue that went out with its state and delivery counts,
 the scheduler's last word and recent failures; per source its health; the scheduler leader
-and its heartbeat. Reading it changes nothing."""
+and its heartbeat; the `digest worker`s heard from today. Reading it changes nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from digest.issues import periods, timeline
 from digest.scheduling.leader import leader_info
 from digest.sending import local_time
 from digest.sending.snapshot import delivery_counts  # stored once sent: no scan
+from digest.sending.worker_pool import workers_report
 from digest.storage.models import Issue, RunOutcome, SchedulerJob, ScheduleRun, Source
 
 # Failed and missed periods younger than this are listed as failures.
@@ -31,11 +32,13 @@ def status_report(app: App) -> dict[str, Any]:
         newsletters = [_newsletter(session, settings, n, now) for n in settings.newsletters]
         sources = [_source_summary(source) for source in session.exec(select(Source)).all()]
         scheduler = _scheduler(session, settings, now)
+        workers = workers_report(session)
     return {
         "now": now.isoformat(),
         "newsletters": newsletters,
         "sources": sources,
         "scheduler": scheduler,
+        "workers": workers,
     }
 
 

@@ -284,8 +284,14 @@ class NewsletterTick:
                 return self._save(
                     run, RunOutcome.RUNNING, "waiting for subscribers' local time", action
                 )
-        try:
-            report = self.pipeline.send(self.app, issue.id, SendRequest(self.stop, timezones))
+        hand_over, handed = self.pipeline.hand_over, None
+        try:  # live `digest worker`s send it: only start it for them
+            handed = hand_over(self.app, issue.id) if hand_over is not None else None
+            report = (
+                handed.report
+                if handed is not None
+                else self.pipeline.send(self.app, issue.id, SendRequest(self.stop, timezones))
+            )
         except Exception as exc:
             log.exception(
                 "sending issue %s failed",
@@ -294,7 +300,10 @@ class NewsletterTick:
             )
             run.detail = f"send failed: {type(exc).__name__}: {exc}"
             return self._fail(run, "send", action)
-        outcome, detail = send_outcome(report, stopped=self._stopped(), local=self.local)
+        workers = handed.workers if handed is not None else 0
+        outcome, detail = send_outcome(
+            report, stopped=self._stopped(), local=self.local, workers=workers
+        )
         detail = detail.replace("SLUG", self.newsletter.slug)
         if outcome == RunOutcome.FAILED:
             run.detail = detail

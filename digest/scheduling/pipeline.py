@@ -1,7 +1,8 @@
 """The seam between the scheduler and the pipeline: ingest, build, send.
 
 `run_due` drives these three callables; `real_pipeline()` wires the real modules in one place
-and tests hand in fakes.
+and tests hand in fakes. `hand_over` (optional) gives a send to the pool of `digest worker`
+processes when one is alive: the scheduler then only starts the issue.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from digest.app import App
 from digest.scheduling.rules import SendSummary
@@ -32,11 +34,13 @@ class Pipeline:
     ingest: Callable[[App], object]
     build: Callable[[App, str, datetime], Issue]
     send: Callable[[App, int, SendRequest], SendSummary]
+    # The issue started for live workers (a `worker_pool.HandOver`), or None: send it yourself.
+    hand_over: Callable[[App, int], Any] | None = None
 
 
 def real_pipeline() -> Pipeline:
     """The real stages, each imported when its step first runs: an idle tick imports none."""
-    return Pipeline(ingest=_ingest, build=_build_issue, send=_send_issue)
+    return Pipeline(ingest=_ingest, build=_build_issue, send=_send_issue, hand_over=_hand_over)
 
 
 def _ingest(app: App) -> object:
@@ -55,3 +59,9 @@ def _send_issue(app: App, issue_id: int, request: SendRequest) -> SendSummary:
     from digest.sending.send import send_issue
 
     return send_issue(app, issue_id, timezones=request.timezones, stop=request.stop)
+
+
+def _hand_over(app: App, issue_id: int) -> Any:
+    from digest.sending.worker_pool import hand_over
+
+    return hand_over(app, issue_id)

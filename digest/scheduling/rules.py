@@ -108,13 +108,18 @@ def retry_due(run: ScheduleRun, now: datetime, opens_at: datetime, grace: timede
     return now >= run.at + timedelta(minutes=2 ** max(run.attempts - 1, 0))
 
 
-def send_outcome(report: SendSummary, *, stopped: bool, local: bool) -> tuple[RunOutcome, str]:
-    """What a send's report means for its period (SLUG stands for the newsletter)."""
+def send_outcome(
+    report: SendSummary, *, stopped: bool, local: bool, workers: int = 0
+) -> tuple[RunOutcome, str]:
+    """What a send's report means for its period (SLUG stands for the newsletter); `workers`:
+    the scheduler handed the send to that many live `digest worker`s."""
     in_flight = int(getattr(report, "sending", 0))  # batches another live sender holds
     counts = (
         f"accepted {report.accepted}, skipped {report.skipped}, failed {report.failed}, "
         f"unknown {report.unknown}, pending {report.pending}"
     )
+    if workers and (report.pending or in_flight):
+        return RunOutcome.RUNNING, f"{workers} workers are sending it ({counts})"
     if report.pending:
         if stopped:
             return RunOutcome.RUNNING, f"stopped between batches; the next run resumes ({counts})"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest.app import App
 from digest.config import NewsletterConfig
@@ -32,6 +32,9 @@ from digest.transports import (
     SendResult,
     Transport,
 )
+
+if TYPE_CHECKING:
+    from digest.sending.fleet_rate import FleetRateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +107,7 @@ class SendRun:
         zones: Collection[str | None] | None = None,
         stop: threading.Event | None = None,
         freeze_step: Callable[[], bool] | None = None,
+        limiter: RateLimiter | FleetRateLimiter | None = None,
     ) -> None:
         self.app = app
         # Freezes one more page of the audience per call while the workers send the pages
@@ -128,7 +132,8 @@ class SendRun:
         # batch (the variant rendered then if no one has yet).
         self._variants: dict[int, tuple[OutgoingMessage, RecipientValues]] = {}
         self._variants_lock = threading.Lock()
-        self.limiter = RateLimiter(
+        # PostgreSQL: one rate for every sender of the database (digest.sending.fleet_rate).
+        self.limiter = limiter or RateLimiter(
             app.settings.delivery.rate_limit, clock=time.monotonic, sleep=policy.sleep
         )
         self.quota = limit

@@ -9,6 +9,7 @@ several on different hosts sharing PostgreSQL, split the batches between them.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -24,6 +25,7 @@ from digest.sending import counts as ledger_counts
 from digest.sending import freeze, ledger, local_time
 from digest.sending.claimer import Claimer
 from digest.sending.counts import delivery_counts
+from digest.sending.fleet_rate import shared_limiter
 from digest.sending.run import LEASE, Progress, RateLimiter, SendRun, outgoing_message
 from digest.storage.models import DeliveryStatus, Issue, IssueStatus
 from digest.transports import (
@@ -93,7 +95,7 @@ class SendReport:
         }
 
 
-def _sendable_statuses(newsletter: NewsletterConfig) -> list[str]:
+def sendable_statuses(newsletter: NewsletterConfig) -> list[str]:
     if newsletter.requires_approval:
         return [IssueStatus.APPROVED]
     return [IssueStatus.DRAFT, IssueStatus.APPROVED]
@@ -106,7 +108,7 @@ def check_sendable(issue: Issue, newsletter: NewsletterConfig, *, force: bool) -
     name = f"issue {issue.id} of {issue.newsletter} ({issue.period})"
     if issue.status == IssueStatus.SKIPPED:
         raise SendRefused(f"{name} was skipped: {issue.skip_reason or 'no reason recorded'}")
-    if issue.status not in _sendable_statuses(newsletter):
+    if issue.status not in sendable_statuses(newsletter):
         raise SendRefused(
             f"{name} is {issue.status}: {newsletter.slug} requires approval before sending "
             f"(digest issue approve {newsletter.slug})"
@@ -162,6 +164,14 @@ def send_issue(
 
     own_transport = transport is None
     policy = policy or RetryPolicy(max_attempts=settings.delivery.max_retries + 1)
+    limiter = shared_limiter(
+        app.engine,
+        transport.name if transport is not None else str(settings.delivery.transport),
+        settings.delivery.rate_limit,
+        sleep=policy.sleep,
+    )  # PostgreSQL: the rate and a provider's 429 pause are the fleet's
+    if limiter is not None and policy.on_pause is None:
+        policy = dataclasses.replace(policy, on_pause=limiter.pause)
     transport = transport or build_transport(settings, policy=policy)
     report = SendReport(issue_id=issue_id, transport=transport.name)
     claimer = Claimer.new()
@@ -185,7 +195,7 @@ def send_issue(
             step = _freeze_step(app, issue_id, newsletter, batch_size) if still_freezing else None
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
-                batch_size, zones=zones, stop=stop, freeze_step=step,
+                batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
             )  # fmt: skip
             run.execute()
             report.processed, report.batches = run.processed, run.batches
@@ -220,7 +230,7 @@ def _prepare(
             freeze.start(
                 session,
                 issue_id=issue_id,
-                from_statuses=_sendable_statuses(newsletter),
+                from_statuses=sendable_statuses(newsletter),
                 now=app.now(),
             )
     with app.session() as session:

@@ -29,6 +29,9 @@ class RetryPolicy:
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.time  # wall clock: X-RateLimit-Reset is epoch seconds
     rng: random.Random = field(default_factory=random.Random)
+    # Told of every wait a provider asks for (429), so that other senders honour it too (on
+    # PostgreSQL, digest.sending.fleet_rate shares it with the whole fleet).
+    on_pause: Callable[[float], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def backoff(self, attempt: int) -> float:

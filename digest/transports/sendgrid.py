@@ -217,6 +217,8 @@ class SendGridTransport:
                     attempt -= 1
                     wait = policy.requested_wait(exc.headers, limited)
                     self._gate.pause(wait)
+                    if policy.on_pause is not None:
+                        policy.on_pause(wait)
                 elif status >= 500:
                     wait = policy.backoff(attempt)
                 else:
