@@ -1,8 +1,8 @@
 """The `digest` command line: `digest <noun> <verb>`.
 
 This module holds the root app and global options only; each command area lives in its own
-module (`db`, `content`, `issues`, `sending`, `people`, `ops`, `schedule`) and registers itself
-here. The top of the stack: may import any stage; nothing imports it.
+module (`db`, `content`, `issues`, `sending`, `people`, `ops`, `schedule`, `housekeeping`) and
+registers itself here. The top of the stack: may import any stage; nothing imports it.
 """
 
 from __future__ import annotations
@@ -52,9 +52,21 @@ def _global_options(
 
 def _register() -> None:
     # Imported here: the area modules import helpers from `digest.cli.common`.
-    from digest.cli import bounces, content, db, editors, issues, ops, people, schedule, sending
+    from digest.cli import (
+        bounces,
+        content,
+        db,
+        editors,
+        housekeeping,
+        issues,
+        ops,
+        people,
+        schedule,
+        sending,
+    )
 
-    for area in (db, content, issues, sending, people, editors, ops, schedule, bounces):
+    areas = (db, content, issues, sending, people, editors, ops, schedule, bounces, housekeeping)
+    for area in areas:
         area.register(app)
 
 

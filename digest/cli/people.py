@@ -1,5 +1,5 @@
 """People: `digest subscribers add|import|export|list|unsubscribe|suppress|data|forget` and
-`digest stats`."""
+`digest stats` (`subscribers consent` joins the group from `digest.cli.housekeeping`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the rest is imported where used: `digest --help` loads none
     from digest.app import App
 
 subscribers_app = typer.Typer(
-    help="Subscribers: add, import, export, list, unsubscribe, suppress, data, forget.",
+    help="Subscribers: add, import, export, list, unsubscribe, suppress, data, forget, consent.",
     no_args_is_help=True,
 )
 

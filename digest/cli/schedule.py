@@ -71,6 +71,7 @@ def run_due_command(
     log_format: LogFormatOption = None,
 ) -> None:
     """One scheduler tick: ingest when due, fire due periods, resume sends; idempotent."""
+    from digest.ops.retention import run_if_due
     from digest.scheduling.leader import leader_info, leading
     from digest.scheduling.pipeline import real_pipeline
     from digest.scheduling.tick import run_due
@@ -91,10 +92,13 @@ def run_due_command(
                 console.print(f"Another scheduler leads ({holder}): nothing done.")
             return
         report = run_due(app, real_pipeline(), stop=stop)
+        housekept = None if stop.is_set() else run_if_due(app)  # at most once a day
     if as_json:
-        print_json(report.as_dict())
+        print_json({**report.as_dict(), "housekeeping": housekept and housekept.as_json()})
     else:
         _print_tick(report)
+        if housekept is not None:
+            console.print(f"Housekeeping: {housekept.summary()}", highlight=False, soft_wrap=True)
     if report.failed:
         raise typer.Exit(1)
 
@@ -117,6 +121,7 @@ def _print_tick(report: TickReport) -> None:
 
 def scheduler_command(ctx: typer.Context, log_format: LogFormatOption = None) -> None:
     """Run the scheduler: newsletters on their crontab, ingestion, catch-up; one leader."""
+    from digest.ops.retention import run_if_due
     from digest.scheduling.service import SchedulerService
 
     root = ctx.find_root().obj
@@ -134,7 +139,7 @@ def scheduler_command(ctx: typer.Context, log_format: LogFormatOption = None) ->
             return app
 
     _configure_logs(app, log_format)
-    service = SchedulerService(load_app, app=app)
+    service = SchedulerService(load_app, app=app, housekeeper=run_if_due)
     service.install_signal_handlers()
     raise typer.Exit(service.run())
 

@@ -6,7 +6,8 @@ shared between processes). Jobs:
 - `tick` every `tick_every`, at start-up first: catch-up, approvals, resumed sends,
   subscriber-local time zones;
 - `ingest` every `ingest_every`;
-- `housekeeping` hourly.
+- `housekeeping` hourly: old run records, and the daily retention run handed in as
+  `housekeeper` (`digest.ops.retention.run_if_due`, which decides whether a day has passed).
 Every job runs the code of `digest run-due` (`digest.scheduling.tick.run_due`), where the unique
 (newsletter, period) row guarantees a period fires once.
 
@@ -78,8 +79,10 @@ class SchedulerService:
         app: App | None = None,
         pipeline_factory: Callable[[], Pipeline] = real_pipeline,
         leadership_factory: Callable[[App], Leadership] = leadership_for,
+        housekeeper: Callable[[App], object] | None = None,
     ) -> None:
         self.load_app = load_app
+        self.housekeeper = housekeeper  # from above this layer: ops owns retention
         self.app = app or load_app()
         self.pipeline_factory = pipeline_factory
         self.leadership_factory = leadership_factory
@@ -279,7 +282,8 @@ class SchedulerService:
             log.info("bounces: %s", report.as_json())
 
     def housekeeping(self) -> None:
-        """Forget run records older than KEEP_RUNS (issues and deliveries stay)."""
+        """Forget run records older than KEEP_RUNS (issues stay), then let the housekeeper
+        apply retention if it is due."""
         context = self._context
         if context is None:
             return
@@ -287,6 +291,8 @@ class SchedulerService:
         try:
             with context.app.session() as session:
                 session.exec(delete(ScheduleRun).where(col(ScheduleRun.period) < cutoff))  # type: ignore[call-overload]
+            if self.housekeeper is not None and not context.stop.is_set():
+                self.housekeeper(context.app)
         except Exception:
             log.exception("housekeeping failed")
 
