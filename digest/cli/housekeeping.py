@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from digest.cli.common import console, get_app, print_json
 
@@ -70,11 +69,20 @@ def consent_command(
     if not record["events"]:
         console.print(f"no consent events for {address}", highlight=False, soft_wrap=True)
         return
-    columns = ("at", "action", "newsletter", "method", "ip", "user_agent", "detail", "issue_id")
-    table = Table(*columns, title=f"consent events of {address}")
+    # One line per event, nothing cut: a record handed to a regulator must not be truncated.
+    console.print(f"consent events of {address}:", highlight=False, soft_wrap=True)
     for event in record["events"]:
-        table.add_row(*(escape("" if event[c] is None else str(event[c])) for c in columns))
-    console.print(table)
+        parts = [
+            f"{event['at']:%Y-%m-%d %H:%M:%S}",
+            event["action"],
+            event["newsletter"] or "(all newsletters)",
+            f"by {event['method']}",
+            *(f"{label} {event[key]}" for key, label in _EXTRA if event[key] is not None),
+        ]
+        console.print(escape(" ".join(str(p) for p in parts)), highlight=False, soft_wrap=True)
+
+
+_EXTRA = (("ip", "ip"), ("user_agent", "user agent"), ("detail", "detail"), ("issue_id", "issue"))
 
 
 def register(app: typer.Typer) -> None:

@@ -62,10 +62,10 @@ def at(app: App, moment: datetime) -> App:
     return App(settings=app.settings, clock=lambda: moment, _engine=app.engine)
 
 
-def cli(
+def run(
     app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: datetime, *args: str
-) -> Any:
-    """`digest --now NOW ARGS --json` against the app's database (retention 180d)."""
+) -> str:
+    """`digest --now NOW ARGS` against the app's database (retention 180d): its stdout."""
     config = tmp_path / "retention.toml"
     config.write_text(
         f'[database]\nurl = "{app.engine.url.render_as_string(hide_password=False)}"\n'
@@ -78,11 +78,16 @@ def cli(
     for name in ("DIGEST_DATABASE_URL", "DIGEST_CONFIG", "DIGEST_OLD_SECRET_KEYS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(common.console, "width", 300)
-    result = CliRunner().invoke(
-        cli_app, ["--config", str(config), "--now", now.isoformat(), *args, "--json"]
-    )
+    result = CliRunner().invoke(cli_app, ["--config", str(config), "--now", now.isoformat(), *args])
     assert result.exit_code == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def cli(
+    app: App, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: datetime, *args: str
+) -> Any:
+    """`digest --now NOW ARGS --json`: its one JSON document."""
+    return json.loads(run(app, tmp_path, monkeypatch, now, *args, "--json"))
 
 
 def rows(engine: Engine, table: Any, *where: Any) -> int:
@@ -277,6 +282,8 @@ def test_consent_events_are_kept_and_exported(
     assert set(complaint) == {
         "at", "action", "newsletter", "method", "ip", "user_agent", "detail", "issue_id"
     }  # fmt: skip
+    printed = run(app, tmp_path, monkeypatch, HOUSEKEEPING, "subscribers", "consent", READERS[3])
+    assert f"complaint {TU} by sendgrid" in printed and f"issue {old}" in printed
     nobody = cli(
         app, tmp_path, monkeypatch, HOUSEKEEPING, "subscribers", "consent", "no@example.com"
     )
