@@ -1,8 +1,9 @@
 """The `digest` command line: `digest <noun> <verb>`.
 
 This module holds the root app and global options only; each command area lives in its own
-module (`db`, `content`, `issues`, `sending`, `people`, `ops`, `schedule`, `housekeeping`) and
-registers itself here. The top of the stack: may import any stage; nothing imports it.
+module (`db`, `content`, `issues`, `sending`, `people`, `ops`, `schedule`, `housekeeping`,
+`workers`) and registers itself here. The top of the stack: may import any stage; nothing
+imports it.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ def _register() -> None:
         people,
         schedule,
         sending,
+        workers,
     )
 
     areas = (db, content, issues, sending, people, editors, ops, schedule, bounces, housekeeping)
-    for area in areas:
+    for area in (*areas, workers):
         area.register(app)
 
 
