@@ -76,7 +76,7 @@ class EventsResult:
         return found
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per event
 class _Context:
     """What one event is about: its address, delivery, issue and newsletter, when known."""
 
