@@ -19,7 +19,6 @@ from digest.storage.models import IssueStatus
 from subscribers import import_csv
 from subscribers.models import Subscriber
 
-
 BRIEFING = "my-briefing"  # the demo's personal newsletter (config/digest.toml)
 
 
