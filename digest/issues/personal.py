@@ -13,7 +13,7 @@ once per variant (`render_variant`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
@@ -216,52 +216,80 @@ def contents_for(
     links: IssueLinks | None = None,
 ) -> IssueContents:
     """A variant's renderer input: one section per topic, the footer's unfollow tokens."""
-    newsletter = settings.newsletter(issue.newsletter)
-    merged = settings.merged_topics(newsletter)
-    index = {t.slug: i for i, t in enumerate(merged)}
-    titles = {t.slug: t.title for t in merged}
-    wanted = list(chosen.article_ids)
-    articles: dict[int | None, Article] = {}
-    if wanted:
-        found = session.execute(select(Article).where(col(Article.id).in_(wanted))).scalars()
-        articles = {a.id: a for a in found}
-    reasons = _reasons(session, wanted)
-    source_titles = reader_titles(session, settings)
-    sections = [
-        SectionView(
-            titles.get(topic, topic),
-            [
-                _view(articles[a], reasons.get((a, topic), []),
-                      reader_title(source_titles, articles[a].source, settings))
-                for a in ids
-                if a in articles
+    return VariantBuilder(session, settings, issue, links=links, articles=chosen.article_ids)(
+        chosen
+    )
+
+
+class VariantBuilder:
+    """The renderer input of any variant of one issue, from data read once: the articles, the
+    topic rules that matched them and the sources' titles (a send builds hundreds of variants;
+    reading them per variant cost more than rendering)."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: Settings,
+        issue: Issue,
+        *,
+        links: IssueLinks | None = None,
+        articles: Collection[int] | None = None,
+    ) -> None:
+        self.settings, self.issue, self.links = settings, issue, links
+        self.newsletter = settings.newsletter(issue.newsletter)
+        merged = settings.merged_topics(self.newsletter)
+        self.index = {t.slug: i for i, t in enumerate(merged)}
+        self.titles = {t.slug: t.title for t in merged}
+        if articles is None:  # every candidate of the issue
+            articles = session.execute(
+                select(_C.c.article_id).where(_C.c.issue_id == issue.id).distinct()
+            ).scalars().all()  # fmt: skip
+        wanted = list(articles)
+        self.articles: dict[int | None, Article] = {}
+        for start in range(0, len(wanted), 500):
+            found = select(Article).where(col(Article.id).in_(wanted[start : start + 500]))
+            self.articles.update({a.id: a for a in session.execute(found).scalars()})
+        self.reasons = _reasons(session, wanted)
+        self.source_titles = reader_titles(session, settings)
+        self.base = personalize.for_issue(
+            settings.secret_key.get_secret_value().encode(),
+            newsletter=issue.newsletter,
+            period=issue.period,
+            issue_id=issue.id,
+        )
+
+    def __call__(self, chosen: Plan) -> IssueContents:
+        settings, articles, index, titles = self.settings, self.articles, self.index, self.titles
+        sections = [
+            SectionView(
+                titles.get(topic, topic),
+                [
+                    _view(articles[a], self.reasons.get((a, topic), []),
+                          reader_title(self.source_titles, articles[a].source, settings))
+                    for a in ids
+                    if a in articles
+                ],
+            )
+            for topic, ids in chosen.sections
+        ]  # fmt: skip
+        tokens = self.base.with_unfollow(index[t] for t in chosen.topics if t in index)
+        issue = self.issue
+        return IssueContents(
+            settings=settings,
+            newsletter=self.newsletter,
+            issue_id=issue.id,
+            period=datetime.fromisoformat(issue.period),
+            sections=sections,
+            subject=issue.subject_override,
+            intro=issue.intro,
+            tokens=tokens,
+            links=self.links,
+            followed=[
+                FollowedTopic(t, titles.get(t, t), tokens.unfollow(index[t]))
+                for t in chosen.topics
+                if t in index
             ],
         )
-        for topic, ids in chosen.sections
-    ]  # fmt: skip
-    base = personalize.for_issue(
-        settings.secret_key.get_secret_value().encode(),
-        newsletter=issue.newsletter,
-        period=issue.period,
-        issue_id=issue.id,
-    )
-    tokens = base.with_unfollow(index[t] for t in chosen.topics if t in index)
-    return IssueContents(
-        settings=settings,
-        newsletter=newsletter,
-        issue_id=issue.id,
-        period=datetime.fromisoformat(issue.period),
-        sections=sections,
-        subject=issue.subject_override,
-        intro=issue.intro,
-        tokens=tokens,
-        links=links,
-        followed=[
-            FollowedTopic(t, titles.get(t, t), tokens.unfollow(index[t]))
-            for t in chosen.topics
-            if t in index
-        ],
-    )
 
 
 def _reasons(session: Session, article_ids: Sequence[int]) -> dict[tuple[int, str], list[str]]:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 TAG_SCORE = 3  # a tag is the newsroom's own label: a stronger match than a word in the text
 KEYWORD_SCORE = 1
@@ -52,7 +53,7 @@ class Plan:
     def article_ids(self) -> frozenset[int]:
         return frozenset(a for _, ids in self.sections for a in ids)
 
-    @property
+    @cached_property  # asked once per reader by the freeze: computed once per plan
     def key(self) -> str:
         data = json.dumps([self.topics, self.sections], separators=(",", ":"))
         return hashlib.sha256(data.encode()).hexdigest()

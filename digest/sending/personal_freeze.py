@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from digest.app import App
@@ -70,8 +71,12 @@ class PersonalFreezer:
         page_size: int | None = None,
         zones: Zoning | None = None,
         message_domain: str = "localhost",
+        on_variant: Callable[[int, Plan], None] | None = None,
     ) -> None:
         self.app, self.newsletter, self.zones = app, newsletter, zones
+        # Told of each variant the first time a page has it (to render it before it is needed).
+        self.on_variant = on_variant
+        self._announced: set[int] = set()
         self.issue_id = issue.id or 0
         self.batch_size = batch_size
         self.page_size = page_size or FREEZE_PAGE
@@ -129,6 +134,11 @@ class PersonalFreezer:
         variants = personal.variant_ids(
             session, self.issue_id, list(plans.values()), self.app.now()
         )
+        if self.on_variant is not None:
+            for key, variant_id in variants.items():
+                if variant_id not in self._announced:
+                    self._announced.add(variant_id)
+                    self.on_variant(variant_id, plans[key])
         return _Page(after, recipients, outcome, variants)
 
     def _write(self, session: Session, page: _Page) -> int | None:
@@ -147,7 +157,7 @@ class PersonalFreezer:
             return 0 if self._still_freezing(session) else None
         rows, readers = self._rows(session, page, now)
         if rows:
-            session.execute(insert(_D), rows)
+            insert_rows(session, rows)
         if readers:
             more = _V.c.readers + bindparam("n")
             session.execute(
@@ -171,8 +181,9 @@ class PersonalFreezer:
 
     def _rows(
         self, session: Session, page: _Page, now: datetime
-    ) -> tuple[list[dict[str, Any]], Counter[int]]:
-        """The page's delivery rows, each reader placed in a batch of their variant and zone."""
+    ) -> tuple[list[tuple[Any, ...]], Counter[int]]:
+        """The page's delivery rows (`_COLUMNS`), each reader placed in a batch of their
+        variant and zone."""
         zone_of = self._zone
         slots: dict[tuple[int, str | None], list[int]] = defaultdict(list)
         for index, (recipient, outcome) in enumerate(
@@ -182,23 +193,23 @@ class PersonalFreezer:
                 slots[(page.variants[outcome.key], zone_of(recipient))].append(index)
         batch_of = self._place(session, slots, now)
         readers: Counter[int] = Counter()
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[Any, ...]] = []
         domain = f"@{self.domain}>"
+        issue_id, pending, skipped = self.issue_id, str(DeliveryStatus.PENDING), "skipped"
+        stamp = _bind(session, _D.c.updated_at, now)  # the driver's form, made once per page
+        no = _bind(session, _D.c.opened, False)
+        token_hex, variants, get_batch = secrets.token_hex, page.variants, batch_of.get
         for index, (recipient, outcome) in enumerate(
             zip(page.recipients, page.outcome, strict=True)
         ):
-            variant = page.variants[outcome.key] if isinstance(outcome, Plan) else None
+            variant = variants[outcome.key] if isinstance(outcome, Plan) else None
             if variant is not None:
                 readers[variant] += 1
-            rows.append({
-                "issue_id": self.issue_id, "subscriber_id": recipient.subscriber_id,
-                "email": recipient.email, "name": recipient.name,
-                "status": DeliveryStatus.PENDING if variant else DeliveryStatus.SKIPPED,
-                "batch_id": batch_of.get(index), "variant_id": variant,
-                "error": None if variant else str(outcome),
-                "message_id": "<" + secrets.token_hex(16) + domain,
-                "opened": False, "clicked": False, "updated_at": now,
-            })  # fmt: skip
+            rows.append((
+                issue_id, recipient.subscriber_id, recipient.email, recipient.name,
+                pending if variant else skipped, get_batch(index), variant,
+                None if variant else str(outcome), "<" + token_hex(16) + domain, no, no, stamp,
+            ))  # fmt: skip
         return rows, readers
 
     def _zone(self, recipient: Recipient) -> str | None:
@@ -249,3 +260,31 @@ class PersonalFreezer:
                  for b, (s, v) in sizes.items()],
             )  # fmt: skip
         return placed
+
+
+_COLUMNS = ("issue_id", "subscriber_id", "email", "name", "status", "batch_id", "variant_id",
+            "error", "message_id", "opened", "clicked", "updated_at")  # fmt: skip
+
+
+def _bind(session: Session, column: Any, value: Any) -> Any:
+    """`value` as the database driver takes it for `column` (its type's bind processing)."""
+    process = column.type.bind_processor(session.connection().dialect)
+    return process(value) if process else value
+
+
+def insert_rows(session: Session, rows: list[tuple[Any, ...]]) -> None:
+    """Insert delivery rows (`_COLUMNS` order, values in the driver's form) straight through
+    the driver: COPY on PostgreSQL, executemany on SQLite. The ORM's insert spent more time
+    building parameters than the database spent writing (a million rows: ~15 s of a 50 s
+    freeze)."""
+    connection = session.connection()
+    cursor = connection.connection.cursor()
+    names = ", ".join(_COLUMNS)
+    if connection.dialect.name == "postgresql":
+        with cursor.copy(f"COPY delivery ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+            for row in rows:
+                copy.write_row(row)
+    else:
+        marks = ", ".join("?" * len(_COLUMNS))
+        statement = f"INSERT INTO delivery ({names}) VALUES ({marks})"  # noqa: S608 - fixed names
+        cursor.executemany(statement, rows)

@@ -34,6 +34,7 @@ from digest.transports import (
 )
 
 if TYPE_CHECKING:
+    from digest.issues.variant_renders import VariantRenders
     from digest.sending.fleet_rate import FleetRateLimiter
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,11 @@ class SendRun:
         stop: threading.Event | None = None,
         freeze_step: Callable[[], bool] | None = None,
         limiter: RateLimiter | FleetRateLimiter | None = None,
+        variants: VariantRenders | None = None,
     ) -> None:
         self.app = app
+        # Personal newsletters: renders each variant once (the freeze starts them).
+        self.variants = variants
         # Freezes one more page of the audience per call while the workers send the pages
         # already frozen; None when the audience is frozen (see digest.sending.freeze).
         self.freeze_step = freeze_step
@@ -307,30 +311,33 @@ class SendRun:
         )  # fmt: skip
 
     def message_for(self, variant_id: int | None) -> tuple[OutgoingMessage, RecipientValues]:
-        """The message and token values of a batch: the issue's, or its variant's."""
+        """The message and token values of a batch: the issue's, or its variant's (rendered
+        by `self.variants` once; a thread waits only for the variant its batch needs)."""
         if variant_id is None:
             return self.message, self.values
         with self._variants_lock:
             found = self._variants.get(variant_id)
-            if found is None:
-                found = self._variants[variant_id] = self._variant_message(variant_id)
-            return found
+        if found is None:
+            found = self._variant_message(variant_id)
+            with self._variants_lock:
+                found = self._variants.setdefault(variant_id, found)
+        return found
 
     def _variant_message(self, variant_id: int) -> tuple[OutgoingMessage, RecipientValues]:
-        from digest.issues import personal
-
         app = self.app
-        with app.session() as session:
-            variant = personal.render_variant(app, session, self.issue, variant_id)
-            chosen = personal.plan_of(variant)
-            subject, html, text = variant.subject, variant.html or "", variant.text or ""
+        if self.variants is None:
+            from digest.issues.variant_renders import VariantRenders
+
+            self.variants = VariantRenders(app, self.issue)
+        variant = self.variants.get(variant_id)
         merged = [t.slug for t in app.settings.merged_topics(self.newsletter)]
-        indices = [merged.index(t) for t in chosen.topics if t in merged]
+        indices = [merged.index(t) for t in variant.topics if t in merged]
         tokens = self.message.tokens.with_unfollow(indices)
+        headers = {**self.message.headers, "X-Digest-Variant": f"{variant_id}"}
         message = OutgoingMessage(
             issue_id=self.message.issue_id, newsletter=self.newsletter,
-            subject=subject or self.message.subject, html=html, text=text,
-            headers={**self.message.headers, "X-Digest-Variant": str(variant_id)},
+            subject=variant.subject or self.message.subject, html=variant.html,
+            text=variant.text, headers=headers,
             date=self.message.date, tokens=tokens,
         )  # fmt: skip
         unfollow = [(tokens.unfollow(i), merged[i]) for i in indices]

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlmodel import Session
 
@@ -39,6 +40,9 @@ from digest.transports import (
 )
 from subscribers import count_audience, normalize_email
 
+if TYPE_CHECKING:
+    from digest.issues.variant_renders import VariantRenders
+
 __all__ = [
     "RateLimiter",
     "SendRefused",
@@ -50,6 +54,7 @@ __all__ = [
 ]
 
 TEST_PREFIX = "[TEST] "
+RENDER_PROCESS_AUDIENCE = 20_000  # personal issues: render variants in a process from here
 
 
 class SendRefused(Exception):
@@ -192,12 +197,20 @@ def send_issue(
         report.already_done = todo == 0 and not still_freezing  # (in the zones asked for)
         if (todo or still_freezing) and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
-            step = _freeze_step(app, issue_id, newsletter, batch_size) if still_freezing else None
+            variants = _variant_renders(app, issue, newsletter, todo)
+            step = None
+            if still_freezing:
+                step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
+                variants=variants,
             )  # fmt: skip
-            run.execute()
+            try:
+                run.execute()
+            finally:
+                if variants is not None:
+                    variants.close()
             report.processed, report.batches = run.processed, run.batches
             report.errors = run.errors
             report.freeze_seconds = run.freeze_seconds
@@ -248,8 +261,24 @@ def _prepare(
                 )
 
 
+def _variant_renders(
+    app: App, issue: Issue, newsletter: NewsletterConfig, audience: int
+) -> VariantRenders | None:
+    """A personal issue's variant renderer; for a large audience it renders in a process of
+    its own (starting one costs about a second: not worth it for a few thousand readers)."""
+    if not newsletter.personal:
+        return None
+    from digest.issues.variant_renders import VariantRenders
+
+    return VariantRenders(app, issue, processes=audience >= RENDER_PROCESS_AUDIENCE)
+
+
 def _freeze_step(
-    app: App, issue_id: int, newsletter: NewsletterConfig, batch_size: int
+    app: App,
+    issue_id: int,
+    newsletter: NewsletterConfig,
+    batch_size: int,
+    variants: VariantRenders | None = None,
 ) -> Callable[[], bool]:
     """One page of the freeze per call, in its own transaction; False once nothing is left."""
     zones = None
@@ -258,7 +287,7 @@ def _freeze_step(
             default = str(app.settings.newsletter_timezone(newsletter))
             zones = local_time.zoning(session, newsletter.slug, default)
     if newsletter.personal:
-        return _personal_freeze_step(app, issue_id, newsletter, batch_size, zones)
+        return _personal_freeze_step(app, issue_id, newsletter, batch_size, zones, variants)
     replaced_by = app.settings.replaced_by(newsletter.slug)
 
     def step() -> bool:
@@ -288,8 +317,10 @@ def _personal_freeze_step(
     newsletter: NewsletterConfig,
     batch_size: int,
     zones: freeze.Zoning | None,
+    variants: VariantRenders | None,
 ) -> Callable[[], bool]:
-    """`_freeze_step` for a personal issue: readers' variants, batches per variant."""
+    """`_freeze_step` for a personal issue: readers' variants, batches per variant (each new
+    variant handed to `variants` to render before its first batch is claimed)."""
     from digest.sending.personal_freeze import PersonalFreezer
 
     with app.session() as session:
@@ -298,6 +329,7 @@ def _personal_freeze_step(
     freezer = PersonalFreezer(
         app, issue, newsletter, batch_size=batch_size, page_size=app.settings.delivery.freeze_page,
         zones=zones, message_domain=message_domain(app.settings),
+        on_variant=variants.submit if variants is not None else None,
     )  # fmt: skip
 
     def step() -> bool:
