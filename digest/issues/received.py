@@ -10,12 +10,11 @@ per issue, never a scan of past deliveries. Cleaning up old deliveries cleans th
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, func, or_, select
 from sqlmodel import Session
 
 from digest.config import Settings
@@ -132,16 +131,25 @@ def followed_topics(
     session: Session, topics: Sequence[str], first: int, last: int
 ) -> dict[int, frozenset[str]]:
     """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]:
-    one range of the (newsletter, status, subscriber) index per topic."""
-    out: dict[int, set[str]] = defaultdict(set)
+    one range of the (newsletter, status, subscriber) index per topic, folded by the database
+    into one bit mask per reader (a row per reader instead of one per subscription)."""
+    ordered = list(topics)
+    bits = case({t: 1 << i for i, t in enumerate(ordered)}, value=_S.c.newsletter, else_=0)
     rows = session.execute(
-        select(_S.c.subscriber_id, _S.c.newsletter).where(
-            _S.c.newsletter.in_(list(topics)),
+        select(_S.c.subscriber_id, func.sum(bits))
+        .where(
+            _S.c.newsletter.in_(ordered),
             _S.c.status == SubscriptionStatus.ACTIVE,
             _S.c.subscriber_id >= first,
             _S.c.subscriber_id <= last,
         )
-    )
-    for subscriber, topic in rows:
-        out[int(subscriber)].add(str(topic))
-    return {s: frozenset(t) for s, t in out.items()}
+        .group_by(_S.c.subscriber_id)
+    ).all()
+    sets: dict[int, frozenset[str]] = {}
+    out: dict[int, frozenset[str]] = {}
+    for subscriber, mask in rows:
+        found = sets.get(mask)
+        if found is None:
+            found = sets[mask] = frozenset(t for i, t in enumerate(ordered) if mask >> i & 1)
+        out[subscriber] = found
+    return out

@@ -284,3 +284,31 @@ def test_send_test_goes_through_the_transport_without_a_ledger_row(
         assert session.get(Issue, issue_id).status == IssueStatus.APPROVED  # type: ignore[union-attr]
     with pytest.raises(SendRefused, match="not a usable address"):
         send_test(app, issue_id, "not an address")
+
+
+def test_only_readers_whose_consent_changed_are_checked_and_an_unnamed_change_checks_all(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    from subscribers import suppress
+    from subscribers.audience import changed_since
+    from subscribers.consent import record
+
+    app = _app(make_app, any_engine, concurrency=1)
+    first, last = add_audience(any_engine, SLUG, 20)
+    issue_id = make_issue(any_engine)
+    suppressed = last - 2  # in the last batch, suppressed (not unsubscribed) mid-send
+
+    def changes_after_first_batch(done: int, total: int) -> None:
+        if done != 5:
+            return
+        with app.session() as session:
+            suppress(session, address(suppressed), "manual", now=app.now(), source="test")
+            assert changed_since(session, app.now()) == {suppressed}
+            # An event naming no subscriber: who changed can no longer be told.
+            record(session, email=None, action="suppress", method="test", at=app.now())
+            assert changed_since(session, app.now()) is None
+
+    report = send_issue(app, issue_id, progress=changes_after_first_batch)
+
+    assert (report.accepted, report.skipped) == (19, 1)
+    assert address(suppressed) not in mailed(app) and address(first) in mailed(app)
