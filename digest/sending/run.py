@@ -180,7 +180,10 @@ class SendRun:
         started = time.perf_counter()
         try:
             while not self._stopping():
-                with self._writing:
+                # A freeze run by another process takes SQLite's lock itself, for its writes
+                # only: holding this run's lock over its whole page would idle the senders.
+                remote = getattr(self.freeze_step, "remote", False)
+                with nullcontext() if remote else self._writing:
                     more = self.freeze_step() if self.freeze_step else False
                 with self._page_frozen:
                     self._pages += 1

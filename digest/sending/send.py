@@ -320,25 +320,44 @@ def _personal_freeze_step(
     variants: VariantRenders | None,
 ) -> Callable[[], bool]:
     """`_freeze_step` for a personal issue: readers' variants, batches per variant (each new
-    variant handed to `variants` to render before its first batch is claimed)."""
+    variant handed to `variants` to render before its first batch is claimed). For a large
+    audience the pages are planned by a process of its own (`freeze_process`)."""
+    from digest.sending.freeze_process import FreezeProcess
     from digest.sending.personal_freeze import PersonalFreezer
 
+    on_variant = variants.submit if variants is not None else None
+    page_size, domain = app.settings.delivery.freeze_page, message_domain(app.settings)
+    freezer: FreezeProcess | PersonalFreezer
     with app.session() as session:
         issue = session.get(Issue, issue_id)
-    assert issue is not None
-    freezer = PersonalFreezer(
-        app, issue, newsletter, batch_size=batch_size, page_size=app.settings.delivery.freeze_page,
-        zones=zones, message_domain=message_domain(app.settings),
-        on_variant=variants.submit if variants is not None else None,
-    )  # fmt: skip
+        assert issue is not None
+        large = unfrozen(session, issue_id, newsletter.slug) >= RENDER_PROCESS_AUDIENCE
+    if large:
+        freezer = FreezeProcess(
+            app, issue_id, batch_size=batch_size, page_size=page_size, zones=zones,
+            message_domain=domain, on_variant=on_variant,
+        )  # fmt: skip
+    else:
+        freezer = PersonalFreezer(
+            app, issue, newsletter, batch_size=batch_size, page_size=page_size, zones=zones,
+            message_domain=domain, on_variant=on_variant,
+        )  # fmt: skip
 
     def step() -> bool:
-        if freezer.step() is not None:
-            return True
+        try:
+            if freezer.step() is not None:
+                return True
+        except BaseException:
+            if isinstance(freezer, FreezeProcess):
+                freezer.close()
+            raise
+        if isinstance(freezer, FreezeProcess):
+            freezer.close()
         with app.session() as session:
             freeze.checkpoint(session)
         return False
 
+    step.remote = large  # type: ignore[attr-defined]
     return step
 
 

@@ -248,3 +248,25 @@ def test_the_editors_preview_and_test_send_fill_every_token(
     assert send_test(app, issue.id or 0, "editor@example.com").accepted
     (sent,) = _by_recipient(app)["editor@example.com"]
     assert leaks(_html(sent)) == [] and leaks(_text(sent)) == []
+
+
+def test_a_large_audience_plans_and_renders_in_processes_of_their_own(
+    any_engine: Engine, make_app: Callable[..., App], monkeypatch: Any
+) -> None:
+    """The freeze and the variants' rendering move to child processes above a size (here: any
+    size), with the same outcome: one email each, their topics, nobody twice."""
+    from digest.sending import send
+
+    monkeypatch.setattr(send, "RENDER_PROCESS_AUDIENCE", 1)
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    for n in range(4):
+        _reader(app, f"both{n}@example.com", TURKEY, CLIMATE)
+        _reader(app, f"turkey{n}@example.com", TURKEY)
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    report = send_issue(app, issue.id or 0)
+    assert report.accepted == 8 and report.issue_status == IssueStatus.SENT
+    mail = _by_recipient(app)
+    assert all(len(messages) == 1 for messages in mail.values()) and len(mail) == 8
+    assert "Climate story 1 [" in _text(mail["both0@example.com"][0])
+    assert "Climate story 1" not in _text(mail["turkey3@example.com"][0])
