@@ -76,7 +76,7 @@ class PersonalFreezer:
         self.app, self.newsletter, self.zones = app, newsletter, zones
         # Told of each variant the first time a page has it (to render it before it is needed).
         self.on_variant = on_variant
-        self._announced: set[int] = set()
+        self._announced: dict[int, int] = {}  # variant id → the order it was handed over in
         self.issue_id = issue.id or 0
         self.batch_size = batch_size
         self.page_size = page_size or FREEZE_PAGE
@@ -143,7 +143,7 @@ class PersonalFreezer:
             for key, _ in sizes.most_common():
                 variant_id = variants[key]
                 if variant_id not in self._announced:
-                    self._announced.add(variant_id)
+                    self._announced[variant_id] = len(self._announced)
                     self.on_variant(variant_id, plans[key])
         return _Page(after, recipients, outcome, variants)
 
@@ -242,7 +242,12 @@ class PersonalFreezer:
         }
         placed: dict[int, int] = {}
         sizes: dict[int, tuple[int, int]] = {}  # batch id → (size, variant id)
-        for (variant, zone), members in slots.items():
+        # Batches cut in the order their variants went to the renderer (senders claim by batch
+        # id): the first batches claimed are those whose variant is rendered first.
+        order = self._announced
+        for (variant, zone), members in sorted(
+            slots.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0][1] or "")
+        ):
             start = 0
             held = open_batches.get((variant, zone))
             if held is not None:
