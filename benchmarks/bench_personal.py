@@ -40,7 +40,6 @@ import itertools
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -302,22 +301,12 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
         started = time.perf_counter()
         report = send_issue(app, issue_id)
         seconds = time.perf_counter() - started
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     first = min((t for t, _ in sent), default=started) - started
     by_freeze_end = sum(n for t, n in sent if t <= freezer.ended)
     print(
         json.dumps(
             {
-                "seconds": seconds,
-                "cpu": usage.ru_utime + usage.ru_stime,
-                "freeze": report.freeze_seconds,
-                "accepted": report.accepted,
-                "failed": report.failed,
-                "skipped": report.skipped,
-                "unknown": report.unknown,
-                "errors": report.errors,
-                "batches": report.batches,
-                "peak_mb": usage.ru_maxrss / 1024,
+                **single.send_figures(report, seconds),
                 "get_seconds": gets.seconds,
                 "get_calls": gets.calls,
                 "submit_cpu": submits.cpu,

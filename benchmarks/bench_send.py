@@ -146,23 +146,24 @@ def child(url: str, api_url: str, issue_id: int) -> None:
     started = time.perf_counter()
     report = send_issue(app, issue_id)
     seconds = time.perf_counter() - started
+    print(json.dumps(send_figures(report, seconds)), flush=True)
+
+
+def send_figures(report: Any, seconds: float) -> dict[str, Any]:
+    """What a measured send reports: its time, this process's CPU and peak RSS, the outcome."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak_mb = usage.ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "cpu": usage.ru_utime + usage.ru_stime,
-                "freeze": report.freeze_seconds,
-                "accepted": report.accepted,
-                "failed": report.failed,
-                "unknown": report.unknown,
-                "errors": report.errors,
-                "peak_mb": peak_mb,
-            }
-        ),
-        flush=True,
-    )
+    return {
+        "seconds": seconds,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "freeze": report.freeze_seconds,
+        "accepted": report.accepted,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "unknown": report.unknown,
+        "errors": report.errors,
+        "batches": report.batches,
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
 
 
 def measure(kind: str, size: int, api_url: str, server_pid: int, workdir: Path) -> dict[str, Any]:
