@@ -19,6 +19,7 @@ from digest.config import NewsletterConfig, Settings, TransportName
 from digest.issues import personal
 from digest.issues.periods import current_period, period_key
 from digest.issues.sources import reader_title, reader_titles
+from digest.issues.views import article_view
 from digest.rendering import engagement, personalize
 from digest.rendering.contents import ArticleView, IssueContents, IssueLinks, SectionView
 from digest.storage import engagement as engagement_store
@@ -347,8 +348,8 @@ def contents_of(
     titles = reader_titles(session, settings)
     sections: dict[str, list[ArticleView]] = {}
     for link, article, reasons in rows:
-        view = _article_view(
-            article, reasons, link.pinned, reader_title(titles, article.source, settings)
+        view = article_view(
+            article, reasons, reader_title(titles, article.source, settings), pinned=link.pinned
         )
         sections.setdefault(link.section, []).append(view)
     by_source = newsletter.section_by == "source"
@@ -370,28 +371,6 @@ def contents_of(
             issue_id=issue.id,
         ),
         links=links,
-    )
-
-
-def _article_view(
-    article: Article, reasons: list[str], pinned: bool, source_title: str
-) -> ArticleView:
-    assert article.id is not None
-    if pinned and "pinned by editor" not in reasons:
-        reasons = [*reasons, "pinned by editor"]
-    return ArticleView(
-        id=article.id,
-        title=article.title,
-        url=article.url,
-        summary_text=article.summary_text,
-        summary_html=article.summary_html,
-        image_url=article.image_url,
-        author=article.author,
-        source=source_title,  # what readers see: the internal name stays in the studio
-        published_at=article.published_at,
-        tags=list(article.tags or []),
-        reasons=reasons,
-        pinned=pinned,
     )
 
 

@@ -24,9 +24,9 @@ from digest.app import App
 from digest.config import NewsletterConfig, Settings
 from digest.issues.sources import reader_title, reader_titles
 from digest.issues.variants import Candidate, Plan, plan, score
+from digest.issues.views import article_view
 from digest.rendering import personalize
 from digest.rendering.contents import (
-    ArticleView,
     FollowedTopic,
     IssueContents,
     IssueLinks,
@@ -264,7 +264,7 @@ class VariantBuilder:
             SectionView(
                 titles.get(topic, topic),
                 [
-                    _view(articles[a], self.reasons.get((a, topic), []),
+                    article_view(articles[a], self.reasons.get((a, topic), []),
                           reader_title(self.source_titles, articles[a].source, settings))
                     for a in ids
                     if a in articles
@@ -301,23 +301,6 @@ def _reasons(session: Session, article_ids: Sequence[int]) -> dict[tuple[int, st
         )
     )
     return {(aid, slug): list(r or []) for aid, slug, r in rows}
-
-
-def _view(article: Article, reasons: list[str], source_title: str) -> ArticleView:
-    assert article.id is not None
-    return ArticleView(
-        id=article.id,
-        title=article.title,
-        url=article.url,
-        summary_text=article.summary_text,
-        summary_html=article.summary_html,
-        image_url=article.image_url,
-        author=article.author,
-        source=source_title,
-        published_at=article.published_at,
-        tags=list(article.tags or []),
-        reasons=reasons,
-    )
 
 
 def plan_of(variant: IssueVariant) -> Plan:
