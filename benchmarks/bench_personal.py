@@ -22,13 +22,15 @@ audience in a process of its own (its CPU, start-up included, and its peak RSS, 
 the send closes it), otherwise in the senders (`Renderer.render`, timed there); besides, the CPU
 the freeze spends handing each new variant over (its renderer input built) and the time the
 senders wait for their batch's variant (`VariantRenders.get`). Also the CPU of the freeze thread
-and of the sending threads, when the first batch was done and how much was sent by the end of
-the freeze. After each send the bench checks, from the database and the server's count: every
-reader accepted once (no delivery row twice, the server accepted exactly `--size` recipients),
-each reader's variant is the set of topics they follow, and the variants' reader counts add up.
+and of the sending threads (and of the process that plans the freeze's pages for a large
+audience, `digest.sending.freeze_process`, read as the rendering one), when the first batch was
+done and how much was sent by the end of the freeze. After each send the bench checks, from the
+database and the server's count: every reader accepted once (no delivery row twice, the server
+accepted exactly `--size` recipients), each reader's variant is the set of topics they follow,
+and the variants' reader counts add up.
 
 Targets on a 2-core machine: the personal send within 1.5x the single newsletter's time, peak
-RSS at most 300 MB (the sending process's and the rendering process's together). `--profile`
+RSS at most 300 MB (the sending, rendering and freezing processes' together). `--profile`
 runs the personal child under cProfile (every thread of it, not the rendering process) and
 prints its hot spots; the times are then inflated and not comparable.
 """
@@ -263,6 +265,7 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
     (its renderer input built there)."""
     from digest.issues.variant_renders import VariantRenders
     from digest.rendering.render import Renderer
+    from digest.sending.freeze_process import FreezeProcess
     from digest.sending.run import SendRun
     from digest.sending.send import send_issue
 
@@ -288,6 +291,18 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
         close(self)
 
     VariantRenders.close = closing  # type: ignore[method-assign]
+    frozen_by: dict[str, float] = {"cpu": 0.0, "peak_mb": 0.0, "count": 0}
+    stop_freezing = FreezeProcess.close
+
+    def stopping(self: FreezeProcess) -> None:
+        if self._process.pid is not None and self._process.is_alive():
+            cpu, peak = _process_stats(self._process.pid)
+            frozen_by["cpu"] += cpu
+            frozen_by["peak_mb"] = max(frozen_by["peak_mb"], peak)
+            frozen_by["count"] += 1
+        stop_freezing(self)
+
+    FreezeProcess.close = stopping  # type: ignore[method-assign]
     sent: list[tuple[float, int]] = []  # (when, recipients) of each batch done
     note = SendRun._note
 
@@ -318,6 +333,9 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
                 "processes": process["count"],
                 "process_renders": process["renders"],
                 "freeze_cpu": freezer.cpu,
+                "freeze_process_cpu": frozen_by["cpu"],
+                "freeze_process_peak_mb": frozen_by["peak_mb"],
+                "freeze_processes": frozen_by["count"],
                 "senders_cpu": senders.cpu,
                 "first_batch": first,
                 "sent_by_freeze_end": by_freeze_end,
@@ -452,6 +470,7 @@ def _run_child(command: list[str], what: str, server_pid: int) -> dict[str, Any]
     result["other_cpu"] = (
         busy_cpu() - busy_before - result["cpu"] - result["server_cpu"]
         - result.get("process_cpu", 0.0)  # the personal send's rendering process
+        - result.get("freeze_process_cpu", 0.0)  # and its freezing process
     )  # fmt: skip
     result["load"] = (load[0], os.getloadavg()[0])
     return result
@@ -538,9 +557,15 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
         f"{mine['get_calls']:,} variants (VariantRenders.get, summed over the threads)",
         flush=True,
     )
+    frozen = ""
+    if mine["freeze_processes"]:
+        frozen = (
+            f" (it waits on the freezing process: its CPU {mine['freeze_process_cpu']:.1f} s, "
+            f"start-up included, peak RSS {mine['freeze_process_peak_mb']:.0f} MB)"
+        )
     print(
-        f"    CPU of the personal send by thread: freeze {mine['freeze_cpu']:.1f} s, senders "
-        f"{mine['senders_cpu']:.1f} s; first batch done after {mine['first_batch']:.1f} s, "
+        f"    CPU of the personal send by thread: freeze {mine['freeze_cpu']:.1f} s{frozen}, "
+        f"senders {mine['senders_cpu']:.1f} s; first batch done after {mine['first_batch']:.1f} s, "
         f"{mine['sent_by_freeze_end'] / size:.0%} of the readers sent when the freeze ended",
         flush=True,
     )
@@ -553,12 +578,15 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
         flush=True,
     )
     ratio = mine["seconds"] / one["seconds"]
-    both = mine["peak_mb"] + mine["process_peak_mb"]
+    both = mine["peak_mb"] + mine["process_peak_mb"] + mine["freeze_process_peak_mb"]
     fast, small = ratio <= TARGET_RATIO, both <= TARGET_RSS_MB
     rss = f"peak RSS {mine['peak_mb']:.0f} MB"
-    if mine["processes"]:
+    if mine["processes"] or mine["freeze_processes"]:
         alone = _ok(mine["peak_mb"] <= TARGET_RSS_MB)
-        rss += f" ({alone} alone) + {mine['process_peak_mb']:.0f} MB rendering = {both:.0f} MB"
+        rss += (
+            f" ({alone} alone) + {mine['process_peak_mb']:.0f} MB rendering + "
+            f"{mine['freeze_process_peak_mb']:.0f} MB freezing = {both:.0f} MB"
+        )
     print(
         f"    personal / single: {ratio:.2f}x, target ≤ {TARGET_RATIO}x: {_ok(fast)}; "
         f"{rss}, target ≤ {TARGET_RSS_MB:.0f} MB: {_ok(small)}",
