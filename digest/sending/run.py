@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 15.0  # how often a sender refreshes its claims
 LEASE = timedelta(minutes=2)  # a claim from another host not refreshed for this long is stale
+VARIANTS_KEPT = 64  # personal issues: variant messages kept in memory (a stored render reloads)
 PAGE_PAUSE = 0.002  # seconds the freezer steps aside between two pages
 
 Progress = Callable[[int, int], None]
@@ -323,6 +324,8 @@ class SendRun:
         if found is None:
             found = self._variant_message(variant_id)
             with self._variants_lock:
+                if len(self._variants) >= VARIANTS_KEPT:  # the oldest: its batches went first
+                    self._variants.pop(next(iter(self._variants)))
                 found = self._variants.setdefault(variant_id, found)
         return found
 

@@ -55,6 +55,11 @@ __all__ = [
 
 TEST_PREFIX = "[TEST] "
 RENDER_PROCESS_AUDIENCE = 20_000  # personal issues: render variants in a process from here
+# Personal issues: plan the freeze's pages in a process of its own from this many readers. Off:
+# on 1M readers it saved the senders ~16 CPU-s but not wall time (the child's pages wait for
+# the one SQLite writer, and on 2 cores the senders, the server and the renderer fill the other
+# core), and it added ~106 MB (bench_personal.py: SQLite 54.9 vs 57.6 s, PostgreSQL about even).
+FREEZE_PROCESS_AUDIENCE: int | None = None
 
 
 class SendRefused(Exception):
@@ -320,8 +325,8 @@ def _personal_freeze_step(
     variants: VariantRenders | None,
 ) -> Callable[[], bool]:
     """`_freeze_step` for a personal issue: readers' variants, batches per variant (each new
-    variant handed to `variants` to render before its first batch is claimed). For a large
-    audience the pages are planned by a process of its own (`freeze_process`)."""
+    variant handed to `variants` to render before its first batch is claimed). From
+    FREEZE_PROCESS_AUDIENCE readers the pages are planned by a process of its own."""
     from digest.sending.freeze_process import FreezeProcess
     from digest.sending.personal_freeze import PersonalFreezer
 
@@ -331,7 +336,9 @@ def _personal_freeze_step(
     with app.session() as session:
         issue = session.get(Issue, issue_id)
         assert issue is not None
-        large = unfrozen(session, issue_id, newsletter.slug) >= RENDER_PROCESS_AUDIENCE
+        large = FREEZE_PROCESS_AUDIENCE is not None and (
+            unfrozen(session, issue_id, newsletter.slug) >= FREEZE_PROCESS_AUDIENCE
+        )
     if large:
         freezer = FreezeProcess(
             app, issue_id, batch_size=batch_size, page_size=page_size, zones=zones,

@@ -85,6 +85,9 @@ class _Answer:
     bad: dict[int, str] | None = None  # personalization index → SendGrid's message
 
 
+SHARED_KEPT = 64  # messages whose shared JSON is kept (a personal issue sends one per variant)
+
+
 class _PauseGate:
     """After a 429, every request of this transport waits until the account's limit resets."""
 
@@ -188,6 +191,8 @@ class SendGridTransport:
         with self._lock:
             cached = self._shared.get(key)
             if cached is None or cached[0] is not message:
+                if len(self._shared) >= SHARED_KEPT:  # a personal issue: one per variant
+                    self._shared.pop(next(iter(self._shared)))
                 cached = (message, SharedPart(self.settings, message))
                 self._shared[key] = cached
             return cached[1]

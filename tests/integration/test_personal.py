@@ -258,6 +258,7 @@ def test_a_large_audience_plans_and_renders_in_processes_of_their_own(
     from digest.sending import send
 
     monkeypatch.setattr(send, "RENDER_PROCESS_AUDIENCE", 1)
+    monkeypatch.setattr(send, "FREEZE_PROCESS_AUDIENCE", 1)
     app = personal_app(make_app, any_engine)
     _articles(app, DEFAULT_NOW)
     for n in range(4):
