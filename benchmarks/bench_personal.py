@@ -582,11 +582,12 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
     fast, small = ratio <= TARGET_RATIO, both <= TARGET_RSS_MB
     rss = f"peak RSS {mine['peak_mb']:.0f} MB"
     if mine["processes"] or mine["freeze_processes"]:
-        alone = _ok(mine["peak_mb"] <= TARGET_RSS_MB)
-        rss += (
-            f" ({alone} alone) + {mine['process_peak_mb']:.0f} MB rendering + "
-            f"{mine['freeze_process_peak_mb']:.0f} MB freezing = {both:.0f} MB"
-        )
+        rss += f" ({_ok(mine['peak_mb'] <= TARGET_RSS_MB)} alone)"
+        if mine["processes"]:
+            rss += f" + {mine['process_peak_mb']:.0f} MB rendering"
+        if mine["freeze_processes"]:
+            rss += f" + {mine['freeze_process_peak_mb']:.0f} MB freezing"
+        rss += f" = {both:.0f} MB"
     print(
         f"    personal / single: {ratio:.2f}x, target ≤ {TARGET_RATIO}x: {_ok(fast)}; "
         f"{rss}, target ≤ {TARGET_RSS_MB:.0f} MB: {_ok(small)}",
