@@ -246,6 +246,9 @@ class SendBatch(SQLModel, table=True):
     # Personal newsletters: every recipient of the batch gets this IssueVariant (one message
     # per batch, as for a topic issue).
     variant_id: int | None = None
+    # Personal newsletters: the subscriber ids ("1,5,9") of a batch planned but not yet frozen
+    # (status `filling`); its delivery rows are written from them, then this is cleared.
+    members: str | None = Field(default=None, sa_column=_text())
 
 
 class IssueCandidate(SQLModel, table=True):
