@@ -1,31 +1,53 @@
 """Freezing a personal issue's audience: each reader's variant, batches cut per variant.
 
-As for a topic issue (`digest.sending.freeze`) the audience is frozen in keyset pages, one
-transaction each, while senders send the pages already committed; a crash resumes at the
-recorded `Issue.freezing_after`. What differs:
+A topic issue's freeze copies keyset pages of the audience in SQL (`digest.sending.freeze`).
+A personal issue cannot: each reader's variant is decided in Python (`variants.plan`, from the
+topics they follow and what they received). Cut page by page, a page of readers over hundreds
+of variants left most batches part-full until the end, so the senders had little to send while
+the freeze ran. So it goes in two phases, both resumable and safe with several senders:
 
-- Each reader of the page gets a plan (`digest.issues.variants.plan`) from the topics they
-  follow and what they received (`digest.issues.received`); readers with the same followed
-  topics and history share it, so plans are computed per distinct (topics, history), not per
-  reader. A reader with nothing to get is frozen `skipped` with the reason in `error`.
-- The rows pass through Python (their variant is decided here), read and planned before the
-  page's write transaction, so SQLite's write lock is held only for the inserts.
-- A batch holds one variant (one message per batch, as the transports want). A page of 20,000
-  readers over hundreds of variants would otherwise cut hundreds of tiny batches: a batch stays
-  `filling` across pages until it holds `batch_size` recipients or the freeze ends, and only
-  then becomes `pending` for the senders.
+1. **Plan** (`Issue.freezing_after` is 0): the audience is read in pages of ids, topic masks and
+   receipts only (no row written, no lock held), and every reader is placed in a group per
+   (variant, zone), or per reason to be skipped. Plans are computed once per distinct (followed
+   topics, receipts). Then one short write transaction, by compare-and-set from 0 to `PLANNED`,
+   stores every batch at once as `filling`, already full, holding its readers' ids in
+   `send_batch.members`: the largest variants first (they are rendered first), the readers to
+   skip last. A sender that loses the compare-and-set drops its plan and helps fill.
+2. **Fill** (`freezing_after` is `PLANNED`): each step takes the next few planned batches by
+   compare-and-set (`filling` → `pending`; `SKIP LOCKED` on PostgreSQL, so freezers fill side by
+   side) and writes their delivery rows with INSERT … SELECT from `subscriber` by those ids (no
+   row through Python), in the same transaction. Senders claim them at once. Once no batch is
+   planned the freeze ends (`freezing_after` None).
+
+A crash while planning loses only the reading (nothing was written); a crash while filling
+leaves the untaken batches planned for the next sender. Someone who leaves after the plan is
+skipped when their batch goes (`ledger.open_batch`), as for a topic issue.
 """
 
 from __future__ import annotations
 
-import secrets
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    any_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session
 
 from digest.app import App
@@ -33,7 +55,7 @@ from digest.config import NewsletterConfig
 from digest.issues import personal
 from digest.issues.received import History, Receipt, followed_topics
 from digest.issues.variants import Plan, plan
-from digest.sending.freeze import FREEZE_PAGE, Zoning, insert_batches
+from digest.sending.freeze import FREEZE_PAGE, Zoning, message_ids
 from digest.storage.models import (
     BatchStatus,
     Delivery,
@@ -43,23 +65,33 @@ from digest.storage.models import (
     SendBatch,
 )
 from subscribers.audience import audience_statement
+from subscribers.models import Subscriber
+
+PLANNED = -1  # Issue.freezing_after of a personal issue whose batches are planned, being filled
 
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
 _V = IssueVariant.__table__  # type: ignore[attr-defined]
+_S = Subscriber.__table__  # type: ignore[attr-defined]
+
+_SKIP = "\0"  # group keys starting with it are a reason to skip, not a plan's key
 
 
 @dataclass
-class _Page:
-    after: int
-    recipients: Sequence[Any]  # audience rows: subscriber_id, email, name, timezone, locale
-    outcome: list[Plan | str]  # per recipient: their plan, or why they are skipped
-    variants: dict[str, int]  # plan key → variant id
+class _Planning:
+    """The plan being read: readers grouped per (plan key or skip reason, zone)."""
+
+    start: int  # Issue.freezing_after when planning began (0; a legacy freeze's last id)
+    after: int  # the last subscriber id read
+    groups: dict[tuple[str, str | None], array[int]] = field(
+        default_factory=lambda: defaultdict(lambda: array("q"))
+    )
+    plans: dict[str, Plan] = field(default_factory=dict)
 
 
 class PersonalFreezer:
-    """Freezes one personal issue, page by page (`step`), for one sending run."""
+    """Freezes one personal issue step by step (`step`), for one sending run."""
 
     def __init__(
         self,
@@ -74,12 +106,13 @@ class PersonalFreezer:
         on_variant: Callable[[int, Plan], None] | None = None,
     ) -> None:
         self.app, self.newsletter, self.zones = app, newsletter, zones
-        # Told of each variant the first time a page has it (to render it before it is needed).
+        # Told of each variant before its batches can be claimed (to render it in time).
         self.on_variant = on_variant
-        self._announced: dict[int, int] = {}  # variant id → the order it was handed over in
+        self._announced: set[int] = set()
+        self._caught_up = False  # the variants of batches planned by another sender announced
         self.issue_id = issue.id or 0
         self.batch_size = batch_size
-        self.page_size = page_size or FREEZE_PAGE
+        self.page_size = page_size or FREEZE_PAGE  # readers per planning page, rows per fill
         self.domain = message_domain
         self.order = [t.slug for t in app.settings.merged_topics(newsletter)]
         with app.session() as session:
@@ -88,6 +121,7 @@ class PersonalFreezer:
             memory_start = app.now() - newsletter.memory_delta
             self.history = History.load(session, app.settings, self.issue_id, memory_start, ids)
         self._plans: dict[tuple[frozenset[str], frozenset[Receipt]], Plan | str] = {}
+        self._planning: _Planning | None = None
 
     def plan_for(self, followed: frozenset[str], receipts: frozenset[Receipt]) -> Plan | str:
         """A reader's plan, computed once per distinct (followed topics, receipts)."""
@@ -102,205 +136,304 @@ class PersonalFreezer:
         return found
 
     def step(self) -> int | None:
-        """Freeze the next page; the recipients frozen, or None once the freeze is done."""
+        """One planning page or one filling transaction: the recipients it froze (0 while
+        planning), or None once the freeze is done."""
         with self.app.session() as session:
-            after = session.execute(
+            state = session.execute(
                 select(_I.c.freezing_after).where(_I.c.id == self.issue_id)
             ).scalar()
-            if after is None:
-                return None
-            page = self._read(session, int(after))
-            session.commit()  # the new variants, before the page's write transaction
-        with self.app.session() as session:
-            return self._write(session, page)
+        if state is None:
+            return None
+        if int(state) >= 0:
+            return self._plan_step(int(state))
+        return self._fill_step()
 
-    def _read(self, session: Session, after: int) -> _Page:
-        # Rows as the driver gives them (subscriber_id, email, name, timezone, locale): a
-        # million readers pass through here, and building an object for each cost a second.
-        recipients = (
-            session.connection()
-            .execute(audience_statement(self.newsletter.slug, after_id=after, limit=self.page_size))
-            .all()
-        )
-        if not recipients:
-            return _Page(after, [], [], {})
-        first, last = recipients[0].subscriber_id, recipients[-1].subscriber_id
+    # -- plan ---------------------------------------------------------------------------------
+
+    def _plan_step(self, state: int) -> int | None:
+        planning = self._planning
+        if planning is None or planning.start != state:
+            planning = self._planning = _Planning(start=state, after=state)
+        with self.app.session() as session:
+            read = self._read_page(session, planning)
+        if read == self.page_size:
+            return 0
+        return self._store_plan(planning)
+
+    def _read_page(self, session: Session, planning: _Planning) -> int:
+        """Group the next page of readers by what they get; returns how many were read."""
+        page = audience_statement(
+            self.newsletter.slug, after_id=planning.after, limit=self.page_size
+        ).subquery("audience")
+        rows = session.connection().execute(select(page.c.subscriber_id, page.c.timezone)).all()
+        if not rows:
+            return 0
+        first, last = rows[0][0], rows[-1][0]
         follows = followed_topics(session, self.order, first, last)
         receipts = self.history.receipts(session, first, last)
-        outcome = [
-            self.plan_for(
-                follows.get(r.subscriber_id, frozenset()),
-                receipts.get(r.subscriber_id, frozenset()),
-            )
-            for r in recipients
-        ]
-        plans = {p.key: p for p in outcome if isinstance(p, Plan)}
-        variants = personal.variant_ids(
-            session, self.issue_id, list(plans.values()), self.app.now()
+        nobody, none = frozenset[str](), frozenset[Receipt]()
+        groups, plans, plan_for, zone_of = (
+            planning.groups,
+            planning.plans,
+            self.plan_for,
+            self._zone,
         )
-        if self.on_variant is not None:  # largest first: their batches fill, and go, first
-            sizes = Counter(p.key for p in outcome if isinstance(p, Plan))
-            for key, _ in sizes.most_common():
-                variant_id = variants[key]
-                if variant_id not in self._announced:
-                    self._announced[variant_id] = len(self._announced)
-                    self.on_variant(variant_id, plans[key])
-        return _Page(after, recipients, outcome, variants)
-
-    def _write(self, session: Session, page: _Page) -> int | None:
-        now = self.app.now()
-        done = len(page.recipients) < self.page_size
-        last = page.recipients[-1].subscriber_id if page.recipients else page.after
-        # Lock the issue row and check nobody froze this page meanwhile (another sender).
-        locked = session.execute(
-            update(_I)
-            .where(_I.c.id == self.issue_id, _I.c.freezing_after == page.after)
-            .values(freezing_after=None if done else last)
-            .returning(_I.c.id)
-        ).first()
-        if locked is None:
-            session.rollback()
-            return 0 if self._still_freezing(session) else None
-        rows, readers = self._rows(session, page, now)
-        if rows:
-            insert_rows(session, rows)
-        if readers:
-            more = _V.c.readers + bindparam("n")
-            session.execute(
-                update(_V).where(_V.c.id == bindparam("v")).values(readers=more),
-                [{"v": v, "n": n} for v, n in readers.items()],
+        for subscriber_id, timezone in rows:
+            outcome = plan_for(
+                follows.get(subscriber_id, nobody), receipts.get(subscriber_id, none)
             )
-        if done:  # the last page: what is still filling goes to the senders as it is
-            session.execute(
-                update(_B)
-                .where(_B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING)
-                .values(status=BatchStatus.PENDING, updated_at=now)
-            )
-        session.commit()
-        return len(page.recipients)
-
-    def _still_freezing(self, session: Session) -> bool:
-        after = session.execute(
-            select(_I.c.freezing_after).where(_I.c.id == self.issue_id)
-        ).scalar()
-        return after is not None
-
-    def _rows(
-        self, session: Session, page: _Page, now: datetime
-    ) -> tuple[list[tuple[Any, ...]], Counter[int]]:
-        """The page's delivery rows (`_COLUMNS`), each reader placed in a batch of their
-        variant and zone."""
-        zone_of = self._zone
-        slots: dict[tuple[int, str | None], list[int]] = defaultdict(list)
-        for index, (recipient, outcome) in enumerate(
-            zip(page.recipients, page.outcome, strict=True)
-        ):
             if isinstance(outcome, Plan):
-                slots[(page.variants[outcome.key], zone_of(recipient))].append(index)
-        batch_of = self._place(session, slots, now)
-        readers: Counter[int] = Counter()
-        rows: list[tuple[Any, ...]] = []
-        domain = f"@{self.domain}>"
-        issue_id, pending, skipped = self.issue_id, str(DeliveryStatus.PENDING), "skipped"
-        stamp = _bind(session, _D.c.updated_at, now)  # the driver's form, made once per page
-        no = _bind(session, _D.c.opened, False)
-        token_hex, variants, get_batch = secrets.token_hex, page.variants, batch_of.get
-        for index, (recipient, outcome) in enumerate(
-            zip(page.recipients, page.outcome, strict=True)
-        ):
-            variant = variants[outcome.key] if isinstance(outcome, Plan) else None
-            if variant is not None:
-                readers[variant] += 1
-            rows.append((
-                issue_id, recipient.subscriber_id, recipient.email, recipient.name,
-                pending if variant else skipped, get_batch(index), variant,
-                None if variant else str(outcome), "<" + token_hex(16) + domain, no, no, stamp,
-            ))  # fmt: skip
-        # Stored batch by batch: a batch's rows then sit together on disk, so a sender reads a
-        # few pages for it, not one page per recipient (a page holds readers of every variant).
-        rows.sort(key=lambda row: row[5] or 0)
-        return rows, readers
+                key = outcome.key
+                plans[key] = outcome
+            else:
+                key = _SKIP + outcome
+            groups[(key, zone_of(timezone))].append(subscriber_id)
+        planning.after = int(last)
+        return len(rows)
 
-    def _zone(self, recipient: Any) -> str | None:
+    def _zone(self, given: str | None) -> str | None:
         if self.zones is None:
             return None
-        given = recipient.timezone
         return self.zones.effective.get(given, self.zones.default) if given else self.zones.default
 
-    def _place(
-        self, session: Session, slots: dict[tuple[int, str | None], list[int]], now: datetime
-    ) -> dict[int, int]:
-        """recipient index → batch id: the open (filling) batches of each variant and zone
-        first, then new ones; a batch that fills up goes to the senders (pending)."""
-        open_batches = {
-            (int(v or 0), z): (int(b), int(size))
-            for b, v, z, size in session.execute(
-                select(_B.c.id, _B.c.variant_id, _B.c.zone, _B.c.size).where(
-                    _B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING
+    def _store_plan(self, planning: _Planning) -> int | None:
+        """Create the variants, hand them to the renderer (largest first), then store every
+        batch in one transaction by compare-and-set on the issue; 0, or None if done."""
+        self._planning = None
+        sizes: Counter[str] = Counter()
+        for (key, _), members in planning.groups.items():
+            if not key.startswith(_SKIP):
+                sizes[key] += len(members)
+        ranked = [key for key, _ in sizes.most_common()]
+        with self.app.session() as session:
+            variants = personal.variant_ids(
+                session, self.issue_id, [planning.plans[k] for k in ranked], self.app.now()
+            )
+            session.commit()
+        for key in ranked:
+            self._announce(variants[key], planning.plans[key])
+        rank = {key: i for i, key in enumerate(ranked)}
+        now = self.app.now()
+        rows: list[dict[str, Any]] = []
+        for (key, zone), members in sorted(
+            planning.groups.items(),
+            key=lambda item: (rank.get(item[0][0], len(rank)), item[0][0], item[0][1] or ""),
+        ):
+            skip = key.startswith(_SKIP)
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                rows.append({
+                    "issue_id": self.issue_id, "status": BatchStatus.FILLING, "size": len(chunk),
+                    "attempts": 0, "updated_at": now, "zone": zone,
+                    "variant_id": None if skip else variants[key],
+                    "error": key[1:] if skip else None, "members": ",".join(map(str, chunk)),
+                })  # fmt: skip
+        with self.app.session() as session:
+            locked = session.execute(
+                update(_I)
+                .where(_I.c.id == self.issue_id, _I.c.freezing_after == planning.start)
+                .values(freezing_after=PLANNED)
+                .returning(_I.c.id)
+            ).first()
+            if locked is None:  # another sender stored its plan first: help fill theirs
+                session.rollback()
+                return 0 if _freezing(session, self.issue_id) else None
+            if planning.start > 0:  # a freeze begun page by page before this code: let it go
+                session.execute(
+                    update(_B)
+                    .where(_B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING)
+                    .values(status=BatchStatus.PENDING, updated_at=now)
+                )
+            if rows:
+                session.execute(insert(_B), rows)
+            session.commit()
+        return 0
+
+    def _announce(self, variant_id: int, variant_plan: Plan) -> None:
+        if variant_id not in self._announced:
+            self._announced.add(variant_id)
+            if self.on_variant is not None:
+                self.on_variant(variant_id, variant_plan)
+
+    # -- fill ---------------------------------------------------------------------------------
+
+    def _fill_step(self) -> int | None:
+        now = self.app.now()
+        with self.app.session() as session:
+            if not self._caught_up:  # a sender that did not plan: the variants still to go
+                self._announce_planned(session)
+                self._caught_up = True
+            taken = self._take(session, now)
+            if not taken:
+                if _planned(session, self.issue_id):  # held by another freezer right now
+                    session.rollback()
+                    return 0
+                session.execute(
+                    update(_I)
+                    .where(_I.c.id == self.issue_id, _I.c.freezing_after == PLANNED)
+                    .values(freezing_after=None)
+                )
+                session.commit()
+                return None
+            frozen = self._write(session, taken, now)
+            session.commit()
+            return frozen
+
+    def _announce_planned(self, session: Session) -> None:
+        variants = session.execute(
+            select(IssueVariant)
+            .where(
+                _V.c.id.in_(
+                    select(_B.c.variant_id).where(
+                        _B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING
+                    )
                 )
             )
-        }
-        placed: dict[int, int] = {}
-        sizes: dict[int, tuple[int, int]] = {}  # batch id → (size, variant id)
-        # Batches cut in the order their variants went to the renderer (senders claim by batch
-        # id): the first batches claimed are those whose variant is rendered first.
-        order = self._announced
-        for (variant, zone), members in sorted(
-            slots.items(), key=lambda item: (order.get(item[0][0], len(order)), item[0][1] or "")
-        ):
-            start = 0
-            held = open_batches.get((variant, zone))
-            if held is not None:
-                batch_id, size = held
-                take = members[: max(0, self.batch_size - size)]
-                placed.update(dict.fromkeys(take, batch_id))
-                sizes[batch_id] = (size + len(take), variant)
-                start = len(take)
-            rest = members[start:]
-            chunks = [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
-            if chunks:
-                ids = insert_batches(session, self.issue_id, [0] * len(chunks), now,
-                                     [zone] * len(chunks))  # fmt: skip
-                for batch_id, chunk in zip(ids, chunks, strict=True):
-                    placed.update(dict.fromkeys(chunk, batch_id))
-                    sizes[batch_id] = (len(chunk), variant)
+            .order_by(_V.c.readers.desc(), _V.c.id)
+        ).scalars()
+        for variant in variants:
+            self._announce(variant.id or 0, personal.plan_of(variant))
+
+    def _take(self, session: Session, now: datetime) -> list[Any]:
+        """The next planned batches, moved to `pending` by compare-and-set (this transaction
+        writes their rows; nobody sees them before it commits)."""
+        wanted = max(1, self.page_size // self.batch_size)
+        # Locked first (PostgreSQL; SQLite has one writer anyway), then moved by compare-and-set:
+        # inside `IN (…)` PostgreSQL may run a LIMIT … SKIP LOCKED subquery again per row and
+        # take every batch at once.
+        ids = list(
+            session.execute(
+                select(_B.c.id)
+                .where(
+                    _B.c.issue_id == self.issue_id,
+                    _B.c.status == BatchStatus.FILLING,
+                    _B.c.members.is_not(None),
+                )
+                .order_by(_B.c.id)
+                .limit(wanted)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        if not ids:
+            return []
+        return list(
+            session.execute(
+                update(_B)
+                .where(_B.c.id.in_(ids), _B.c.status == BatchStatus.FILLING)
+                .values(status=BatchStatus.PENDING, updated_at=now)
+                .returning(_B.c.id, _B.c.variant_id, _B.c.error, _B.c.members)
+            ).all()
+        )
+
+    def _write(self, session: Session, taken: list[Any], now: datetime) -> int:
+        """Each taken batch's delivery rows, by INSERT … SELECT from its members' ids; the
+        batches get their real sizes, the skip groups' rows no batch."""
+        insert_rows = _insert_members(session, self.issue_id, now, self.domain)
+        frozen, readers = 0, Counter[int]()
+        sizes: list[dict[str, int]] = []
+        skips: list[int] = []
+        for batch_id, variant_id, reason, members in sorted(taken, key=lambda row: row[0]):
+            skip = variant_id is None
+            written = insert_rows(
+                members,
+                batch=None if skip else batch_id,
+                variant=variant_id,
+                status=DeliveryStatus.SKIPPED if skip else DeliveryStatus.PENDING,
+                error=reason if skip else None,
+            )
+            frozen += written
+            if skip:
+                skips.append(batch_id)
+            else:
+                readers[variant_id] += written
+                sizes.append({"b": batch_id, "s": written})
         if sizes:
-            full, filling = BatchStatus.PENDING, BatchStatus.FILLING
             session.execute(
                 update(_B)
                 .where(_B.c.id == bindparam("b"))
-                .values(size=bindparam("s"), status=bindparam("st"), variant_id=bindparam("v")),
-                [{"b": b, "s": s, "v": v, "st": full if s >= self.batch_size else filling}
-                 for b, (s, v) in sizes.items()],
-            )  # fmt: skip
-        return placed
+                .values(size=bindparam("s"), members=None),
+                sizes,
+            )
+        if skips:
+            session.execute(delete(_B).where(_B.c.id.in_(skips)))
+        if readers:
+            session.execute(
+                update(_V)
+                .where(_V.c.id == bindparam("v"))
+                .values(readers=_V.c.readers + bindparam("n")),
+                [{"v": v, "n": n} for v, n in readers.items()],
+            )
+        return frozen
 
 
-_COLUMNS = ("issue_id", "subscriber_id", "email", "name", "status", "batch_id", "variant_id",
-            "error", "message_id", "opened", "clicked", "updated_at")  # fmt: skip
-
-
-def _bind(session: Session, column: Any, value: Any) -> Any:
-    """`value` as the database driver takes it for `column` (its type's bind processing, so
-    the row reads as any other: SQLite's text form of a timestamp included)."""
-    dialect = session.connection().dialect
-    process = column.type.dialect_impl(dialect).bind_processor(dialect)
-    return process(value) if process else value
-
-
-def insert_rows(session: Session, rows: list[tuple[Any, ...]]) -> None:
-    """Insert delivery rows (`_COLUMNS` order, values in the driver's form) straight through
-    the driver: COPY on PostgreSQL, executemany on SQLite. The ORM's insert spent more time
-    building parameters than the database spent writing (a million rows: ~15 s of a 50 s
-    freeze)."""
-    connection = session.connection()
-    cursor = connection.connection.cursor()
-    names = ", ".join(_COLUMNS)
-    if connection.dialect.name == "postgresql":
-        with cursor.copy(f"COPY delivery ({names}) FROM STDIN") as copy:  # type: ignore[attr-defined]
-            for row in rows:
-                copy.write_row(row)
+def _insert_members(
+    session: Session, issue_id: int, now: datetime, domain: str
+) -> Callable[..., int]:
+    """A function writing the delivery rows of one batch's members ("1,5,9"); returns how many
+    (a subscriber erased since the plan has none)."""
+    dialect = session.connection().dialect.name
+    if dialect == "postgresql":
+        ids = bindparam("ids", type_=String)
+        chosen: Any = _S.c.id == any_(cast(func.string_to_array(ids, ","), ARRAY(Integer)))
     else:
-        marks = ", ".join("?" * len(_COLUMNS))
-        statement = f"INSERT INTO delivery ({names}) VALUES ({marks})"  # noqa: S608 - fixed names
-        cursor.executemany(statement, rows)
+        each = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
+        chosen = _S.c.id.in_(each)
+    rows = select(
+        literal(issue_id),
+        _S.c.id,
+        _S.c.email,
+        _S.c.name,
+        bindparam("status", type_=String),
+        bindparam("batch", type_=Integer),
+        bindparam("variant", type_=Integer),
+        bindparam("error", type_=String),
+        literal(False),
+        literal(False),
+        literal(now, type_=_D.c.updated_at.type),
+        message_ids(session, domain),
+    ).where(chosen)
+    columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "variant_id",
+               "error", "opened", "clicked", "updated_at", "message_id"]  # fmt: skip
+    # An INSERT's row count is kept only when asked for (SQLAlchemy 2.x; -1 on psycopg else).
+    statement = insert(_D).from_select(columns, rows).execution_options(preserve_rowcount=True)
+
+    def write(members: str, **values: Any) -> int:
+        given = members if dialect == "postgresql" else f"[{members}]"
+        values["status"] = str(values["status"])
+        result = session.execute(statement, {"ids": given, **values})
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    return write
+
+
+def _freezing(session: Session, issue_id: int) -> bool:
+    after = session.execute(select(_I.c.freezing_after).where(_I.c.id == issue_id)).scalar()
+    return after is not None
+
+
+def _planned(session: Session, issue_id: int) -> bool:
+    """Whether planned batches remain (some may be held by a freezer filling them now)."""
+    found = session.execute(
+        select(_B.c.id)
+        .where(
+            _B.c.issue_id == issue_id,
+            _B.c.status == BatchStatus.FILLING,
+            _B.c.members.is_not(None),
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
+def planned_readers(session: Session, issue_id: int) -> int:
+    """Readers in batches planned but not yet filled (the freeze's remaining work)."""
+    return int(
+        session.execute(
+            select(func.coalesce(func.sum(_B.c.size), 0)).where(
+                _B.c.issue_id == issue_id,
+                _B.c.status == BatchStatus.FILLING,
+                _B.c.members.is_not(None),
+            )
+        ).scalar()
+        or 0
+    )
