@@ -376,7 +376,7 @@ def _insert_members(
         ids = bindparam("ids", type_=String)
         chosen: Any = _S.c.id == any_(cast(func.string_to_array(ids, ","), ARRAY(Integer)))
     else:
-        each = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
+        each: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
         chosen = _S.c.id.in_(each)
     rows = select(
         literal(issue_id),

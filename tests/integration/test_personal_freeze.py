@@ -38,24 +38,11 @@ BATCH = 3
 def _audience(app: App) -> dict[str, set[int]]:
     """7 readers of both topics, 4 of Turkey only, 2 of none (skipped), ids interleaved."""
     groups: dict[str, set[int]] = {"both": set(), "turkey": set(), "none": set()}
-    kinds = [
-        "both",
-        "turkey",
-        "both",
-        "none",
-        "both",
-        "turkey",
-        "both",
-        "turkey",
-        "both",
-        "none",
-        "both",
-        "turkey",
-        "both",
-    ]
-    for n, kind in enumerate(kinds):
-        topics = {"both": (TURKEY, CLIMATE), "turkey": (TURKEY,), "none": ()}[kind]
-        groups[kind].add(_reader(app, f"r{n}@example.com", *topics))
+    # (b)oth, (t)urkey, (n)one, in this id order
+    kinds = {"b": "both", "t": "turkey", "n": "none"}
+    for n, kind in enumerate("btbnbtbtbnbtb"):
+        topics = {"b": (TURKEY, CLIMATE), "t": (TURKEY,), "n": ()}[kind]
+        groups[kinds[kind]].add(_reader(app, f"r{n}@example.com", *topics))
     return groups
 
 
