@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, bindparam, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlmodel import Session, select
 
 from digest.sending import event_rows
@@ -76,20 +76,16 @@ class EventsResult:
         return found
 
 
-@dataclass(slots=True)  # not frozen: a frozen __init__ costs twice as much, per event
+@dataclass(slots=True)
 class _Context:
-    """What one event is about: its address, delivery, issue and newsletter, when known."""
+    """Whom a suppression or unsubscribe is about: address, issue and newsletter, when known."""
 
     kind: str
     email: str | None
-    delivery: Row | None
     issue_id: int | None
     newsletter: str | None
     at: datetime
     detail: str | None  # SendGrid's status, reason and type, for the record
-    reason: str  # SendGrid's reason, lower-cased ("bounced address", "550 5.1.1 …")
-    bounce_type: str  # "bounce" (hard) or "blocked"
-    url: str | None = None  # a click's link
 
 
 Action = Callable[[], bool]  # a suppression or unsubscribe, run after the deliveries are written
@@ -98,22 +94,23 @@ Action = Callable[[], bool]  # a suppression or unsubscribe, run after the deliv
 def apply_sendgrid_events(session: Session, events: list[Any], *, now: datetime) -> EventsResult:
     """Apply a verified webhook batch; the caller commits (all of it, or none on error)."""
     result = EventsResult(received=len(events))
-    valid: list[tuple[dict[str, Any], str]] = []
+    valid: list[_Event] = []
     for raw in events:
         if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
             result.ignored += 1
             continue
-        valid.append((raw, _event_id(raw)))
+        valid.append((raw, _event_id(raw), _delivery_id(raw)))
     fresh = _first_times(session, valid, now)
     result.duplicates += len(valid) - len(fresh)
-    rows = event_rows.load(session, filter(None, (_delivery_id(raw) for raw in fresh)))
+    named = {d for raw, _, d in fresh if d is not None and raw["event"] != "processed"}
+    rows = event_rows.load(
+        session, named, if_unknown=(d for _, _, d in fresh if d is not None and d not in named)
+    )
     newsletters = event_rows.lock_issues(session, (row.issue_id for row in rows.values()))
-    tally = Tally()
-    outcomes: list[bool | Action] = [
-        _apply(session, _context(session, raw, rows, newsletters, now), tally) for raw in fresh
-    ]
+    batch = _Batch(session, rows, newsletters, now)
+    outcomes = [batch.apply(event) for event in fresh]
     settled = event_rows.write(session, rows.values())
-    tally.write(session)
+    batch.tally.write(session)
     for outcome in outcomes:
         done = outcome() if callable(outcome) else outcome
         if done:
@@ -124,6 +121,9 @@ def apply_sendgrid_events(session: Session, events: list[Any], *, now: datetime)
     return result
 
 
+_Event = tuple[dict[str, Any], str, int | None]  # the event, its id, the delivery it names
+
+
 def _event_id(raw: dict[str, Any]) -> str:
     event_id = raw.get("sg_event_id")
     if not isinstance(event_id, str) or not event_id:
@@ -132,61 +132,53 @@ def _event_id(raw: dict[str, Any]) -> str:
     return event_id[:200]
 
 
-def _first_times(
-    session: Session, events: list[tuple[dict[str, Any], str]], now: datetime
-) -> list[dict[str, Any]]:
+def _first_times(session: Session, events: list[_Event], now: datetime) -> list[_Event]:
     """The events not seen before (in this batch or any earlier one), in order; records them."""
-    first: dict[str, dict[str, Any]] = {}
-    for raw, event_id in events:
-        first.setdefault(event_id, raw)
+    first: dict[str, _Event] = {}
+    for event in events:
+        first.setdefault(event[1], event)
     if not first:
         return []
     rows = [
-        {
-            "provider": PROVIDER,
-            "event_id": event_id,
-            "event": str(raw["event"])[:32],
-            "delivery_id": _delivery_id(raw),
-            "received_at": now,
-        }
-        for event_id, raw in sorted(first.items())  # one order: no two batches deadlock
+        (event_id, str(raw["event"])[:32], delivery_id)
+        for event_id, (raw, _, delivery_id) in sorted(first.items())  # one order: no deadlock
     ]
-    inserted = _insert_new(session, rows)
-    return [raw for event_id, raw in first.items() if event_id in inserted]
+    inserted = _insert_new(session, rows, now)
+    return [event for event_id, event in first.items() if event_id in inserted]
 
 
-def _insert_new(session: Session, rows: list[dict[str, Any]]) -> set[str]:
-    """Insert the rows whose event id is new; the ids inserted."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        statement = text(
-            "INSERT INTO webhook_event (provider, event_id, event, delivery_id, received_at) "
-            "SELECT :provider, u.e, u.k, u.d, :at "
-            "FROM unnest(CAST(:ids AS varchar[]), CAST(:kinds AS varchar[]), "
-            "CAST(:deliveries AS integer[])) AS u(e, k, d) "
-            "ON CONFLICT (provider, event_id) DO NOTHING RETURNING event_id"
-        ).bindparams(
-            bindparam("ids", type_=postgresql.ARRAY(String)),
-            bindparam("kinds", type_=postgresql.ARRAY(String)),
-            bindparam("deliveries", type_=postgresql.ARRAY(_W.c.delivery_id.type)),
-            bindparam("at", type_=_W.c.received_at.type),
-        )
-        found = session.execute(
-            statement,
-            {
-                "provider": PROVIDER,
-                "ids": [r["event_id"] for r in rows],
-                "kinds": [r["event"] for r in rows],
-                "deliveries": [r["delivery_id"] for r in rows],
-                "at": rows[0]["received_at"],
-            },
-        )
-        return {str(event_id) for event_id in found.scalars()}
+# PostgreSQL: the rows as one JSON parameter (a list parameter is adapted element by element in
+# Python), the inserted ids answered as one JSON array rather than a row each.
+_INSERT = text(
+    "WITH new AS (INSERT INTO webhook_event (provider, event_id, event, delivery_id, received_at) "
+    "SELECT :provider, u.e, u.k, u.d, :at "
+    "FROM json_to_recordset(CAST(:rows AS json)) AS u(e varchar, k varchar, d integer) "
+    "ON CONFLICT (provider, event_id) DO NOTHING RETURNING event_id) "
+    "SELECT CAST(coalesce(json_agg(event_id), '[]') AS text) FROM new"
+).bindparams(
+    bindparam("rows", type_=String()),
+    bindparam("at", type_=_W.c.received_at.type),
+    provider=PROVIDER,
+)
+
+
+def _insert_new(
+    session: Session, rows: list[tuple[str, str, int | None]], now: datetime
+) -> set[str]:
+    """Insert the (event id, kind, delivery id) rows whose event id is new; the ids inserted."""
+    if session.get_bind().dialect.name == "postgresql":
+        document = json.dumps([{"e": e, "k": k, "d": d} for e, k, d in rows])
+        answer = session.execute(_INSERT, {"rows": document, "at": now}).scalar_one()
+        return set(json.loads(answer))
     inserted: set[str] = set()
     for start in range(0, len(rows), 400):
+        values = [
+            {"provider": PROVIDER, "event_id": e, "event": k, "delivery_id": d, "received_at": now}
+            for e, k, d in rows[start : start + 400]
+        ]
         chunk = (
             sqlite.insert(_W)
-            .values(rows[start : start + 400])
+            .values(values)
             .on_conflict_do_nothing(index_elements=["provider", "event_id"])
             .returning(_W.c.event_id)
         )
@@ -199,79 +191,114 @@ def _delivery_id(raw: dict[str, Any]) -> int | None:
     return found if found is not None and found <= _MAX_ID else None
 
 
-def _context(
-    session: Session,
-    raw: dict[str, Any],
-    rows: dict[int, Row],
-    newsletters: dict[int, str],
-    now: datetime,
-) -> _Context:
-    email = _address(raw.get("email"))
-    delivery_id = _delivery_id(raw)
-    delivery = rows.get(delivery_id) if delivery_id is not None else None
-    if delivery is not None and email and delivery.address != email:
-        log.warning("event for delivery %s names another address; ignored", delivery_id)
-        delivery = None
-    issue_id = _int(raw.get("digest_issue_id")) or (delivery.issue_id if delivery else None)
-    newsletter = raw.get("digest_newsletter")
-    if not isinstance(newsletter, str) or not newsletter:
-        newsletter = newsletters.get(issue_id) if issue_id else None
-        if newsletter is None and issue_id and issue_id <= _MAX_ID:
-            issue = session.get(Issue, issue_id)
-            newsletter = issue.newsletter if issue else None
-    reason = " ".join(str(raw[k]) for k in ("status", "reason", "type") if raw.get(k))
-    return _Context(
-        kind=str(raw["event"]),
-        # Addresses compare lower-cased (one mailbox, one subscriber), whoever spelled them.
-        email=email or (delivery.address if delivery else None),
-        delivery=delivery,
-        issue_id=issue_id,
-        newsletter=newsletter,
-        at=_event_time(raw.get("timestamp"), now),
-        detail=reason[:500] or None,
-        reason=str(raw.get("reason") or "").lower(),
-        bounce_type=str(raw.get("type") or "bounce").lower(),
-        url=raw["url"] if isinstance(raw.get("url"), str) else None,
-    )
+class _Batch:
+    """One batch's events applied in order to its deliveries (in memory) and tallies."""
 
+    def __init__(
+        self, session: Session, rows: dict[int, Row], newsletters: dict[int, str], now: datetime
+    ) -> None:
+        self.session, self.rows, self.newsletters, self.now = session, rows, newsletters, now
+        self.tally = Tally()
+        self._times: dict[int, datetime] = {}  # SendGrid's timestamps repeat within a batch
 
-def _apply(session: Session, event: _Context, tally: Tally) -> bool | Action:
-    """Apply the event to its delivery in memory; True if it was about something we know, or
-    the suppression / unsubscribe to run once the deliveries are written."""
-    kind, delivery = event.kind, event.delivery
-    if kind in _STATUS_OF:
-        if delivery is not None:
-            event_rows.set_status(delivery, _STATUS_OF[kind], event.at, event.detail)
-        reason = _suppression_for(event)
-        if reason is not None and event.email:
-            return lambda: _suppress(session, event, reason)
-        return delivery is not None
-    if kind in ("open", "click"):
-        if delivery is None:  # not a message of ours, or about another address
+    def apply(self, event: _Event) -> bool | Action:
+        """Apply one event to its delivery; True if it was about something we know, or the
+        suppression / unsubscribe to run once the deliveries are written."""
+        raw, _, delivery_id = event
+        kind: str = raw["event"]
+        delivery = self.rows.get(delivery_id) if delivery_id is not None else None
+        if delivery is not None and not _same_address(raw.get("email"), delivery):
+            log.warning("event for delivery %s names another address; ignored", delivery_id)
+            delivery = None
+        at = self._time(raw.get("timestamp"))
+        status = _STATUS_OF.get(kind)
+        if status is not None:
+            if delivery is not None:
+                detail = _detail(raw) if status in _KEEPS_DETAIL else None
+                event_rows.set_status(delivery, status, at, detail)
+            reason = _suppression_for(kind, raw)
+            if reason is not None:
+                context = self._context(raw, delivery, at)
+                if context.email:
+                    return lambda: _suppress(self.session, context, reason)
+            return delivery is not None
+        if kind in ("open", "click"):
+            if delivery is None:  # not a message of ours, or about another address
+                return False
+            if kind == "click":
+                url = raw.get("url")
+                self.tally.click(delivery.issue_id, url if isinstance(url, str) else None, at)
+            else:
+                self.tally.open(delivery.issue_id, at)
+            event_rows.engaged(delivery, at, clicked=kind == "click")
+            return True
+        if kind == "processed":
+            return delivery is not None and event_rows.processed(delivery, at)
+        if kind not in ("spamreport", "unsubscribe", "group_unsubscribe"):
+            return False  # group_resubscribe, account events…: nothing to do
+        context = self._context(raw, delivery, at)
+        if not context.email:
             return False
-        if kind == "click":
-            tally.click(delivery.issue_id, event.url, event.at)
-        else:
-            tally.open(delivery.issue_id, event.at)
-        event_rows.engaged(delivery, event.at, clicked=kind == "click")
-        return True
-    if kind == "processed":
-        return delivery is not None and event_rows.processed(delivery, event.at)
-    if kind == "spamreport" and event.email:
-        return lambda: _suppress(session, event, SuppressionReason.COMPLAINT)
-    if kind == "unsubscribe" and event.email:
-        return lambda: _unsubscribe(session, event, everything=True)
-    if kind == "group_unsubscribe" and event.email and event.newsletter:
-        return lambda: _unsubscribe(session, event, everything=False)
-    return False  # group_resubscribe, account events…: nothing to do
+        if kind == "spamreport":
+            return lambda: _suppress(self.session, context, SuppressionReason.COMPLAINT)
+        if kind == "unsubscribe":
+            return lambda: _unsubscribe(self.session, context, everything=True)
+        if context.newsletter:
+            return lambda: _unsubscribe(self.session, context, everything=False)
+        return False
+
+    def _time(self, value: Any) -> datetime:
+        if type(value) is not int:
+            return _event_time(value, self.now)
+        found = self._times.get(value)
+        if found is None:
+            found = self._times[value] = _event_time(value, self.now)
+        return found
+
+    def _context(self, raw: dict[str, Any], delivery: Row | None, at: datetime) -> _Context:
+        """All an event says about whom and what (for the rare suppressions and unsubscribes)."""
+        issue_id = _int(raw.get("digest_issue_id")) or (delivery.issue_id if delivery else None)
+        newsletter = raw.get("digest_newsletter")
+        if not isinstance(newsletter, str) or not newsletter:
+            newsletter = self.newsletters.get(issue_id) if issue_id else None
+            if newsletter is None and issue_id and issue_id <= _MAX_ID:
+                issue = self.session.get(Issue, issue_id)
+                newsletter = issue.newsletter if issue else None
+        return _Context(
+            kind=str(raw["event"]),
+            # Addresses compare lower-cased (one mailbox, one subscriber), whoever spelled them.
+            email=_address(raw.get("email")) or (delivery.address() if delivery else None),
+            issue_id=issue_id,
+            newsletter=newsletter,
+            at=at,
+            detail=_detail(raw),
+        )
 
 
-def _suppression_for(event: _Context) -> SuppressionReason | None:
-    if event.kind == "bounce":
+_KEEPS_DETAIL = (DeliveryStatus.BOUNCED, DeliveryStatus.DROPPED)  # kept in `error`
+
+
+def _same_address(value: Any, delivery: Row) -> bool:
+    """Whether an event's `email` (when it has one) is the delivery's address."""
+    if value == delivery.email:
+        return True  # as it is nearly always: no need to normalise either
+    email = _address(value)
+    return not email or email == delivery.address()
+
+
+def _detail(raw: dict[str, Any]) -> str | None:
+    """SendGrid's status, reason and type, for the record."""
+    detail = " ".join(str(raw[k]) for k in ("status", "reason", "type") if raw.get(k))
+    return detail[:500] or None
+
+
+def _suppression_for(kind: str, raw: dict[str, Any]) -> SuppressionReason | None:
+    if kind == "bounce":
         # type=bounce is a hard bounce; type=blocked is the receiver refusing for now.
-        return SuppressionReason.HARD_BOUNCE if event.bounce_type == "bounce" else None
-    if event.kind == "dropped":
-        return _DROP_SUPPRESSES.get(event.reason)
+        hard = str(raw.get("type") or "bounce").lower() == "bounce"
+        return SuppressionReason.HARD_BOUNCE if hard else None
+    if kind == "dropped":
+        return _DROP_SUPPRESSES.get(str(raw.get("reason") or "").lower())
     return None
 
 
