@@ -3,8 +3,8 @@ unsubscribed.
 
 Delivery outcomes come from the delivery ledger, read through its effective status
 (`digest.sending.counts`: a pending row in an accepted batch was sent), plus `opened` and
-`clicked` kept current by the SendGrid webhook: kept per issue once it is sent
-(`digest.sending.snapshot`), so stats scan only the deliveries of issues still sending;
+`clicked` kept current by the SendGrid webhook: kept per issue by the database as they change
+(`digest.sending.snapshot`), so stats scan no delivery, even of an issue still sending;
 complaints and unsubscribes from the consent log, credited to the issue that prompted them
 when known (a webhook event names it; an unsubscribe link is credited to the latest issue the
 person was sent, see `digest.sending.counts.issue_to_credit`).
@@ -167,7 +167,7 @@ def _of(session: Session, newsletter: str, issue_id: int) -> bool:
 
 def _delivery_counts(session: Session, newsletter: str) -> dict[int, Counts]:
     """Per issue: recipients and `sent` from the effective status, provider events, opened and
-    clicked: stored for sent issues (`digest.sending.snapshot`), live for those sending."""
+    clicked: the kept counts (`digest.sending.snapshot`), sending or sent."""
     ids = session.exec(
         select(Issue.id).where(
             Issue.newsletter == newsletter,

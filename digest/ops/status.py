@@ -15,7 +15,7 @@ from digest.config import NewsletterConfig, Settings, parse_duration
 from digest.issues import periods, timeline
 from digest.scheduling.leader import leader_info
 from digest.sending import local_time
-from digest.sending.snapshot import delivery_counts  # stored once sent: no scan
+from digest.sending.snapshot import delivery_counts  # kept counts, sending or sent: no scan
 from digest.sending.worker_pool import workers_report
 from digest.storage.models import Issue, RunOutcome, SchedulerJob, ScheduleRun, Source
 

@@ -6,6 +6,11 @@ batch of 1000 writes one batch row, not 1000 delivery rows (see `digest.sending.
 Whoever counts deliveries — the ledger, `digest deliveries`, `status`, `stats`, `/metrics` and
 unsubscribe crediting — reads `effective_status()` from here, never `Delivery.status` alone:
 counting the stored column said `sent 0` for an issue that reached 14 people.
+
+The database applies the same rule as deliveries and batches change, to keep every issue's
+counts (`digest.sending.snapshot`, migration 0012's triggers, written out in SQL there):
+`BATCH_SPEAKS_AS` is the one definition, and tests/integration/test_cheap_counts.py checks the
+triggers against `delivery_counts` here for every batch status.
 """
 
 from __future__ import annotations

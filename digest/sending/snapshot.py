@@ -1,21 +1,41 @@
-"""An issue's delivery counts, kept once it is sent, so reading them scans no delivery.
+"""An issue's delivery counts, kept by the database as they change, so reading them scans no
+delivery: not of a sent issue, nor of one still sending (#15: `/metrics`, `stats` and `status`
+cost the same during a 10M send as after it).
 
-While an issue is sending its counts are read live from its deliveries (one issue's rows,
-through the (issue, subscriber) index: `digest.sending.counts.delivery_counts`). When it becomes
-`sent` (`ledger.finish_if_done`) the counts are stored in `issue_count`, in the same transaction;
-after that only provider events change its deliveries, and they adjust the stored counts in
-their own transaction (`add`, `shift`, `bump`, called by `digest.sending.event_rows`), so the
-counts stay exact after any crash. A sent issue sent again (`--retry-failed`, `--retry-unknown`)
-drops them until it is sent once more. Retention deletes the deliveries of old issues but never
-these counts.
+How: `issue_count` holds, per issue, how many deliveries are in each effective state (the rule
+of `digest.sending.counts`: a delivery's own status, else its batch's) and how many are opened /
+clicked. Migration 0012's triggers keep it, in the transaction of every change: a delivery
+inserted (+1 on its state), a delivery updated (−1 on the state it was in, +1 on the one it is
+in now, and the flags), a batch changing status (its rows still `pending` on their own move from
+what the old status said to what the new one says). So the counts are exact after any crash,
+and every writer is covered — the freezes, the ledger, row-by-row SMTP, provider events, IMAP
+bounces — without one of them having to remember. On PostgreSQL a trigger first takes a
+transaction lock per issue (`LOCK_CLASS`, in id order): counting writers of one issue queue for
+it and never deadlock on its counter rows, and a batch changing status and an event on one of
+its rows cannot both count that row (the second reads what the first committed).
 
-One more row per issue is not a count of deliveries but a tally kept whether or not the counts
-are stored: `settled`, how many recipients whose batch (or own row) was *unknown* a provider
-event proved sent (see `digest.sending.event_rows`). `take` and `drop` leave it alone: it is
-history (`digest deliveries` reports it), not a state a delivery is in now.
+Why not the alternatives weighed in #15:
 
-Readers (`digest deliveries`, `status`, `stats`, `/metrics`) go through `delivery_counts` and
-`many` here: stored counts for sent issues, a live read only for the few issues still sending.
+- Counting a sending issue from `send_batch` (sizes by status) plus the deliveries that carry
+  their own status: a batch's `size` is not how many rows it holds (`requeue` moves failed rows
+  out of accepted batches, `--limit` resizes, a personal batch is sized before its rows exist),
+  and during a SendGrid send most accepted rows soon carry their own status (`delivered`,
+  events arrive within seconds), so "the few with their own status" is millions by the end.
+- Counters updated by each writer in Python: the same transactions, but a hook in every path
+  that changes a delivery or a batch (two freezes, ledger, stream, events, bounces), and the
+  first one forgotten drifts silently — `digest.tracking.bounces` already changed sent
+  issues' deliveries without adjusting their counts.
+
+The cost is on writes: a trigger per statement on PostgreSQL (an aggregate over the rows the
+statement touched; a batch's status change counts its own-pending rows through the batch
+index), one per row on SQLite. `live` (one grouped scan of the deliveries) stays the reference
+the tests compare against, and the reader for issues without counts (none after 0012's backfill).
+Retention deletes the deliveries of old issues but never these counts (no trigger on delete).
+
+One more row per issue is not a count of deliveries but a tally: `settled`, how many recipients
+whose batch (or own row) was *unknown* a provider event proved sent (see
+`digest.sending.event_rows`, which adds it through `add`). It is history (`digest deliveries`
+reports it), not a state a delivery is in now.
 """
 
 from __future__ import annotations
@@ -23,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import bindparam, case, exists, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
@@ -43,13 +63,13 @@ WITH_DELIVERIES = (IssueStatus.SENDING, IssueStatus.SENT)
 
 
 def take(session: Db, issue_id: int) -> dict[str, int]:
-    """Store the issue's counts now (effective states, opened, clicked), replacing any."""
-    counts = live_delivery_counts(session, issue_id)  # type: ignore[arg-type]
-    opened, clicked = session.execute(
-        select(_count_true(_D.c.opened), _count_true(_D.c.clicked)).where(_D.c.issue_id == issue_id)
-    ).one()
-    counts = {**counts, OPENED: int(opened), CLICKED: int(clicked)}
-    drop(session, issue_id)
+    """The issue's counts, stored from a scan of its deliveries if it has none yet (an issue
+    sent before 0010 and never counted since; retention calls this before deleting rows)."""
+    kept = stored(session, [issue_id]).get(issue_id)
+    if kept is not None:
+        return kept
+    lock(session, [issue_id])
+    counts = live(session, [issue_id])[issue_id]
     session.execute(
         insert(_C), [{"issue_id": issue_id, "state": s, "n": n} for s, n in counts.items()]
     )
@@ -57,12 +77,23 @@ def take(session: Db, issue_id: int) -> dict[str, int]:
 
 
 def drop(session: Db, issue_id: int) -> None:
-    """Forget the stored counts: the issue is being sent again (its `settled` tally stays)."""
-    session.execute(delete(_C).where(_C.c.issue_id == issue_id, _C.c.state != SETTLED))
+    """Nothing to forget when a sent issue is sent again (`--retry-failed/-unknown`): the
+    counts follow its deliveries back to pending and on, as they did the first time."""
+
+
+def lock(session: Db, issue_ids: Iterable[int]) -> None:
+    """Queue for the right to change these issues' counts until the transaction ends, in id
+    order (PostgreSQL; SQLite has one writer): what every counting trigger does first. A
+    transaction that will change the deliveries of several issues can call it up front, so
+    that its statements never take the issues' locks in an order another one reverses."""
+    ids = sorted(set(issue_ids))
+    connection = session if isinstance(session, Connection) else session.connection()
+    if ids and connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT digest_lock_counts(CAST(:ids AS integer[]))"), {"ids": ids})
 
 
 def stored(session: Db, issue_ids: Iterable[int]) -> dict[int, dict[str, int]]:
-    """The stored counts of those of `issue_ids` that have them (no `settled`)."""
+    """The stored counts of those of `issue_ids` that have them (no `settled`, no zeros)."""
     ids = list(issue_ids)
     out: dict[int, dict[str, int]] = {}
     for start in range(0, len(ids), 1000):
@@ -72,7 +103,9 @@ def stored(session: Db, issue_ids: Iterable[int]) -> dict[int, dict[str, int]]:
             )
         )
         for issue_id, state, n in rows:
-            out.setdefault(int(issue_id), {})[str(state)] = int(n)
+            counts = out.setdefault(int(issue_id), {})
+            if n:  # a state the issue's deliveries left again (deferred, sending) reads as 0
+                counts[str(state)] = int(n)
     return out
 
 
@@ -109,8 +142,8 @@ def many(session: Db, issue_ids: Iterable[int]) -> dict[int, dict[str, int]]:
 
 
 def counts(session: Session, issue_id: int) -> dict[str, int]:
-    """The issue's counts: stored once sent, else read from its deliveries (every send state
-    present, as `delivery_counts` gives them; no opened/clicked for a live read)."""
+    """The issue's counts: stored, else (no counts yet) read from its deliveries (every send
+    state present, as `delivery_counts` gives them; no opened/clicked for a live read)."""
     kept = stored(session, [issue_id]).get(issue_id)
     if kept is None:
         return live_delivery_counts(session, issue_id)
@@ -118,7 +151,8 @@ def counts(session: Session, issue_id: int) -> dict[str, int]:
 
 
 def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
-    """As `digest.sending.counts.delivery_counts` (delivery states only), stored once sent."""
+    """As `digest.sending.counts.delivery_counts` (delivery states only), from the stored
+    counts: sending or sent, no scan."""
     return {s: n for s, n in counts(session, issue_id).items() if s not in NOT_STATES}
 
 
@@ -128,21 +162,17 @@ def states_only(counts: Mapping[str, int]) -> dict[str, int]:
 
 
 def without_counts(session: Db) -> list[int]:
-    """Issues with deliveries but no stored counts: still sending (or sent before 0010)."""
+    """Issues with deliveries but no stored counts: none since 0012 (read live if any)."""
     kept = exists().where(_C.c.issue_id == _I.c.id, _C.c.state != SETTLED)
     statement = select(_I.c.id).where(_I.c.status.in_([str(s) for s in WITH_DELIVERIES]), ~kept)
     return [int(i) for i in session.execute(statement).scalars()]
 
 
 def has_counts(session: Db, issue_ids: Iterable[int]) -> set[int]:
-    """Those of `issue_ids` whose counts are stored (provider events must adjust them)."""
-    ids = sorted(set(issue_ids))
-    if not ids:
-        return set()
-    statement = (
-        select(_C.c.issue_id).where(_C.c.issue_id.in_(ids), _C.c.state != SETTLED).distinct()
-    )
-    return {int(i) for i in session.execute(statement).scalars()}
+    """Those of `issue_ids` whose counts a caller must adjust itself: none since migration
+    0012, the database does it (`event_rows` asks before adding a delivery's move, and so adds
+    only `settled`)."""
+    return set()
 
 
 def settled(session: Db, issue_ids: Iterable[int]) -> dict[int, int]:
@@ -158,8 +188,8 @@ def add(session: Db, deltas: Mapping[tuple[int, str], int]) -> None:
     """Add each delta to (issue, state), creating the row if missing; in (issue, state) order,
     so two transactions adjusting the same issue never wait on each other in a cycle.
 
-    The caller has checked that these issues have stored counts (or that the state is
-    `settled`, kept regardless): this writes whatever it is given.
+    For tallies the triggers do not keep (`settled`): a delivery's state is counted by the
+    database, and adding it here would count it twice.
     """
     rows = [
         {"k_issue": i, "k_state": s, "k_init": max(d, 0), "k_delta": d}
@@ -168,6 +198,7 @@ def add(session: Db, deltas: Mapping[tuple[int, str], int]) -> None:
     ]
     if not rows:
         return
+    lock(session, {i for i, _ in deltas})
     dialect = (session if isinstance(session, Connection) else session.connection()).dialect.name
     upsert = (postgresql if dialect == "postgresql" else sqlite).insert(_C)
     statement = upsert.values(
@@ -180,15 +211,14 @@ def add(session: Db, deltas: Mapping[tuple[int, str], int]) -> None:
 
 
 def shift(session: Db, issue_id: int, from_state: str, to_state: str, n: int = 1) -> None:
-    """`n` deliveries of a sent issue moved from one state to another (a provider event); a
-    no-op while the issue has no stored counts (it is still sending: read live)."""
+    """`n` deliveries moved from one state to another: a no-op (see `has_counts`)."""
     if n <= 0 or from_state == to_state or not has_counts(session, [issue_id]):
         return
     add(session, {(issue_id, from_state): -n, (issue_id, to_state): n})
 
 
 def bump(session: Db, issue_id: int, state: str, n: int = 1) -> None:
-    """`n` more deliveries of a sent issue opened / clicked (first time each)."""
+    """`n` more deliveries opened / clicked: a no-op (see `has_counts`)."""
     if n > 0 and has_counts(session, [issue_id]):
         add(session, {(issue_id, state): n})
 

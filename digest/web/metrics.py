@@ -2,11 +2,12 @@
 read from the database on each scrape, no client library and no process-local state, so any
 `digest serve` replica reports the same numbers.
 
-A scrape reads no delivery of a sent issue: their counts are kept in `issue_count`
-(`digest.sending.snapshot`, adjusted by provider events in their own transaction), summed per
-newsletter in one grouped query; only the issues still sending are counted from their
-deliveries (a few, through the (issue, subscriber) index). Scraping every 15 s a database of
-10M deliveries so stays a few milliseconds (`benchmarks/bench_metrics.py`).
+A scrape reads no delivery, of a sent issue nor of one still sending: every issue's counts are
+kept in `issue_count` by the database as its deliveries and batches change
+(`digest.sending.snapshot`), summed per newsletter in one grouped query; only an issue without
+kept counts (none since migration 0012) would be counted from its deliveries. Scraping every
+15 s a database of 10M deliveries, or during a 1M send, so stays a few milliseconds
+(`benchmarks/bench_metrics.py`).
 
 Suggested alerts: `digest_scheduler_heartbeat_age_seconds > 120` (no live leader),
 `increase(digest_schedule_runs{outcome=~"failed|missed"}[1d]) > 0`,
