@@ -73,3 +73,42 @@ def test_unknown_properties_do_not_flood_the_log(caplog: pytest.LogCaptureFixtur
     with caplog.at_level(logging.DEBUG):
         inline_css(PAGE)
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def _plain_premailer(page: str) -> str:
+    """What premailer itself gives with our settings, without our speed-ups."""
+    from premailer import Premailer
+
+    return str(
+        Premailer(
+            page, strip_important=False, allow_network=False, allow_loading_external_files=False,
+            disable_validation=True, keep_style_tags=False, cssutils_logging_level=logging.CRITICAL,
+            remove_classes=False, disable_basic_attributes=["width", "height"],
+        ).transform(pretty_print=False)
+    )  # fmt: skip
+
+
+def test_kept_rules_give_premailers_own_output_again_and_again() -> None:
+    from digest.rendering import inline
+    from digest.rendering.render import Renderer
+    from tests.support.sample_issue import sample_contents
+
+    seen: list[str] = []
+    real = inline.inline_css
+    inline.inline_css = lambda html: seen.append(html) or real(html)  # type: ignore[assignment]
+    try:
+        Renderer().render(sample_contents())
+    finally:
+        inline.inline_css = real
+    for page in (PAGE, seen[0]):
+        expected = _plain_premailer(page)
+        assert [inline_css(page) for _ in range(3)] == [expected] * 3
+
+
+def test_floated_images_still_get_an_align_attribute_for_outlook() -> None:
+    page = PAGE.replace(".box {", "img.lead { float: right; } .box {").replace(
+        "<img src", '<img class="lead" src'
+    )
+    out = inline_css(page)
+    assert 'align="right"' in out and out == _plain_premailer(page)
+    assert 'align="right"' not in inline_css(PAGE)
