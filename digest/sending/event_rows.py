@@ -2,11 +2,14 @@
 
 SendGrid posts up to a thousand events at a time, and an issue to 10M readers brings 30–50M of
 them: loading and saving one ORM object per event (the way this began) cost a round trip or
-two per event. Here a batch's deliveries are read in one query, the events are applied to them
-in memory, in order, with the rules below, and what changed is written back grouped: one
-`UPDATE … WHERE id IN (…)` per target status (and bounce reason), one for the opened flags, one
-for the clicked flags, one upsert per (issue, state) count that moved, one per engagement
-bucket (`digest.sending.event_engagement`).
+two per event. Here a batch's deliveries are read in one query (on PostgreSQL, rows named only
+by `processed` events only if they are unknown: the only ones such an event changes), the
+events are applied to them in memory, in order, with the rules below, and what changed is
+written back at once: on PostgreSQL one `UPDATE … FROM json_to_recordset(…)` giving each row its
+final values, on SQLite one `UPDATE … WHERE id IN (…)` per target status (and bounce reason)
+and per flag; then one upsert per (issue, state) count that moved, one per engagement bucket
+(`digest.sending.event_engagement`). Lists go to PostgreSQL as one text or JSON parameter each:
+psycopg adapts a Python list element by element, which cost more than the statements.
 
 Rules (unchanged from the per-event version):
 
@@ -33,15 +36,13 @@ SHARE`), the order the ledger takes them in; SQLite serialises writers anyway.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, Integer, String, bindparam, cast, func, select, text, update
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.engine import Dialect
+from sqlalchemy import String, bindparam, select, text, update
 from sqlmodel import Session
 
 from digest.sending import snapshot
@@ -158,17 +159,8 @@ def load(
 
 
 def _int_array(ids: Iterable[int]) -> str:
-    """A PostgreSQL array literal of integers: one text parameter, parsed by the server (a
-    list parameter is adapted element by element in Python, a third of a batch's time)."""
+    """A PostgreSQL array literal of integers (`{1,2,3}`): one text parameter the server parses."""
     return "{" + ",".join(map(str, ids)) + "}"
-
-
-def _id_in(column: Any, ids: list[int], dialect: Dialect) -> ColumnElement[bool]:
-    """`column IN ids` (`subscribers.bulk.among`'s semi-join, the ids as one text literal)."""
-    if dialect.name != "postgresql":
-        return among(column, ids, dialect)
-    array = cast(bindparam(None, _int_array(ids), type_=String()), postgresql.ARRAY(Integer))
-    return column.in_(select(func.unnest(array)).scalar_subquery())  # type: ignore[no-any-return]
 
 
 def lock_issues(session: Session, issue_ids: Iterable[int]) -> dict[int, str]:
@@ -221,21 +213,57 @@ def processed(row: Row, at: datetime) -> bool:
 
 def write(session: Session, rows: Iterable[Row]) -> dict[int, int]:
     """Store what changed, with the counts it moves; returns recipients settled per issue."""
-    groups: dict[tuple[str, object], list[Row]] = defaultdict(list)
-    opened: list[Row] = []
-    clicked: list[Row] = []
+    changed: list[Row] = []
     moved: list[Row] = []
     for row in rows:
+        flagged = (row.opened and not row.opened_before) or (row.clicked and not row.clicked_before)
+        if row.status_at is not None or flagged:
+            changed.append(row)
+        if flagged or row.effective != row.before:
+            moved.append(row)
+    if changed:
+        if session.get_bind().dialect.name == "postgresql":
+            _update_each(session, changed)
+        else:
+            _update_grouped(session, changed)
+    return _count(session, moved)
+
+
+# PostgreSQL: every changed row in one statement, each with its own values (a row opened and
+# clicked in one batch gets one new version, not one per column), from one JSON parameter.
+_UPDATE = text(
+    "UPDATE delivery AS d SET status = u.s, error = CASE WHEN u.keep THEN d.error ELSE u.e END, "
+    "opened = u.o, clicked = u.c, updated_at = u.t "
+    "FROM json_to_recordset(CAST(:rows AS json)) "
+    "AS u(id integer, s varchar, keep boolean, e text, o boolean, c boolean, t timestamp) "
+    "WHERE d.id = u.id"
+).bindparams(bindparam("rows", type_=String()))
+
+
+def _update_each(session: Session, changed: list[Row]) -> None:
+    """The rows are locked and were read in this transaction: their values are final."""
+    document = [
+        {
+            "id": row.id, "s": row.status, "keep": row.error is _KEEP,
+            "e": None if row.error is _KEEP else row.error, "o": row.opened, "c": row.clicked,
+            "t": _naive_utc(max(at for at in (row.status_at, row.flag_at) if at is not None)),
+        }
+        for row in sorted(changed, key=lambda r: r.id)
+    ]  # fmt: skip
+    session.execute(_UPDATE, {"rows": json.dumps(document)})
+
+
+def _naive_utc(at: datetime) -> str:
+    """As `UTCDateTime` stores a moment: UTC without an offset."""
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat()
+
+
+def _update_grouped(session: Session, changed: list[Row]) -> None:
+    """SQLite: one `UPDATE … WHERE id IN (…)` per target status (and error), then per flag."""
+    groups: dict[tuple[str, object], list[Row]] = defaultdict(list)
+    for row in changed:
         if row.status_at is not None:
             groups[(row.status, row.error)].append(row)
-        newly_opened = row.opened and not row.opened_before
-        newly_clicked = row.clicked and not row.clicked_before
-        if newly_opened:
-            opened.append(row)
-        if newly_clicked:
-            clicked.append(row)
-        if newly_opened or newly_clicked or row.effective != row.before:
-            moved.append(row)
     dialect = session.get_bind().dialect
     for (status, error), members in sorted(groups.items(), key=lambda g: str(g[0])):
         values: dict[str, object] = {
@@ -245,17 +273,17 @@ def write(session: Session, rows: Iterable[Row]) -> dict[int, int]:
         if error is not _KEEP:
             values["error"] = error
         session.execute(
-            update(_D).where(_id_in(_D.c.id, [r.id for r in members], dialect)).values(values)
+            update(_D).where(among(_D.c.id, [r.id for r in members], dialect)).values(values)
         )
-    for column, members in (("opened", opened), ("clicked", clicked)):
+    for column in ("opened", "clicked"):
+        members = [r for r in changed if getattr(r, column) and not getattr(r, f"{column}_before")]
         if members:
             at = max(r.flag_at for r in members if r.flag_at)
             session.execute(
                 update(_D)
-                .where(_id_in(_D.c.id, [r.id for r in members], dialect))
+                .where(among(_D.c.id, [r.id for r in members], dialect))
                 .values({column: True, "updated_at": at})
             )
-    return _count(session, moved)
 
 
 def _count(session: Session, moved: list[Row]) -> dict[int, int]:
