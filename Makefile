@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 DEMO_NOW ?= 2026-11-27T10:00:00Z
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint typecheck unit bench bench-peers clean
+.PHONY: setup demo test lint typecheck unit bench bench-peers bench-worker-libs clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "digest needs Python 3.11 or newer on PATH" >&2; exit 1; }
@@ -52,6 +52,19 @@ $(PEERS)/bin/r2e:
 
 bench-peers: setup $(PEERS)/bin/r2e
 	$(BIN)/python benchmarks/peers.py
+
+# `digest worker` against procrastinate and pgqueuer as the worker process model (#15), in a
+# scratch virtualenv of their own: neither is a dependency of digest. Try it smaller with
+# WORKER_LIBS_ARGS="--size 100000".
+WORKER_LIBS := var/worker-libs
+$(WORKER_LIBS)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(WORKER_LIBS)
+	$(WORKER_LIBS)/bin/python -m pip install --quiet -e . 'procrastinate==3.10.*' \
+		'pgqueuer==1.6.*' 'asyncpg==0.32.*' 'jsonschema>=4.23'
+	touch $@
+
+bench-worker-libs: $(WORKER_LIBS)/.installed
+	$(WORKER_LIBS)/bin/python benchmarks/bench_worker_libs.py $(WORKER_LIBS_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
