@@ -5,11 +5,11 @@ them: loading and saving one ORM object per event (the way this began) cost a ro
 two per event. Here a batch's deliveries are read in one query (on PostgreSQL, rows named only
 by `processed` events only if they are unknown: the only ones such an event changes), the
 events are applied to them in memory, in order, with the rules below, and what changed is
-written back at once: on PostgreSQL one `UPDATE … FROM json_to_recordset(…)` giving each row its
-final values, on SQLite one `UPDATE … WHERE id IN (…)` per target status (and bounce reason)
-and per flag; then one upsert per (issue, state) count that moved, one per engagement bucket
-(`digest.sending.event_engagement`). Lists go to PostgreSQL as one text or JSON parameter each:
-psycopg adapts a Python list element by element, which cost more than the statements.
+written back at once: one `UPDATE … FROM` a JSON recordset giving each changed row its final
+values (its `updated_at` its own latest event), then one upsert per (issue, state) count that
+moved, one per engagement bucket (`digest.sending.event_engagement`). Lists go to the
+database as one text or JSON parameter each: psycopg adapts a Python list element by element,
+which cost more than the statements.
 
 Rules (unchanged from the per-event version):
 
@@ -26,12 +26,10 @@ which `--retry-unknown` no longer resends). Each settled recipient adds one to t
 `settled` tally (`digest.sending.snapshot.SETTLED`), which `digest deliveries` reports.
 A `processed` event for any other recipient changes nothing (as before).
 
-Counts: an issue with stored counts (`digest.sending.snapshot`) gets, in the same transaction,
-−1 on the state each changed delivery was in (its *effective* status: a pending row speaks as
-its batch) and +1 on the one it is in now, and +1 opened / clicked the first time. So that a
-concurrent `finish_if_done` cannot store counts that miss or double an event, the batch's
-deliveries are locked (`FOR UPDATE`, in id order) and then their issues shared-locked (`FOR
-SHARE`), the order the ledger takes them in; SQLite serialises writers anyway.
+Counts: the database's triggers (migration 0012, `digest.sending.snapshot`) move each changed
+delivery between states, in the statement that changes it; this module adds only the `settled`
+tally. The batch's deliveries are locked (`FOR UPDATE`, in id order) and then their issues
+shared-locked (`FOR SHARE`), the order the ledger takes them in; SQLite serialises writers.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import String, bindparam, select, text, update
+from sqlalchemy import String, bindparam, select, text
 from sqlmodel import Session
 
 from digest.sending import snapshot
@@ -213,31 +211,37 @@ def processed(row: Row, at: datetime) -> bool:
 
 def write(session: Session, rows: Iterable[Row]) -> dict[int, int]:
     """Store what changed, with the counts it moves; returns recipients settled per issue."""
-    changed: list[Row] = []
-    moved: list[Row] = []
-    for row in rows:
-        flagged = (row.opened and not row.opened_before) or (row.clicked and not row.clicked_before)
-        if row.status_at is not None or flagged:
-            changed.append(row)
-        if flagged or row.effective != row.before:
-            moved.append(row)
+    changed = [
+        row
+        for row in rows
+        if row.status_at is not None
+        or (row.opened and not row.opened_before)
+        or (row.clicked and not row.clicked_before)
+    ]
     if changed:
-        if session.get_bind().dialect.name == "postgresql":
-            _update_each(session, changed)
-        else:
-            _update_grouped(session, changed)
-    return _count(session, moved)
+        _update_each(session, changed)
+    return _count(session, changed)
 
 
-# PostgreSQL: every changed row in one statement, each with its own values (a row opened and
-# clicked in one batch gets one new version, not one per column), from one JSON parameter.
-_UPDATE = text(
-    "UPDATE delivery AS d SET status = u.s, error = CASE WHEN u.keep THEN d.error ELSE u.e END, "
-    "opened = u.o, clicked = u.c, updated_at = u.t "
-    "FROM json_to_recordset(CAST(:rows AS json)) "
-    "AS u(id integer, s varchar, keep boolean, e text, o boolean, c boolean, t timestamp) "
-    "WHERE d.id = u.id"
-).bindparams(bindparam("rows", type_=String()))
+# Every changed row in one statement, each with its own values (a row opened and clicked in one
+# batch gets one new version, not one per column), from one JSON parameter.
+_UPDATE = {
+    "postgresql": text(
+        "UPDATE delivery SET status = u.s, error = CASE WHEN u.keep THEN delivery.error ELSE u.e "
+        "END, opened = u.o, clicked = u.c, updated_at = u.t "
+        "FROM json_to_recordset(CAST(:rows AS json)) "
+        "AS u(id integer, s varchar, keep boolean, e text, o boolean, c boolean, t timestamp) "
+        "WHERE delivery.id = u.id"
+    ).bindparams(bindparam("rows", type_=String())),
+    "sqlite": text(
+        "UPDATE delivery SET status = u.s, error = CASE WHEN u.keep THEN delivery.error ELSE u.e "
+        "END, opened = u.o, clicked = u.c, updated_at = u.t "
+        "FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.s') AS s, "
+        "json_extract(value, '$.keep') AS keep, json_extract(value, '$.e') AS e, "
+        "json_extract(value, '$.o') AS o, json_extract(value, '$.c') AS c, "
+        "json_extract(value, '$.t') AS t FROM json_each(:rows)) AS u WHERE delivery.id = u.id"
+    ).bindparams(bindparam("rows", type_=String())),
+}
 
 
 def _update_each(session: Session, changed: list[Row]) -> None:
@@ -246,63 +250,25 @@ def _update_each(session: Session, changed: list[Row]) -> None:
         {
             "id": row.id, "s": row.status, "keep": row.error is _KEEP,
             "e": None if row.error is _KEEP else row.error, "o": row.opened, "c": row.clicked,
-            "t": _naive_utc(max(at for at in (row.status_at, row.flag_at) if at is not None)),
+            "t": _stored_time(max(at for at in (row.status_at, row.flag_at) if at is not None)),
         }
         for row in sorted(changed, key=lambda r: r.id)
     ]  # fmt: skip
-    session.execute(_UPDATE, {"rows": json.dumps(document)})
+    statement = _UPDATE[session.get_bind().dialect.name]
+    session.execute(statement, {"rows": json.dumps(document)})
 
 
-def _naive_utc(at: datetime) -> str:
-    """As `UTCDateTime` stores a moment: UTC without an offset."""
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat()
+def _stored_time(at: datetime) -> str:
+    """A moment as `UTCDateTime` stores it, UTC without an offset, in the text SQLite's DateTime
+    reads back (and PostgreSQL parses)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _update_grouped(session: Session, changed: list[Row]) -> None:
-    """SQLite: one `UPDATE … WHERE id IN (…)` per target status (and error), then per flag."""
-    groups: dict[tuple[str, object], list[Row]] = defaultdict(list)
-    for row in changed:
-        if row.status_at is not None:
-            groups[(row.status, row.error)].append(row)
-    dialect = session.get_bind().dialect
-    for (status, error), members in sorted(groups.items(), key=lambda g: str(g[0])):
-        values: dict[str, object] = {
-            "status": status,
-            "updated_at": max(r.status_at for r in members if r.status_at),
-        }
-        if error is not _KEEP:
-            values["error"] = error
-        session.execute(
-            update(_D).where(among(_D.c.id, [r.id for r in members], dialect)).values(values)
-        )
-    for column in ("opened", "clicked"):
-        members = [r for r in changed if getattr(r, column) and not getattr(r, f"{column}_before")]
-        if members:
-            at = max(r.flag_at for r in members if r.flag_at)
-            session.execute(
-                update(_D)
-                .where(among(_D.c.id, [r.id for r in members], dialect))
-                .values({column: True, "updated_at": at})
-            )
-
-
-def _count(session: Session, moved: list[Row]) -> dict[int, int]:
-    kept = snapshot.has_counts(session, {r.issue_id for r in moved})
-    deltas: dict[tuple[int, str], int] = defaultdict(int)
+def _count(session: Session, changed: list[Row]) -> dict[int, int]:
+    """Add the `settled` tally (the triggers count the states); recipients settled per issue."""
     settled: dict[int, int] = defaultdict(int)
-    for row in moved:
-        after = row.effective
-        if row.before == DeliveryStatus.UNKNOWN and after != DeliveryStatus.UNKNOWN:
+    for row in changed:
+        if row.before == DeliveryStatus.UNKNOWN and row.effective != DeliveryStatus.UNKNOWN:
             settled[row.issue_id] += 1
-            deltas[(row.issue_id, snapshot.SETTLED)] += 1
-        if row.issue_id not in kept:
-            continue  # still sending: its counts are read live
-        if after != row.before:
-            deltas[(row.issue_id, row.before)] -= 1
-            deltas[(row.issue_id, after)] += 1
-        if row.opened and not row.opened_before:
-            deltas[(row.issue_id, snapshot.OPENED)] += 1
-        if row.clicked and not row.clicked_before:
-            deltas[(row.issue_id, snapshot.CLICKED)] += 1
-    snapshot.add(session, deltas)
+    snapshot.add(session, {(i, snapshot.SETTLED): n for i, n in settled.items()})
     return dict(settled)
