@@ -20,8 +20,9 @@ of `--batch` (SendGrid posts up to about a thousand), each batch one transaction
   applied and committed. The bodies are signed beforehand (SendGrid's work, not ours). The
   in-process TestClient measured before spent a fifth of its time in its own thread hops.
 
-Reported: events/s for each (and for `http` the server's CPU-seconds per 1000 events), then the
-issue's stored counts checked against a recount of its deliveries (concurrent batches included).
+Reported: events/s for each, the CPU-seconds per 1000 events of digest's process and of the
+PostgreSQL backends serving it (on a shared machine, steadier than the rate), then the issue's
+stored counts checked against a recount of its deliveries (concurrent batches included).
 Target: at least 20,000 events/s.
 """
 
@@ -127,21 +128,48 @@ def sent_issue(app: App, period: str, recipients: int, first: int) -> list[tuple
 
 def run(
     app: App, via: str, events: list[dict[str, Any]], size: int, signer: Signer, connections: int
-) -> tuple[float, float | None]:
-    """Seconds to apply every batch, and for `http` the server's CPU-seconds."""
+) -> tuple[float, float, float]:
+    """Seconds to apply every batch; CPU-seconds of digest's process (this one for `direct`,
+    the server for `http`) and of the PostgreSQL backends serving it."""
     batches = [events[i : i + size] for i in range(0, len(events), size)]
     if via == "direct":
-        started = time.perf_counter()
+        database = backends_cpu(app)
+        cpu, started = time.process_time(), time.perf_counter()
         for batch in batches:
             with app.session() as session:
                 apply_sendgrid_events(session, batch, now=app.now())
-        return time.perf_counter() - started, None
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return seconds, cpu, backends_cpu(app) - database
     bodies = [json.dumps(b, separators=(",", ":")).encode() + b"\r\n" for b in batches]
     signed = [(body, signer.headers(body)) for body in bodies]
     with Server(signer.public_b64, app.settings.database.url) as server:
-        cpu = server.cpu()
+        cpu, database = server.cpu(), backends_cpu(app)
         seconds = asyncio.run(post_all(server.url, signed, connections))
-        return seconds, server.cpu() - cpu
+        return seconds, server.cpu() - cpu, backends_cpu(app) - database
+
+
+def backends_cpu(app: App) -> float:
+    """CPU-seconds of the PostgreSQL backends of this run (its `application_name`, asked over a
+    connection of another name), this machine's processes: the database's share."""
+    name = app.engine.url.query["application_name"]
+    engine = make_engine(PG_URL)
+    try:
+        with engine.connect() as connection:
+            pids = connection.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE application_name = :name"),
+                {"name": name},
+            ).scalars()
+            return sum(cpu_seconds(int(pid)) for pid in pids)
+    finally:
+        engine.dispose()
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0  # ended meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def post_all(url: str, signed: list[tuple[bytes, dict[str, str]]], connections: int) -> float:
@@ -192,8 +220,7 @@ class Server:
         raise RuntimeError("the server did not answer /healthz within 60 s")
 
     def cpu(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
@@ -245,7 +272,7 @@ def main() -> int:
     admin = make_engine(PG_URL)
     with admin.begin() as connection:
         connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}&application_name={schema}"
     signer = Signer()
     settings = bench_settings(url, signer.public_b64)
     engine = make_engine(url)
@@ -259,15 +286,12 @@ def main() -> int:
             )
             issue_id = head[0]
             events = waves(issue_id, rows, seed=n)
-            seconds, cpu = run(app, via, events, args.batch, signer, args.connections)
+            seconds, cpu, database = run(app, via, events, args.batch, signer, args.connections)
             rate = len(events) / seconds
-            how = (
-                ""
-                if cpu is None
-                else (
-                    f" ({args.connections} connections; server {cpu / len(events) * 1000:.3f} "
-                    "CPU-s per 1000 events)"
-                )
+            per = 1000 / len(events)
+            how = (f" ({args.connections} connections)" if via == "http" else "") + (
+                f" [CPU-s per 1000 events: {'server' if via == 'http' else 'digest'} "
+                f"{cpu * per:.3f}, PostgreSQL {database * per:.3f}]"
             )
             with app.session() as session:
                 kept = snapshot.stored(session, [issue_id])[issue_id]
