@@ -89,24 +89,37 @@ def _ingest_with_progress(app: App, source: str | None, *, show: bool) -> Ingest
 
 
 def _print_report(report: IngestReport) -> None:
-    """The per-source table, once, at the end."""
-    from rich.table import Column, Table
+    """The per-source table, once, at the end.
 
-    table = Table(
-        Column("source", no_wrap=True), "fetched", "new", "updated", "unchanged", "errors"
-    )
+    Laid out here as one styled text, not with rich's Table: measuring 500 rows cell by cell
+    cost a tenth of a whole 100-source run.
+    """
+    from rich.text import Text
+
+    rows: list[tuple[tuple[str, ...], str | None]] = [
+        (("source", "fetched", "new", "updated", "unchanged", "errors"), "bold")
+    ]
     for s in report.sources:
         fetched = "not modified" if s.not_modified else ("failed" if s.failed else str(s.fetched))
-        style = "red" if s.failed else None
-        table.add_row(
-            s.name, fetched, str(s.new), str(s.updated), str(s.unchanged), str(len(s.errors)),
-            style=style,
-        )  # fmt: skip
-    table.add_row(
-        "total", str(report.fetched), str(report.new), str(report.updated),
-        str(report.unchanged), str(report.errors), style="bold",
-    )  # fmt: skip
-    console.print(table)
+        counts = (str(s.new), str(s.updated), str(s.unchanged), str(len(s.errors)))
+        rows.append(((s.name, fetched, *counts), "red" if s.failed else None))
+    totals = (report.fetched, report.new, report.updated, report.unchanged, report.errors)
+    rows.append((("total", *map(str, totals)), "bold"))
+    widths = [max(len(cells[i]) for cells, _ in rows) for i in range(6)]
+    rule = "─" * (sum(widths) + 2 * 5) + "\n"
+
+    def line(cells: tuple[str, ...]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest]) + "\n"
+
+    table = Text(no_wrap=True)
+    for number, (cells, style) in enumerate(rows):
+        if number in (1, len(rows) - 1):
+            table.append(rule, style="dim")
+        table.append(line(cells), style=style)
+    table.rstrip()
+    console.print(table, highlight=False)
     for s in report.sources:
         for error in s.errors:
             console.print(f"[red]error[/] {s.name}: {error}", highlight=False)

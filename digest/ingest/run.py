@@ -1,9 +1,11 @@
 """Ingestion: fetch every source (or one), parse, normalize, deduplicate, store, classify.
 
-The run is a pipeline: fetches overlap (bounded by `ingest.concurrency`); parsing, the CPU-heavy
-part, runs in worker processes for big runs; all database work happens on one thread, one
-transaction per source, with bulk lookups. A source that fails is recorded on its `Source` row
-and the others go on; nothing already stored is ever deleted.
+The run is a pipeline: fetches overlap (bounded by `ingest.concurrency`); in big runs worker
+processes fetch, parse and prepare (`workers`) while this process only stores, several sources
+per transaction (`record.Writer`); small runs fetch on an event loop here and parse on its
+threads, a transaction per source. Sources are stored in configuration order, with bulk
+lookups. A source that fails is recorded on its `Source` row and the others go on; nothing
+already stored is ever deleted.
 """
 
 from __future__ import annotations
@@ -11,23 +13,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
 import os
-import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from digest.config import NewsletterConfig, Settings, SourceConfig
 from digest.ingest.articles import ArticleData, ParsedFeed
 from digest.ingest.feeds import parse_source
 from digest.ingest.fetch import Fetcher, FetchRequest, FetchResult, default_user_agent
-from digest.ingest.upsert import Prepared, prepare, store_prepared
+from digest.ingest.record import ReadSource, SourceReport, Writer, record, store_alone
+from digest.ingest.upsert import prepare
+from digest.ingest.workers import ReadingPool
 from digest.storage.models import Source
 
 if TYPE_CHECKING:
@@ -36,22 +38,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, str], None]
-Finished = Callable[["SourceReport"], None]
-MAX_LISTED_ERRORS = 20
+Finished = Callable[[SourceReport], None]
 POOL_MIN_SOURCES = 4  # below this, worker processes cost more than they save
-
-
-@dataclass
-class SourceReport:
-    name: str
-    fetched: int
-    new: int
-    updated: int
-    unchanged: int
-    errors: list[str]
-    not_modified: bool = False
-    warnings: list[str] = field(default_factory=list)  # read, but something was odd
-    failed: bool = False  # nothing could be read this time (errors[0] says why)
+__all__ = [
+    "IngestReport", "ReadSource", "SourceReport", "UnknownSourceError", "ingest_items",
+    "run_ingest", "select_sources",
+]  # fmt: skip
 
 
 @dataclass
@@ -99,7 +91,7 @@ def run_ingest(
     """Ingest every configured source, or only `source`; one report per source, config order.
 
     `progress(name, message)` hears each step of each source; `finished(report)` each source's
-    report as it is stored (both on the event loop's thread).
+    report once it is committed (both on the calling thread, or the event loop's in small runs).
     """
     configs = select_sources(app.settings, source)
     if not configs:
@@ -108,7 +100,9 @@ def run_ingest(
     requests = sync_sources(app, configs)
     with _old_objects_frozen():
         run = _Run(app, configs, now, progress or _no_progress, finished or _no_report)
-        reports = _run(run.run(requests))
+        workers = _worker_count(app.settings.ingest.parse_workers, len(requests))
+        pooled = workers > 1
+        reports = run.with_workers(requests, workers) if pooled else _run(run.run(requests))
     order = {c.name: i for i, c in enumerate(configs)}
     return IngestReport(sorted(reports, key=lambda r: order[r.name]))
 
@@ -180,7 +174,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 class _Run:
-    """One ingest run: fetch → parse (workers) → store (one DB thread), overlapping."""
+    """One ingest run: fetch → parse → store, overlapping; in worker processes or in this one."""
 
     def __init__(
         self,
@@ -199,8 +193,32 @@ class _Run:
         self.order: list[str] = []
         self.turns: dict[str, asyncio.Event] = {}
 
+    def with_workers(self, requests: list[FetchRequest], count: int) -> list[SourceReport]:
+        """Worker processes fetch and read; this thread stores, in order, batch by batch."""
+        pool = _start_workers(self, requests, count)
+        writer, reports = Writer(self.app, self.now), []
+        try:
+            for request in requests:
+                self.progress(request.name, "fetching")
+            for index in range(len(requests)):
+                _, result, read = pool.take(index)
+                done = writer.add(result, read)
+                if not pool.ready(index + 1):  # nothing else to store yet: commit meanwhile
+                    done += writer.flush()
+                reports += self._report(done)
+            reports += self._report(writer.flush())
+        finally:
+            pool.close()
+        return reports
+
+    def _report(self, reports: list[SourceReport]) -> list[SourceReport]:
+        for report in reports:
+            self.progress(report.name, _summary(report))
+            self.finished(report)
+        return reports
+
     async def run(self, requests: list[FetchRequest]) -> list[SourceReport]:
-        parser = _parse_executor(self.settings.ingest.parse_workers, len(requests))
+        """In-process: fetches on this event loop, parsing on its threads, one DB thread."""
         writer = ThreadPoolExecutor(1, thread_name_prefix="digest-db")
         try:
             # Stored in configuration order, whatever order fetches finish in: when two sources
@@ -212,24 +230,20 @@ class _Run:
                 for request in requests:
                     self.progress(request.name, "fetching")
                 async for result in fetcher.fetch_all(requests):
-                    handled.append(asyncio.create_task(self._handle(result, parser, writer)))
+                    handled.append(asyncio.create_task(self._handle(result, writer)))
                 return list(await asyncio.gather(*handled))
         finally:
             writer.shutdown(wait=True)
-            if parser is not None:
-                parser.shutdown(wait=True)
 
-    async def _handle(
-        self, result: FetchResult, parser: Executor | None, writer: Executor
-    ) -> SourceReport:
+    async def _handle(self, result: FetchResult, writer: ThreadPoolExecutor) -> SourceReport:
         name = result.name
         try:
-            read = await self._read(result, parser)
+            read = await self._read(result)
             position = self.order.index(name)
             if position:
                 await self.turns[self.order[position - 1]].wait()
             report = await asyncio.get_running_loop().run_in_executor(
-                writer, self._store, result, read
+                writer, store_alone, self.app, result, read, self.now
             )
         finally:
             self.turns[name].set()  # never leave the next source waiting
@@ -237,7 +251,7 @@ class _Run:
         self.finished(report)
         return report
 
-    async def _read(self, result: FetchResult, parser: Executor | None) -> ReadSource | None:
+    async def _read(self, result: FetchResult) -> ReadSource | None:
         if result.error:
             self.progress(result.name, f"failed: {result.error}")
             return None
@@ -247,36 +261,17 @@ class _Run:
         self.progress(result.name, "parsing")
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                parser,
+                None,
                 read_source,
                 self.kinds[result.name],
                 result,
                 self.now,
                 self.settings.newsletters,
             )
-        except Exception as exc:  # a crashed worker process, say: this source fails alone
+        except Exception as exc:  # a reader bug: this source fails alone
             log.exception("parsing source %s failed", result.name)
             result.error = f"could not parse: {type(exc).__name__}: {exc}"
             return None
-
-    def _store(self, result: FetchResult, parsed: ReadSource | None) -> SourceReport:
-        try:
-            with self.app.session() as session:
-                return record(session, result, parsed, self.settings, self.now)
-        except Exception as exc:  # a storage failure of one source must not stop the others
-            log.exception("storing source %s failed", result.name)
-            failure = FetchResult(result.name, result.url, error=f"could not store: {exc}")
-            with self.app.session() as session:
-                return record(session, failure, None, self.settings, self.now)
-
-
-@dataclass
-class ReadSource:
-    """A source's content parsed and prepared for storing (built in a worker process)."""
-
-    feed: ParsedFeed
-    items: list[Prepared]
-    warnings: list[str]
 
 
 def read_source(
@@ -289,19 +284,20 @@ def read_source(
     return ReadSource(feed, items, feed.warnings + warnings)
 
 
-def _parse_executor(workers: int, sources: int) -> Executor | None:
-    """Worker processes for parsing, or None for the event loop's threads (small runs)."""
+def _worker_count(workers: int, sources: int) -> int:
+    """How many processes fetch and read (1: this one, on its event loop)."""
     cpus = os.cpu_count() or 1
     if workers == 1 or (workers == 0 and (sources < POOL_MIN_SOURCES or cpus < 2)):
-        return None
-    count = min(workers or cpus, sources)
-    # fork is fast but unsafe once threads exist (a server, a scheduler): use forkserver there.
-    method = "fork" if threading.active_count() == 1 and hasattr(os, "fork") else "forkserver"
-    if method not in multiprocessing.get_all_start_methods():
-        method = "spawn"
-    pool = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(method))
-    pool.submit(int).result()  # start the workers now, before this run starts any thread
-    return pool
+        return 1
+    return min(workers or cpus, sources)
+
+
+def _start_workers(run: _Run, requests: list[FetchRequest], count: int) -> ReadingPool:
+    settings = run.settings
+    return ReadingPool(
+        count, requests, run.kinds, settings.ingest, default_user_agent(settings), run.now,
+        settings.newsletters, read_source,
+    )  # fmt: skip
 
 
 def _summary(report: SourceReport) -> str:
@@ -310,57 +306,6 @@ def _summary(report: SourceReport) -> str:
     if report.not_modified:
         return "not modified"
     return f"{report.fetched} items: {report.new} new, {report.updated} updated"
-
-
-def record(
-    session: Session,
-    result: FetchResult,
-    read: ReadSource | None,
-    settings: Settings,
-    now: datetime,
-) -> SourceReport:
-    """Store what one source yielded and its health, in the caller's transaction."""
-    source = session.exec(select(Source).where(Source.name == result.name)).one()
-    source.last_fetched_at = now
-    source.last_http_status = result.status
-    report = SourceReport(result.name, 0, 0, 0, 0, [])
-    fatal = result.error or (read.feed.fatal if read else None)
-    if fatal:
-        source.consecutive_failures += 1
-        source.last_error = fatal
-        source.last_error_at = now
-        source.etag = source.last_modified = None  # next time, fetch everything again
-        session.add(source)
-        report.errors.append(fatal)
-        report.failed = True
-        return report
-    source.consecutive_failures = 0
-    source.last_success_at = now
-    if result.not_modified or read is None:
-        report.not_modified = True
-        session.add(source)
-        return report
-    counts = store_prepared(
-        session, result.name, read.items, now=now, dedupe_window=settings.ingest.dedupe_window
-    )
-    report.fetched = len(read.items)
-    report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
-    report.errors = _capped(read.feed.errors)
-    report.warnings = read.warnings + counts.warnings
-    source.etag, source.last_modified = result.etag, result.last_modified
-    source.last_item_count = report.fetched
-    if read.feed.title:
-        source.title = read.feed.title
-    notes = report.warnings + report.errors
-    source.last_warning = "; ".join(notes)[:2000] if notes else None
-    session.add(source)
-    return report
-
-
-def _capped(errors: list[str]) -> list[str]:
-    if len(errors) <= MAX_LISTED_ERRORS:
-        return list(errors)
-    return [*errors[:MAX_LISTED_ERRORS], f"… and {len(errors) - MAX_LISTED_ERRORS} more"]
 
 
 PUSH_URL = "push"  # the Source.url of sources fed through the push API

@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import feedparser
-
 from digest.ingest import quickfeed
 from digest.ingest.articles import ArticleData, ParsedFeed, article_guid
 from digest.ingest.charsets import detect_charset
@@ -66,6 +64,8 @@ def _feedparser(content: bytes, encoding: str, result: ParsedFeed) -> Any:
     # No content-location: feedparser would then urljoin at every element (40% of its time).
     # Relative links are resolved per item, against xml:base, the feed URL or the site.
     # Its sanitizer and URI resolver are slow too: nh3 does both, later.
+    import feedparser  # only here: most feeds never need it, and it costs 0.1 s to import
+
     parsed = feedparser.parse(
         content,
         response_headers={"content-type": f"application/xml; charset={encoding}"},

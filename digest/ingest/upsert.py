@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Table, and_, bindparam, func, or_, select
 from sqlmodel import Session, SQLModel
 
 from digest.config import NewsletterConfig, parse_duration
-from digest.ingest.feeds import ArticleData
+from digest.ingest.articles import ArticleData
 from digest.ingest.normalize import fold, title_key
 from digest.ingest.topics import FoldedArticle, classify_compiled, compile_newsletters, link_topics
 from digest.storage.models import Article, DateSource

@@ -174,13 +174,13 @@ def test_ingest_progress_is_one_bar_redrawn_at_a_bounded_rate_and_only_on_a_term
     from digest.ingest import run as ingest_run
 
     threads_at_pool: list[int] = []
-    make_pool = ingest_run._parse_executor
+    make_pool = ingest_run._start_workers
 
-    def spy(workers: int, sources: int) -> object:
+    def spy(run: object, requests: list[object], count: int) -> object:
         threads_at_pool.append(threading.active_count())
-        return make_pool(workers, sources)
+        return make_pool(run, requests, count)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ingest_run, "_parse_executor", spy)
+    monkeypatch.setattr(ingest_run, "_start_workers", spy)
     threads_before = threading.active_count()
     started = time.monotonic()
     code, _, _ = digest(path, "ingest")
