@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, case, func, or_, select
 from sqlmodel import Session
@@ -127,27 +128,35 @@ class History:
         return frozenset().union(*(self.articles[r] for r in receipts))
 
 
-def followed_topics(
-    session: Session, topics: Sequence[str], first: int, last: int
-) -> dict[int, frozenset[str]]:
-    """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]:
-    one range of the (newsletter, status, subscriber) index per topic, folded by the database
-    into one bit mask per reader (a row per reader instead of one per subscription)."""
+def topic_masks(topics: Sequence[str], after: int, last: int) -> Any:
+    """A subquery (subscriber_id, mask): for the subscribers with ids in (after, last], the
+    topics of `topics` they actively follow as a bit mask (bit i: `topics[i]`), folded by the
+    database from one range of the (newsletter, status, subscriber) index per topic."""
     ordered = list(topics)
     bits = case({t: 1 << i for i, t in enumerate(ordered)}, value=_S.c.newsletter, else_=0)
-    rows = session.execute(
-        select(_S.c.subscriber_id, func.sum(bits))
+    return (
+        select(_S.c.subscriber_id, func.sum(bits).label("mask"))
         .where(
             _S.c.newsletter.in_(ordered),
             _S.c.status == SubscriptionStatus.ACTIVE,
-            _S.c.subscriber_id >= first,
+            _S.c.subscriber_id > after,
             _S.c.subscriber_id <= last,
         )
         .group_by(_S.c.subscriber_id)
-    ).all()
+        .subquery("masks")
+    )
+
+
+def followed_topics(
+    session: Session, topics: Sequence[str], first: int, last: int
+) -> dict[int, frozenset[str]]:
+    """subscriber id → the topics of `topics` they actively follow, for ids in [first, last]
+    (`topic_masks`: a row per reader instead of one per subscription)."""
+    ordered = list(topics)
+    masks = topic_masks(ordered, first - 1, last)
     sets: dict[int, frozenset[str]] = {}
     out: dict[int, frozenset[str]] = {}
-    for subscriber, mask in rows:
+    for subscriber, mask in session.execute(select(masks.c.subscriber_id, masks.c.mask)):
         found = sets.get(mask)
         if found is None:
             found = sets[mask] = frozenset(t for i, t in enumerate(ordered) if mask >> i & 1)

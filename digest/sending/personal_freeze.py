@@ -53,7 +53,7 @@ from sqlmodel import Session
 from digest.app import App
 from digest.config import NewsletterConfig
 from digest.issues import personal
-from digest.issues.received import History, Receipt, followed_topics
+from digest.issues.received import History, Receipt, topic_masks
 from digest.issues.variants import Plan, plan
 from digest.sending.freeze import FREEZE_PAGE, Zoning, message_ids
 from digest.storage.models import (
@@ -122,6 +122,7 @@ class PersonalFreezer:
             self.history = History.load(session, app.settings, self.issue_id, memory_start, ids)
         self._plans: dict[tuple[frozenset[str], frozenset[Receipt]], Plan | str] = {}
         self._planning: _Planning | None = None
+        self._masks: dict[int, frozenset[str]] = {}
 
     def plan_for(self, followed: frozenset[str], receipts: frozenset[Receipt]) -> Plan | str:
         """A reader's plan, computed once per distinct (followed topics, receipts)."""
@@ -161,35 +162,58 @@ class PersonalFreezer:
         return self._store_plan(planning)
 
     def _read_page(self, session: Session, planning: _Planning) -> int:
-        """Group the next page of readers by what they get; returns how many were read."""
+        """Group the next page of readers by what they get; returns how many were read.
+
+        Readers are bucketed by (followed topics as a bit mask, time zone) in one lean loop and
+        planned per bucket, not one by one (a million readers cost 13 CPU-s planned one by
+        one); only readers with receipts (an earlier email shared candidates) are planned
+        each on their own."""
         page = audience_statement(
             self.newsletter.slug, after_id=planning.after, limit=self.page_size
         ).subquery("audience")
-        rows = session.connection().execute(select(page.c.subscriber_id, page.c.timezone)).all()
+        rows = _raw_rows(session, select(page.c.subscriber_id, page.c.timezone))
         if not rows:
             return 0
-        first, last = rows[0][0], rows[-1][0]
-        follows = followed_topics(session, self.order, first, last)
-        receipts = self.history.receipts(session, first, last)
-        nobody, none = frozenset[str](), frozenset[Receipt]()
-        groups, plans, plan_for, zone_of = (
-            planning.groups,
-            planning.plans,
-            self.plan_for,
-            self._zone,
+        last = int(rows[-1][0])
+        masks = topic_masks(self.order, planning.after, last)
+        mask_of: dict[int, int] = dict(
+            _raw_rows(session, select(masks.c.subscriber_id, masks.c.mask))
         )
+        buckets: defaultdict[tuple[int, str | None], list[int]] = defaultdict(list)
+        get = mask_of.get
         for subscriber_id, timezone in rows:
-            outcome = plan_for(
-                follows.get(subscriber_id, nobody), receipts.get(subscriber_id, none)
-            )
-            if isinstance(outcome, Plan):
-                key = outcome.key
-                plans[key] = outcome
-            else:
-                key = _SKIP + outcome
-            groups[(key, zone_of(timezone))].append(subscriber_id)
-        planning.after = int(last)
+            buckets[(get(subscriber_id, 0), timezone)].append(subscriber_id)
+        receipts = self.history.receipts(session, planning.after + 1, last)
+        none = frozenset[Receipt]()
+        for (mask, timezone), ids in buckets.items():
+            followed, zone = self._topics_of(int(mask or 0)), self._zone(timezone)
+            if receipts:
+                own = [i for i in ids if i in receipts]
+                for subscriber_id in own:
+                    self._place(planning, self.plan_for(followed, receipts[subscriber_id]),
+                                zone, [subscriber_id])  # fmt: skip
+                if own:
+                    ids = [i for i in ids if i not in receipts]
+            if ids:
+                self._place(planning, self.plan_for(followed, none), zone, ids)
+        planning.after = last
         return len(rows)
+
+    def _topics_of(self, mask: int) -> frozenset[str]:
+        found = self._masks.get(mask)
+        if found is None:
+            found = frozenset(t for i, t in enumerate(self.order) if mask >> i & 1)
+            self._masks[mask] = found
+        return found
+
+    @staticmethod
+    def _place(planning: _Planning, outcome: Plan | str, zone: str | None, ids: list[int]) -> None:
+        if isinstance(outcome, Plan):
+            key = outcome.key
+            planning.plans[key] = outcome
+        else:
+            key = _SKIP + outcome
+        planning.groups[(key, zone)].extend(ids)
 
     def _zone(self, given: str | None) -> str | None:
         if self.zones is None:
@@ -404,6 +428,25 @@ def _insert_members(
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     return write
+
+
+def _raw_rows(session: Session, statement: Any) -> list[Any]:
+    """The rows of `statement` as the driver's tuples: a million readers pass through the
+    planning, and building SQLAlchemy rows for them cost more than the database's work. (Its
+    parameters need no conversion: plain ids, strings.)"""
+    connection = session.connection()
+    compiled = statement.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = [params[name] for name in compiled.positiontup]
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _freezing(session: Session, issue_id: int) -> bool:
