@@ -14,9 +14,10 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlmodel import Session, select
+from sqlalchemy import Table, update
+from sqlmodel import Session, SQLModel
 
 from digest.config import Settings
 from digest.ingest.articles import ParsedFeed
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 20
 COMMIT_EVERY = 0.5  # seconds: at most this much stored work waits for its commit
+SOURCE: Table = SQLModel.metadata.tables[Source.__tablename__]
 
 
 @dataclass
@@ -62,26 +64,27 @@ def record(
     settings: Settings,
     now: datetime,
 ) -> SourceReport:
-    """Store what one source yielded and its health, in the caller's transaction."""
-    source = session.exec(select(Source).where(Source.name == result.name)).one()
-    source.last_fetched_at = now
-    source.last_http_status = result.status
+    """Store what one source yielded and its health, in the caller's transaction.
+
+    The source's row is updated by one Core UPDATE (the row exists: `sync_sources` made it):
+    no ORM read, identity map and flush per source on the thread every source waits for.
+    """
+    health: dict[str, Any] = {"last_fetched_at": now, "last_http_status": result.status}
     report = SourceReport(result.name, 0, 0, 0, 0, [])
     fatal = result.error or (read.feed.fatal if read else None)
     if fatal:
-        source.consecutive_failures += 1
-        source.last_error = fatal
-        source.last_error_at = now
-        source.etag = source.last_modified = None  # next time, fetch everything again
-        session.add(source)
+        health.update(
+            consecutive_failures=SOURCE.c.consecutive_failures + 1, last_error=fatal,
+            last_error_at=now, etag=None, last_modified=None,  # next time, fetch it all again
+        )  # fmt: skip
+        _update_source(session, result.name, health)
         report.errors.append(fatal)
         report.failed = True
         return report
-    source.consecutive_failures = 0
-    source.last_success_at = now
+    health.update(consecutive_failures=0, last_success_at=now)
     if result.not_modified or read is None:
         report.not_modified = True
-        session.add(source)
+        _update_source(session, result.name, health)
         return report
     counts = store_prepared(
         session, result.name, read.items, now=now, dedupe_window=settings.ingest.dedupe_window
@@ -90,14 +93,21 @@ def record(
     report.new, report.updated, report.unchanged = counts.new, counts.updated, counts.unchanged
     report.errors = _capped(read.feed.errors)
     report.warnings = read.warnings + counts.warnings
-    source.etag, source.last_modified = result.etag, result.last_modified
-    source.last_item_count = report.fetched
-    if read.feed.title:
-        source.title = read.feed.title
     notes = report.warnings + report.errors
-    source.last_warning = "; ".join(notes)[:2000] if notes else None
-    session.add(source)
+    health.update(
+        etag=result.etag, last_modified=result.last_modified, last_item_count=report.fetched,
+        last_warning="; ".join(notes)[:2000] if notes else None,
+    )  # fmt: skip
+    if read.feed.title:
+        health["title"] = read.feed.title
+    _update_source(session, result.name, health)
     return report
+
+
+def _update_source(session: Session, name: str, values: dict[str, Any]) -> None:
+    statement = update(SOURCE).where(SOURCE.c.name == name).values(values)
+    if session.connection().execute(statement).rowcount != 1:
+        raise LookupError(f"no source row named {name!r}")
 
 
 def _capped(errors: list[str]) -> list[str]:
