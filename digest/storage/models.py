@@ -212,8 +212,8 @@ class Delivery(SQLModel, table=True):
 
 
 class BatchStatus(StrEnum):
-    # Personal newsletters: still taking recipients of its variant from the next freeze pages;
-    # no sender claims it until it is full or the freeze ends (then pending).
+    # Personal newsletters: planned, its readers' ids in `members`, its delivery rows not yet
+    # written; the freeze writes them and makes it pending (`digest.sending.personal_freeze`).
     FILLING = "filling"
     PENDING = "pending"  # cut, waiting for a sender
     SENDING = "sending"  # claimed by a sender (compare-and-set from pending), in flight
