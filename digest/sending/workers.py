@@ -10,22 +10,37 @@ them itself only when no worker is alive (`worker_pool.hand_over`). SIGTERM drai
 says `draining`, the batches in flight are finished and recorded, nothing new is claimed, then
 the row says when it stopped.
 
-Why not procrastinate or pgqueuer. Both are well-kept PostgreSQL job queues with exactly the
-lifecycle a worker needs (SKIP LOCKED fetching, LISTEN/NOTIFY wake-ups, heartbeats, graceful
-shutdown, periodic jobs). But the unit of work here is already a row with its own state
-machine: `send_batch`, moved `pending → sending → accepted | failed | unknown` by
-compare-and-set, and the rule that makes a send exactly-once is that a batch whose sender died
-is *not* run again but reported unknown. Both libraries are at-least-once: a job whose worker
-stopped heart-beating is retried (procrastinate's stalled jobs, pgqueuer's heartbeat timeout),
-which is the double send we must not do. Put on top, a job per batch would duplicate the
-ledger (two sources of truth for every batch, kept in step by hand) and a job per issue adds a
-second queue in front of the one we have; either way the ledger's compare-and-set must stay
-the guard, so what the library would own is the loop below, a heartbeat row and signal
-handling (about 150 lines), at the price of its own schema and migrations, a second
-connection model (pgqueuer is asyncio; our transports and freeze are threads) and its own idea
-of retries. Their rate limits are per entrypoint and process-local or queue-wide counts, not
-the provider's messages per second across hosts. So the pool extends the claimer: liveness is
-judged by the same `Claimer.judges_alive` as claims, and `fleet_rate` shares the rate.
+Why not procrastinate or pgqueuer. Both are well-kept PostgreSQL job queues with the lifecycle
+a worker needs (SKIP LOCKED fetching, LISTEN/NOTIFY wake-ups, heartbeats, graceful shutdown,
+periodic jobs). Measured (`make bench-worker-libs`, 2026-12-02): each library ran digest's own
+claim, send and record (`SendRun._one_batch`) as one job per batch, fanned out by a freeze job
+per issue, 4 jobs at once per worker, against `digest worker`; 1M recipients on PostgreSQL to
+the local SendGrid test server, 1 / 2 workers:
+
+    digest worker       191.1 / 184.9 s   0.058 / 0.064 CPU-s per 1000   load 3.9 → 11.3
+    procrastinate 3.10  164.0 / 123.4 s   0.073 / 0.069 CPU-s per 1000   load 9.8 → 7.0
+    pgqueuer 1.6        142.5 / 112.4 s   0.062 / 0.072 CPU-s per 1000   load 4.4 → 8.9
+
+Every run mailed every recipient exactly once (ledger and server counts read back). Other
+people's benchmarks shared the 2 cores throughout (quiet, `digest worker` sends 1M in 32 s), so
+the wall times only say that neither library is a bottleneck; the CPU per recipient, the steadier
+figure, is within noise of ours. Speed decides nothing, then; the rest does. The unit of work is
+already a row with its own state machine: `send_batch`, moved `pending → sending → accepted |
+failed | unknown` by compare-and-set, and what makes a send exactly-once is that a batch whose
+sender died is *not* run again but reported unknown. Both libraries are at-least-once: a job of a
+SIGKILLed worker stays `doing` until a periodic task retries the stalled jobs (procrastinate:
+heartbeat every 10 s, stalled after 30 s, `get_stalled_jobs` + `retry_job`), or is re-picked by
+any worker once its heartbeat is older than `heartbeat_timeout` (pgqueuer 1.6: 30 s, automatic;
+its ADR-0004). The benchmark's jobs are safe only because a job never names the batch it sends:
+it asks the ledger for the next pending one, and someone must still run `release_stale` and
+`finish_if_done` (`worker_libs_jobs.py` does it after each job). So the library would own a
+second copy of every batch's state (a job row per batch, kept in step by hand), its own schema
+and migrations, retries we must defeat, and for pgqueuer an asyncio driver (its psycopg one,
+sharing LISTEN with the queries, took 31 s for 100k where asyncpg took 12 s: one more dependency);
+what it would save is the loop below, a heartbeat row and signal handling (about 150 lines).
+Their rate limits are per entrypoint or queue-wide counts, not the provider's messages per second
+across hosts. So the pool extends the claimer: liveness is judged by the same
+`Claimer.judges_alive` as claims, and `fleet_rate` shares the rate.
 """
 
 from __future__ import annotations
