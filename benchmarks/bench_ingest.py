@@ -117,7 +117,7 @@ class _Server(ThreadingHTTPServer):
 
 
 def cpu_seconds() -> tuple[float, float]:
-    """(this process, its finished children: the parse workers, shut down after each run)."""
+    """(this process, its finished children: the ingest workers, which fetch and parse)."""
     own, children = (
         resource.getrusage(resource.RUSAGE_SELF),
         resource.getrusage(resource.RUSAGE_CHILDREN),
@@ -203,7 +203,7 @@ def _print_run(
     own, workers = cpu
     print(
         f"  {label:<22} {seconds:6.2f} s  {total / seconds:8.0f} items/s  "
-        f"(CPU {own + workers:5.2f} s = main {own:4.2f} + parse workers {workers:4.2f}: "
+        f"(CPU {own + workers:5.2f} s = main {own:4.2f} + workers {workers:4.2f}: "
         f"{total / (own + workers):6.0f} items per CPU-second) "
         f"(new {report.new}, updated {report.updated}, unchanged {report.unchanged}, "
         f"not modified {sum(s.not_modified for s in report.sources)})"

@@ -12,7 +12,6 @@ pipe of its own. A worker that dies fails only the sources it had not sent back,
 from __future__ import annotations
 
 import asyncio
-import math
 import multiprocessing
 import os
 import queue
@@ -59,11 +58,12 @@ class ReadingPool:
         # Kept for the pool's life: collected, its semaphore goes before a fork server's or
         # spawned worker has opened it.
         self._claimed = claimed = context.Value("i", 0)
-        slots = max(1, math.ceil(config.concurrency / count))
-        share = config.model_copy(update={"concurrency": slots})
         self.processes: list[Any] = []
         self._pipes: list[Connection] = []
-        for _ in range(count):
+        for number in range(count):
+            # `ingest.concurrency` shared out, so no more fetches run at once than it says
+            slots = max(1, config.concurrency // count + (number < config.concurrency % count))
+            share = config.model_copy(update={"concurrency": slots})
             receiving, sending = context.Pipe(duplex=False)
             args = (self.requests, kinds, share, user_agent, now, newsletters, reader)
             process = context.Process(
