@@ -2,25 +2,27 @@
 
 A topic issue's freeze copies keyset pages of the audience in SQL (`digest.sending.freeze`).
 A personal issue cannot: each reader's variant is decided in Python (`variants.plan`, from the
-topics they follow and what they received). Cut page by page, a page of readers over hundreds
-of variants left most batches part-full until the end, so the senders had little to send while
-the freeze ran. So it goes in two phases, both resumable and safe with several senders:
+topics they follow and what they received). Writing each page's rows at once left most batches
+part-full until the end (a page mixes hundreds of variants), so the senders had little to send
+while the freeze ran. Instead the readers are planned first and their rows written per batch:
 
-1. **Plan** (`Issue.freezing_after` is 0): the audience is read in pages of ids, topic masks and
-   receipts only (no row written, no lock held), and every reader is placed in a group per
-   (variant, zone), or per reason to be skipped. Plans are computed once per distinct (followed
-   topics, receipts). Then one short write transaction, by compare-and-set from 0 to `PLANNED`,
-   stores every batch at once as `filling`, already full, holding its readers' ids in
-   `send_batch.members`: the largest variants first (they are rendered first), the readers to
-   skip last. A sender that loses the compare-and-set drops its plan and helps fill.
-2. **Fill** (`freezing_after` is `PLANNED`): each step takes the next few planned batches by
-   compare-and-set (`filling` → `pending`; `SKIP LOCKED` on PostgreSQL, so freezers fill side by
-   side) and writes their delivery rows with INSERT … SELECT from `subscriber` by those ids (no
-   row through Python), in the same transaction. Senders claim them at once. Once no batch is
-   planned the freeze ends (`freezing_after` None).
+- **Plan** (`Issue.freezing_after` is the last subscriber id planned, 0 at first): a page of
+  the audience is read (ids, time zones, followed topics as a bit mask; receipts only for
+  readers who have any), bucketed per (mask, zone) and planned per bucket, not per reader. By
+  compare-and-set on the cursor, one transaction adds the page's readers to their group's open
+  batch (`send_batch.members`, status `filling`) until it holds `batch_size`, then to new ones.
+  The last page moves the cursor to `PLANNED`. A sender that loses the compare-and-set reloads
+  the open batches from the database and goes on from the new cursor.
+- **Fill**: a batch full of planned readers (every batch once the plan is complete) is taken
+  by compare-and-set (`filling` → `pending`; `SKIP LOCKED` on PostgreSQL) and its delivery
+  rows written by INSERT … SELECT from `subscriber` by those ids, in the same transaction
+  (`digest.sending.personal_batches`). While planning goes on, a page planned and the batches
+  it filled up written take turns, so senders start after a page or two, not after the plan.
+  Readers to skip are planned as batches of their reason and written without a batch. Once no
+  batch is planned the freeze ends (`freezing_after` None).
 
-A crash while planning loses only the reading (nothing was written); a crash while filling
-leaves the untaken batches planned for the next sender. Someone who leaves after the plan is
+A crash loses at most a page being planned (nothing of it was written); the next sender goes on
+from the cursor with the open batches as stored. Someone who leaves after being planned is
 skipped when their batch goes (`ledger.open_batch`), as for a topic issue.
 """
 
@@ -34,20 +36,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Integer,
-    String,
-    any_,
     bindparam,
-    cast,
-    delete,
-    func,
     insert,
-    literal,
-    literal_column,
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session
 
 from digest.app import App
@@ -55,11 +48,11 @@ from digest.config import NewsletterConfig
 from digest.issues import personal
 from digest.issues.received import History, Receipt, topic_masks
 from digest.issues.variants import Plan, plan
-from digest.sending.freeze import FREEZE_PAGE, Zoning, message_ids
+from digest.sending import personal_batches
+from digest.sending.freeze import FREEZE_PAGE, Zoning
 from digest.storage.models import (
     BatchStatus,
     Delivery,
-    DeliveryStatus,
     Issue,
     IssueVariant,
     SendBatch,
@@ -75,14 +68,13 @@ _I = Issue.__table__  # type: ignore[attr-defined]
 _V = IssueVariant.__table__  # type: ignore[attr-defined]
 _S = Subscriber.__table__  # type: ignore[attr-defined]
 
-_SKIP = "\0"  # group keys starting with it are a reason to skip, not a plan's key
+_SKIP = personal_batches.SKIP
 
 
 @dataclass
 class _Planning:
-    """The plan being read: readers grouped per (plan key or skip reason, zone)."""
+    """One page of readers grouped per (plan key or skip reason, zone)."""
 
-    start: int  # Issue.freezing_after when planning began (0; a legacy freeze's last id)
     after: int  # the last subscriber id read
     groups: dict[tuple[str, str | None], array[int]] = field(
         default_factory=lambda: defaultdict(lambda: array("q"))
@@ -121,7 +113,11 @@ class PersonalFreezer:
             memory_start = app.now() - newsletter.memory_delta
             self.history = History.load(session, app.settings, self.issue_id, memory_start, ids)
         self._plans: dict[tuple[frozenset[str], frozenset[Receipt]], Plan | str] = {}
-        self._planning: _Planning | None = None
+        # The batches still open to readers (fewer than batch_size) per group, as stored when
+        # Issue.freezing_after was `_open_at`; reloaded when another sender planned meanwhile.
+        self._open: dict[tuple[str, str | None], list[int]] = {}  # → [batch id, size]
+        self._open_at: int | None = None
+        self._fill_turn = False
         self._masks: dict[int, frozenset[str]] = {}
 
     def plan_for(self, followed: frozenset[str], receipts: frozenset[Receipt]) -> Plan | str:
@@ -145,21 +141,29 @@ class PersonalFreezer:
             ).scalar()
         if state is None:
             return None
-        if int(state) >= 0:
-            return self._plan_step(int(state))
-        return self._fill_step()
+        if int(state) < 0:
+            return self._fill_step()
+        # While planning, a page planned and the batches it filled up written take turns.
+        if self._fill_turn:
+            self._fill_turn = False
+            with self.app.session() as session:
+                frozen = self._fill(session, sealed_only=True)
+            if frozen:
+                return frozen
+        self._fill_turn = True
+        return self._plan_step(int(state))
 
     # -- plan ---------------------------------------------------------------------------------
 
     def _plan_step(self, state: int) -> int | None:
-        planning = self._planning
-        if planning is None or planning.start != state:
-            planning = self._planning = _Planning(start=state, after=state)
+        if self._open_at != state:
+            with self.app.session() as session:
+                self._open = personal_batches.open_batches(session, self.issue_id, self.batch_size)
+            self._open_at = state
+        planning = _Planning(after=state)
         with self.app.session() as session:
             read = self._read_page(session, planning)
-        if read == self.page_size:
-            return 0
-        return self._store_plan(planning)
+        return self._store_page(planning, state, done=read < self.page_size)
 
     def _read_page(self, session: Session, planning: _Planning) -> int:
         """Group the next page of readers by what they get; returns how many were read.
@@ -171,13 +175,13 @@ class PersonalFreezer:
         page = audience_statement(
             self.newsletter.slug, after_id=planning.after, limit=self.page_size
         ).subquery("audience")
-        rows = _raw_rows(session, select(page.c.subscriber_id, page.c.timezone))
+        rows = personal_batches.raw_rows(session, select(page.c.subscriber_id, page.c.timezone))
         if not rows:
             return 0
         last = int(rows[-1][0])
         masks = topic_masks(self.order, planning.after, last)
         mask_of: dict[int, int] = dict(
-            _raw_rows(session, select(masks.c.subscriber_id, masks.c.mask))
+            personal_batches.raw_rows(session, select(masks.c.subscriber_id, masks.c.mask))
         )
         buckets: defaultdict[tuple[int, str | None], list[int]] = defaultdict(list)
         get = mask_of.get
@@ -220,10 +224,10 @@ class PersonalFreezer:
             return None
         return self.zones.effective.get(given, self.zones.default) if given else self.zones.default
 
-    def _store_plan(self, planning: _Planning) -> int | None:
-        """Create the variants, hand them to the renderer (largest first), then store every
-        batch in one transaction by compare-and-set on the issue; 0, or None if done."""
-        self._planning = None
+    def _store_page(self, planning: _Planning, state: int, *, done: bool) -> int | None:
+        """Create the page's new variants and hand them to the renderer (largest first), then,
+        by compare-and-set on the issue's cursor, add the page's readers to their groups'
+        open batches and new ones; 0, or None if the freeze is over."""
         sizes: Counter[str] = Counter()
         for (key, _), members in planning.groups.items():
             if not key.startswith(_SKIP):
@@ -237,41 +241,86 @@ class PersonalFreezer:
         for key in ranked:
             self._announce(variants[key], planning.plans[key])
         rank = {key: i for i, key in enumerate(ranked)}
-        now = self.app.now()
-        rows: list[dict[str, Any]] = []
-        for (key, zone), members in sorted(
+        ordered = sorted(
             planning.groups.items(),
             key=lambda item: (rank.get(item[0][0], len(rank)), item[0][0], item[0][1] or ""),
-        ):
+        )
+        cursor = PLANNED if done else planning.after
+        now = self.app.now()
+        with self.app.session() as session:
+            locked = session.execute(
+                update(_I)
+                .where(_I.c.id == self.issue_id, _I.c.freezing_after == state)
+                .values(freezing_after=cursor)
+                .returning(_I.c.id)
+            ).first()
+            if locked is None:  # another sender planned this page first: reload, go on
+                session.rollback()
+                self._open_at = None
+                return 0 if personal_batches.freezing(session, self.issue_id) else None
+            opened = self._write_groups(session, ordered, variants, now)
+            if done:  # batches of a freeze begun before this code (rows written): let them go
+                session.execute(
+                    update(_B)
+                    .where(
+                        _B.c.issue_id == self.issue_id,
+                        _B.c.status == BatchStatus.FILLING,
+                        _B.c.members.is_(None),
+                    )
+                    .values(status=BatchStatus.PENDING, updated_at=now)
+                )
+            session.commit()
+        for group, _ in ordered:
+            self._open.pop(group, None)
+        self._open.update(opened)
+        self._open_at = cursor
+        return 0
+
+    def _write_groups(
+        self,
+        session: Session,
+        groups: list[tuple[tuple[str, str | None], array[int]]],
+        variants: dict[str, int],
+        now: datetime,
+    ) -> dict[tuple[str, str | None], list[int]]:
+        """Each group's readers: first into its open batch, up to batch_size, then into new
+        batches; returns the groups' open batches after this page."""
+        appended: list[dict[str, Any]] = []
+        new_rows: list[dict[str, Any]] = []
+        new_groups: list[tuple[str, str | None]] = []
+        opened: dict[tuple[str, str | None], list[int]] = {}
+        for group, members in groups:
+            key, zone = group
+            start = 0
+            held = self._open.get(group)
+            if held is not None:
+                start = min(len(members), self.batch_size - held[1])
+                appended.append({"b": held[0], "n": start,
+                                 "more": "," + ",".join(map(str, members[:start]))})  # fmt: skip
+                opened[group] = [held[0], held[1] + start]
             skip = key.startswith(_SKIP)
-            for start in range(0, len(members), self.batch_size):
-                chunk = members[start : start + self.batch_size]
-                rows.append({
+            for at in range(start, len(members), self.batch_size):
+                chunk = members[at : at + self.batch_size]
+                new_groups.append(group)
+                new_rows.append({
                     "issue_id": self.issue_id, "status": BatchStatus.FILLING, "size": len(chunk),
                     "attempts": 0, "updated_at": now, "zone": zone,
                     "variant_id": None if skip else variants[key],
                     "error": key[1:] if skip else None, "members": ",".join(map(str, chunk)),
                 })  # fmt: skip
-        with self.app.session() as session:
-            locked = session.execute(
-                update(_I)
-                .where(_I.c.id == self.issue_id, _I.c.freezing_after == planning.start)
-                .values(freezing_after=PLANNED)
-                .returning(_I.c.id)
-            ).first()
-            if locked is None:  # another sender stored its plan first: help fill theirs
-                session.rollback()
-                return 0 if _freezing(session, self.issue_id) else None
-            if planning.start > 0:  # a freeze begun page by page before this code: let it go
-                session.execute(
-                    update(_B)
-                    .where(_B.c.issue_id == self.issue_id, _B.c.status == BatchStatus.FILLING)
-                    .values(status=BatchStatus.PENDING, updated_at=now)
-                )
-            if rows:
-                session.execute(insert(_B), rows)
-            session.commit()
-        return 0
+        if appended:
+            session.execute(
+                update(_B)
+                .where(_B.c.id == bindparam("b"))
+                .values(members=_B.c.members + bindparam("more"), size=_B.c.size + bindparam("n")),
+                appended,
+            )
+        if new_rows:
+            statement = insert(_B).returning(_B.c.id, sort_by_parameter_order=True)
+            ids = [row[0] for row in session.execute(statement, new_rows)]
+            for group, batch_id, row in zip(new_groups, ids, new_rows, strict=True):
+                opened[group] = [int(batch_id), int(row["size"])]
+        return {g: held for g, held in opened.items() if held[1] < self.batch_size}
 
     def _announce(self, variant_id: int, variant_plan: Plan) -> None:
         if variant_id not in self._announced:
@@ -282,26 +331,40 @@ class PersonalFreezer:
     # -- fill ---------------------------------------------------------------------------------
 
     def _fill_step(self) -> int | None:
-        now = self.app.now()
+        """The plan is complete: fill the next batches, or end the freeze once none is left."""
         with self.app.session() as session:
-            if not self._caught_up:  # a sender that did not plan: the variants still to go
-                self._announce_planned(session)
-                self._caught_up = True
-            taken = self._take(session, now)
-            if not taken:
-                if _planned(session, self.issue_id):  # held by another freezer right now
-                    session.rollback()
-                    return 0
-                session.execute(
-                    update(_I)
-                    .where(_I.c.id == self.issue_id, _I.c.freezing_after == PLANNED)
-                    .values(freezing_after=None)
-                )
-                session.commit()
-                return None
-            frozen = self._write(session, taken, now)
+            frozen = self._fill(session, sealed_only=False)
+            if frozen:
+                return frozen
+            if personal_batches.planned(
+                session, self.issue_id
+            ):  # held by another freezer right now
+                session.rollback()
+                return 0
+            session.execute(
+                update(_I)
+                .where(_I.c.id == self.issue_id, _I.c.freezing_after == PLANNED)
+                .values(freezing_after=None)
+            )
             session.commit()
-            return frozen
+            return None
+
+    def _fill(self, session: Session, *, sealed_only: bool) -> int:
+        """Write the rows of the next planned batches (while planning goes on, only of those
+        full already) and commit; how many rows (0: none to take)."""
+        if not self._caught_up:  # a sender that did not plan: the variants still to go
+            self._announce_planned(session)
+            self._caught_up = True
+        now = self.app.now()
+        wanted = max(1, self.page_size // self.batch_size)
+        full = self.batch_size if sealed_only else None
+        taken = personal_batches.take(session, self.issue_id, now, wanted=wanted, full=full)
+        if not taken:
+            session.rollback()
+            return 0
+        frozen = personal_batches.write(session, self.issue_id, taken, now, self.domain)
+        session.commit()
+        return frozen
 
     def _announce_planned(self, session: Session) -> None:
         variants = session.execute(
@@ -317,166 +380,3 @@ class PersonalFreezer:
         ).scalars()
         for variant in variants:
             self._announce(variant.id or 0, personal.plan_of(variant))
-
-    def _take(self, session: Session, now: datetime) -> list[Any]:
-        """The next planned batches, moved to `pending` by compare-and-set (this transaction
-        writes their rows; nobody sees them before it commits)."""
-        wanted = max(1, self.page_size // self.batch_size)
-        # Locked first (PostgreSQL; SQLite has one writer anyway), then moved by compare-and-set:
-        # inside `IN (…)` PostgreSQL may run a LIMIT … SKIP LOCKED subquery again per row and
-        # take every batch at once.
-        ids = list(
-            session.execute(
-                select(_B.c.id)
-                .where(
-                    _B.c.issue_id == self.issue_id,
-                    _B.c.status == BatchStatus.FILLING,
-                    _B.c.members.is_not(None),
-                )
-                .order_by(_B.c.id)
-                .limit(wanted)
-                .with_for_update(skip_locked=True)
-            ).scalars()
-        )
-        if not ids:
-            return []
-        return list(
-            session.execute(
-                update(_B)
-                .where(_B.c.id.in_(ids), _B.c.status == BatchStatus.FILLING)
-                .values(status=BatchStatus.PENDING, updated_at=now)
-                .returning(_B.c.id, _B.c.variant_id, _B.c.error, _B.c.members)
-            ).all()
-        )
-
-    def _write(self, session: Session, taken: list[Any], now: datetime) -> int:
-        """Each taken batch's delivery rows, by INSERT … SELECT from its members' ids; the
-        batches get their real sizes, the skip groups' rows no batch."""
-        insert_rows = _insert_members(session, self.issue_id, now, self.domain)
-        frozen, readers = 0, Counter[int]()
-        sizes: list[dict[str, int]] = []
-        skips: list[int] = []
-        for batch_id, variant_id, reason, members in sorted(taken, key=lambda row: row[0]):
-            skip = variant_id is None
-            written = insert_rows(
-                members,
-                batch=None if skip else batch_id,
-                variant=variant_id,
-                status=DeliveryStatus.SKIPPED if skip else DeliveryStatus.PENDING,
-                error=reason if skip else None,
-            )
-            frozen += written
-            if skip:
-                skips.append(batch_id)
-            else:
-                readers[variant_id] += written
-                sizes.append({"b": batch_id, "s": written})
-        if sizes:
-            session.execute(
-                update(_B)
-                .where(_B.c.id == bindparam("b"))
-                .values(size=bindparam("s"), members=None),
-                sizes,
-            )
-        if skips:
-            session.execute(delete(_B).where(_B.c.id.in_(skips)))
-        if readers:
-            session.execute(
-                update(_V)
-                .where(_V.c.id == bindparam("v"))
-                .values(readers=_V.c.readers + bindparam("n")),
-                [{"v": v, "n": n} for v, n in readers.items()],
-            )
-        return frozen
-
-
-def _insert_members(
-    session: Session, issue_id: int, now: datetime, domain: str
-) -> Callable[..., int]:
-    """A function writing the delivery rows of one batch's members ("1,5,9"); returns how many
-    (a subscriber erased since the plan has none)."""
-    dialect = session.connection().dialect.name
-    if dialect == "postgresql":
-        ids = bindparam("ids", type_=String)
-        chosen: Any = _S.c.id == any_(cast(func.string_to_array(ids, ","), ARRAY(Integer)))
-    else:
-        each: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
-        chosen = _S.c.id.in_(each)
-    rows = select(
-        literal(issue_id),
-        _S.c.id,
-        _S.c.email,
-        _S.c.name,
-        bindparam("status", type_=String),
-        bindparam("batch", type_=Integer),
-        bindparam("variant", type_=Integer),
-        bindparam("error", type_=String),
-        literal(False),
-        literal(False),
-        literal(now, type_=_D.c.updated_at.type),
-        message_ids(session, domain),
-    ).where(chosen)
-    columns = ["issue_id", "subscriber_id", "email", "name", "status", "batch_id", "variant_id",
-               "error", "opened", "clicked", "updated_at", "message_id"]  # fmt: skip
-    # An INSERT's row count is kept only when asked for (SQLAlchemy 2.x; -1 on psycopg else).
-    statement = insert(_D).from_select(columns, rows).execution_options(preserve_rowcount=True)
-
-    def write(members: str, **values: Any) -> int:
-        given = members if dialect == "postgresql" else f"[{members}]"
-        values["status"] = str(values["status"])
-        result = session.execute(statement, {"ids": given, **values})
-        return int(result.rowcount)  # type: ignore[attr-defined]
-
-    return write
-
-
-def _raw_rows(session: Session, statement: Any) -> list[Any]:
-    """The rows of `statement` as the driver's tuples: a million readers pass through the
-    planning, and building SQLAlchemy rows for them cost more than the database's work. (Its
-    parameters need no conversion: plain ids, strings.)"""
-    connection = session.connection()
-    compiled = statement.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    params: Any = compiled.params
-    if compiled.positiontup is not None:
-        params = [params[name] for name in compiled.positiontup]
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
-
-
-def _freezing(session: Session, issue_id: int) -> bool:
-    after = session.execute(select(_I.c.freezing_after).where(_I.c.id == issue_id)).scalar()
-    return after is not None
-
-
-def _planned(session: Session, issue_id: int) -> bool:
-    """Whether planned batches remain (some may be held by a freezer filling them now)."""
-    found = session.execute(
-        select(_B.c.id)
-        .where(
-            _B.c.issue_id == issue_id,
-            _B.c.status == BatchStatus.FILLING,
-            _B.c.members.is_not(None),
-        )
-        .limit(1)
-    ).first()
-    return found is not None
-
-
-def planned_readers(session: Session, issue_id: int) -> int:
-    """Readers in batches planned but not yet filled (the freeze's remaining work)."""
-    return int(
-        session.execute(
-            select(func.coalesce(func.sum(_B.c.size), 0)).where(
-                _B.c.issue_id == issue_id,
-                _B.c.status == BatchStatus.FILLING,
-                _B.c.members.is_not(None),
-            )
-        ).scalar()
-        or 0
-    )

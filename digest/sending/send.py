@@ -376,7 +376,7 @@ def unfrozen(
     if after is None:
         return 0
     if after < 0:  # a personal issue's batches are planned: those not yet filled
-        from digest.sending.personal_freeze import planned_readers
+        from digest.sending.personal_batches import planned_readers
 
         return planned_readers(session, issue_id)
     return count_audience(session, newsletter, after_id=after, replaced_by=replaced_by)

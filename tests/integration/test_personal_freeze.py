@@ -70,49 +70,23 @@ def _state(app: App, issue_id: int) -> int | None:
         return freeze.freezing_after(session, issue_id)
 
 
-def test_the_plan_is_stored_whole_then_any_sender_fills_it_each_reader_once(
-    any_engine: Engine, make_app: Callable[..., App]
-) -> None:
-    app = personal_app(make_app, any_engine)  # batches of 3
-    _articles(app, DEFAULT_NOW)
-    groups = _audience(app)
-    issue = _started(app)
-    planner_told: list[tuple[int, Plan]] = []
-    planner = _freezer(app, issue, planner_told)
-    while _state(app, issue.id or 0) != PLANNED:  # pages of 6 readers, nothing written yet
-        assert planner.step() == 0
-        with app.session() as session:
-            assert not session.exec(select(Delivery)).all()
-
+def _rows(app: App) -> list[Delivery]:
     with app.session() as session:
-        batches = session.exec(select(SendBatch).order_by(SendBatch.id)).all()
-        variants = {v.id: v for v in session.exec(select(IssueVariant)).all()}
-    assert all(b.status == BatchStatus.FILLING and b.members for b in batches)
-    sizes = [(b.variant_id and tuple(variants[b.variant_id].topics), b.size) for b in batches]
+        return list(session.exec(select(Delivery)).all())
+
+
+def _check_done(app: App, groups: dict[str, set[int]]) -> None:
+    """Each reader frozen once, in the variant of the topics they follow, in full batches."""
     largest, second = (TURKEY, CLIMATE), (TURKEY,)
-    assert sizes == [(largest, 3), (largest, 3), (largest, 1), (second, 3), (second, 1), (None, 2)]
-    assert [tuple(p.topics) for _, p in planner_told] == [largest, second]  # largest first
-
-    # A sender that did not plan fills too, taking turns with the planner: two batches a step.
-    helper_told: list[tuple[int, Plan]] = []
-    helper = _freezer(app, issue, helper_told)
-    frozen = [helper.step(), planner.step(), helper.step(), planner.step()]
-    assert frozen == [6, 4, 3, None]  # the last: nothing planned is left, the freeze ends
-    assert [tuple(p.topics) for _, p in helper_told] == [largest, second]
-    assert _state(app, issue.id or 0) is None and helper.step() is None
-
     with app.session() as session:
         rows = session.exec(select(Delivery)).all()
         batches = session.exec(select(SendBatch)).all()
         variants = {v.id: v for v in session.exec(select(IssueVariant)).all()}
     assert Counter(r.subscriber_id for r in rows) == Counter(set().union(*groups.values()))
-    by_topics = {
-        tuple(variants[r.variant_id].topics) if r.variant_id else None: set() for r in rows
-    }
+    by_topics: dict[tuple[str, ...] | None, set[int]] = {}
     for r in rows:
-        by_topics[tuple(variants[r.variant_id].topics) if r.variant_id else None].add(
-            r.subscriber_id
-        )
+        topics = tuple(variants[r.variant_id].topics) if r.variant_id else None
+        by_topics.setdefault(topics, set()).add(r.subscriber_id)
     assert by_topics == {largest: groups["both"], second: groups["turkey"], None: groups["none"]}
     skipped = [r for r in rows if r.variant_id is None]
     assert {(r.status, r.batch_id, r.error) for r in skipped} == {
@@ -125,25 +99,64 @@ def test_the_plan_is_stored_whole_then_any_sender_fills_it_each_reader_once(
     assert {tuple(v.topics): v.readers for v in variants.values()} == {largest: 7, second: 4}
 
 
-def test_a_sender_that_loses_the_race_to_store_its_plan_fills_the_winners(
+def test_batches_are_planned_page_by_page_and_written_as_soon_as_full(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
     app = personal_app(make_app, any_engine)  # batches of 3
     _articles(app, DEFAULT_NOW)
     groups = _audience(app)
     issue = _started(app)
-    first, second = _freezer(app, issue, []), _freezer(app, issue, [])
-    # Both read two pages of three; then the first reads the last and stores its plan, while
-    # the second, which saw the issue unplanned, reads it too.
-    for _ in range(2):
-        assert first.step() == 0 and second.step() == 0
-    assert first.step() == 0 and _state(app, issue.id or 0) == PLANNED
-    assert second._plan_step(0) == 0  # its compare-and-set fails: its plan is dropped
+    told: list[tuple[int, Plan]] = []
+    planner = _freezer(app, issue, told)
+    assert planner.step() == 0  # page 1 (6 readers): planned, nothing written
+    assert not _rows(app)
     with app.session() as session:
-        planned = session.exec(select(SendBatch)).all()
-    assert len(planned) == 6
+        planned = session.exec(select(SendBatch).order_by(SendBatch.id)).all()
+    assert [(b.status, b.size) for b in planned] == [
+        (BatchStatus.FILLING, 3), (BatchStatus.FILLING, 2), (BatchStatus.FILLING, 1)
+    ]  # fmt: skip
+    assert [tuple(p.topics) for _, p in told] == [(TURKEY, CLIMATE), (TURKEY,)]  # largest first
+    assert planner.step() == 3  # the full batch is written while the plan goes on
+    assert _state(app, issue.id or 0) not in (None, PLANNED)
+    assert {r.batch_id for r in _rows(app)} == {planned[0].id}
+    while planner.step() is not None:
+        pass
+    _check_done(app, groups)
+
+
+def test_a_sender_that_did_not_plan_takes_turns_with_the_planner_each_reader_once(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    groups = _audience(app)
+    issue = _started(app)
+    planner = _freezer(app, issue, [])
+    assert planner.step() == 0  # page 1
+    helper_told: list[tuple[int, Plan]] = []
+    helper = _freezer(app, issue, helper_told)  # takes the open batches over from the database
+    steps = [helper.step(), planner.step(), helper.step(), planner.step(), helper.step()]
+    assert steps[0] == 0  # the helper plans page 2 after the planner's page 1
+    assert steps[1] == 6  # the planner's turn: the two batches full by now written
+    assert [tuple(p.topics) for _, p in helper_told][:2] == [(TURKEY, CLIMATE), (TURKEY,)]
+    while helper.step() is not None or planner.step() is not None:
+        pass
+    assert _state(app, issue.id or 0) is None
+    _check_done(app, groups)
+
+
+def test_a_sender_that_loses_the_race_for_a_page_reloads_and_goes_on(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    groups = _audience(app)
+    issue = _started(app)
+    first, second = _freezer(app, issue, []), _freezer(app, issue, [])
+    assert first.step() == 0  # page 1 planned by the first
+    assert second._plan_step(0) == 0  # read page 1 too, but its compare-and-set fails
+    with app.session() as session:
+        assert len(session.exec(select(SendBatch)).all()) == 3  # page 1 stored once
     while second.step() is not None:
         pass
-    with app.session() as session:
-        rows = session.exec(select(Delivery)).all()
-    assert sorted(r.subscriber_id for r in rows) == sorted(set().union(*groups.values()))
+    _check_done(app, groups)
