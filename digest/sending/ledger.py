@@ -87,9 +87,13 @@ def claim(
     claimer: Claimer,
     now: datetime,
     zones: Collection[str | None] | None = None,
+    by_variant: bool = False,
 ) -> int | None:
     """Take the next pending batch of the issue (compare-and-set); None when none is left.
-    `zones` limits it to batches of those time zones (subscriber-local delivery).
+    `zones` limits it to batches of those time zones (subscriber-local delivery). `by_variant`
+    (personal issues) takes the first variant's batches first: its batches are cut as readers
+    are planned, interleaved with other variants', and a sender keeps only the latest variants'
+    messages (in the order they were rendered: the variants' ids).
 
     Commit right after: the claim is the only write here, so the write lock (SQLite) or row lock
     (PostgreSQL) is held for one statement, not while the batch is read and checked.
@@ -97,7 +101,7 @@ def claim(
     next_pending = (
         select(_B.c.id)
         .where(_B.c.issue_id == issue_id, _B.c.status == BatchStatus.PENDING, in_zones(zones))
-        .order_by(_B.c.id)
+        .order_by(*((_B.c.variant_id,) if by_variant else ()), _B.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)  # PostgreSQL; SQLite serialises writers anyway
         .scalar_subquery()

@@ -262,7 +262,7 @@ class SendRun:
         with self._writing, app.engine.begin() as db:
             batch_id = ledger.claim(
                 db, issue_id=self.issue_id, claimer=self.claimer, now=app.now(),
-                zones=self.zones,
+                zones=self.zones, by_variant=self.newsletter.personal,
             )  # fmt: skip
         batch = None
         if batch_id is not None:

@@ -162,7 +162,12 @@ def one_batch(run: SendRun, quota: int | None) -> bool:
     seen = run._pages
     with run._writing, app.engine.begin() as db:
         batch_id = ledger.claim(
-            db, issue_id=run.issue_id, claimer=claimer, now=app.now(), zones=run.zones
+            db,
+            issue_id=run.issue_id,
+            claimer=claimer,
+            now=app.now(),
+            zones=run.zones,
+            by_variant=run.newsletter.personal,
         )
         batch = None
         if batch_id is not None:
