@@ -172,7 +172,11 @@ def lock_issues(session: Session, issue_ids: Iterable[int]) -> dict[int, str]:
         .order_by(_I.c.id)
         .with_for_update(read=True, of=_I)
     )
-    return {int(i): str(n) for i, n in session.execute(statement)}
+    found = {int(i): str(n) for i, n in session.execute(statement)}
+    # The counting triggers' per-issue locks taken up front, in id order: this POST's later
+    # statements (bounces, unsubscribes) then never take them in an order another reverses.
+    snapshot.lock(session, found)
+    return found
 
 
 # -- the rules, in memory -----------------------------------------------------------------------
