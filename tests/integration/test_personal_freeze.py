@@ -46,6 +46,16 @@ def _audience(app: App) -> dict[str, set[int]]:
     return groups
 
 
+def _sending(
+    make_app: Callable[..., App], engine: Engine
+) -> tuple[App, dict[str, set[int]], Issue]:
+    """The personal issue built over `_audience` and started (batches of 3)."""
+    app = personal_app(make_app, engine)
+    _articles(app, DEFAULT_NOW)
+    groups = _audience(app)
+    return app, groups, _started(app)
+
+
 def _started(app: App) -> Issue:
     issue = build_issue(app, BRIEFING, DEFAULT_NOW)
     with app.session() as session:
@@ -102,10 +112,7 @@ def _check_done(app: App, groups: dict[str, set[int]]) -> None:
 def test_batches_are_planned_page_by_page_and_written_as_soon_as_full(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
-    app = personal_app(make_app, any_engine)  # batches of 3
-    _articles(app, DEFAULT_NOW)
-    groups = _audience(app)
-    issue = _started(app)
+    app, groups, issue = _sending(make_app, any_engine)
     told: list[tuple[int, Plan]] = []
     planner = _freezer(app, issue, told)
     assert planner.step() == 0  # page 1 (6 readers): planned, nothing written
@@ -127,10 +134,7 @@ def test_batches_are_planned_page_by_page_and_written_as_soon_as_full(
 def test_a_sender_that_did_not_plan_takes_turns_with_the_planner_each_reader_once(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
-    app = personal_app(make_app, any_engine)
-    _articles(app, DEFAULT_NOW)
-    groups = _audience(app)
-    issue = _started(app)
+    app, groups, issue = _sending(make_app, any_engine)
     planner = _freezer(app, issue, [])
     assert planner.step() == 0  # page 1
     helper_told: list[tuple[int, Plan]] = []
@@ -148,10 +152,7 @@ def test_a_sender_that_did_not_plan_takes_turns_with_the_planner_each_reader_onc
 def test_a_sender_that_loses_the_race_for_a_page_reloads_and_goes_on(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
-    app = personal_app(make_app, any_engine)
-    _articles(app, DEFAULT_NOW)
-    groups = _audience(app)
-    issue = _started(app)
+    app, groups, issue = _sending(make_app, any_engine)
     first, second = _freezer(app, issue, []), _freezer(app, issue, [])
     assert first.step() == 0  # page 1 planned by the first
     assert second._plan_step(0) == 0  # read page 1 too, but its compare-and-set fails
