@@ -26,7 +26,7 @@ from digest.transports import OutgoingBatch, SendOutcome, SendResult
 from digest.transports.outbox import OutboxTransport
 from digest.web.server import create_app
 from tests.integration.test_sendgrid_webhook import NOW_TS, Signer
-from tests.support.sending import add_audience, make_issue
+from tests.support.sending import add_audience, make_issue, webhook_app
 
 TU = "turkey-unpacked"
 
@@ -38,11 +38,7 @@ def signer() -> Signer:
 
 @pytest.fixture
 def app(any_engine: Engine, make_app: Callable[..., App], signer: Signer) -> App:
-    return make_app(
-        any_engine,
-        env={"SENDGRID_WEBHOOK_PUBLIC_KEY": signer.public_b64},
-        delivery={"batch_size": 5, "concurrency": 1},
-    )
+    return webhook_app(make_app, any_engine, signer.public_b64)
 
 
 class _SecondBatchLost(OutboxTransport):

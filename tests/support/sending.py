@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -229,3 +230,13 @@ def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
     """Wait for a process from `start_send`: its exit code and its output on one line."""
     out, err = process.communicate(timeout=180)
     return process.returncode, " ".join((out + err).decode("utf-8", "replace").split())
+
+
+def webhook_app(make_app: Callable[..., App], engine: Engine, public_key: str) -> App:
+    """An app taking SendGrid events signed with `public_key`; it sends batches of 5 on one
+    thread (the event tests' sends)."""
+    return make_app(
+        engine,
+        env={"SENDGRID_WEBHOOK_PUBLIC_KEY": public_key},
+        delivery={"batch_size": 5, "concurrency": 1},
+    )
