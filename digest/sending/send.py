@@ -23,7 +23,7 @@ from digest.config import NewsletterConfig
 from digest.mail.message import message_domain, recipient_values, tokens_of
 from digest.rendering import lint
 from digest.sending import counts as ledger_counts
-from digest.sending import freeze, ledger, local_time
+from digest.sending import freeze, ledger, local_time, snapshot
 from digest.sending.claimer import Claimer
 from digest.sending.counts import delivery_counts
 from digest.sending.fleet_rate import shared_limiter
@@ -224,7 +224,9 @@ def send_issue(
         if own_transport:
             transport.close()
     with app.session() as session:
-        counts = delivery_counts(session, issue_id)  # one scan of the deliveries, at the end
+        # Kept by the database as rows and batches change (migration 0012): no scan of the
+        # deliveries (a million rows: 0.3 s, 1.1 s for a personal issue's scattered batches).
+        counts = snapshot.delivery_counts(session, issue_id)
         ledger.finish_if_done(session, issue_id=issue_id, now=app.now(), counts=counts)
     _fill_counts(app, report, counts)
     report.seconds = time.perf_counter() - started
@@ -384,7 +386,8 @@ def unfrozen(
 
 def _fill_counts(app: App, report: SendReport, counts: dict[str, int] | None = None) -> None:
     with app.session() as session:
-        counts = counts if counts is not None else delivery_counts(session, report.issue_id)
+        if counts is None:
+            counts = snapshot.delivery_counts(session, report.issue_id)
         issue = session.get(Issue, report.issue_id)
     report.accepted = counts[DeliveryStatus.ACCEPTED] + sum(
         counts.get(s, 0)
