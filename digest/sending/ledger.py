@@ -32,7 +32,7 @@ from digest.sending import snapshot
 from digest.sending.claimer import Claimer
 from digest.sending.counts import BATCH_SPEAKS_AS, delivery_counts, in_zones
 from digest.sending.freeze import insert_batches
-from digest.storage.db import Db
+from digest.storage.db import Db, driver_rows
 from digest.storage.models import (
     BatchStatus,
     Delivery,
@@ -143,15 +143,15 @@ def open_batch(
     started = session.execute(select(_I.c.sending_at).where(_I.c.id == issue_id)).scalar()
     changed = None if started is None else changed_since(session, started - CLOCK_MARGIN)
     allowed = mailable(_D.c.subscriber_id, newsletter, replaced_by=replaced_by)
-    in_batch = (_D.c.batch_id == batch_id, _D.c.status == DeliveryStatus.PENDING)
+    in_batch = (_D.c.batch_id == batch_id, _D.c.status == str(DeliveryStatus.PENDING))
     columns = [_D.c.id, _D.c.subscriber_id, _D.c.email, _D.c.name]
     if changed is None:
         probed = select(*columns, allowed, _D.c.message_id)
         rows = list(session.execute(probed.where(*in_batch).order_by(_D.c.id)).all())
     else:
-        read = session.execute(
-            select(*columns, _D.c.message_id).where(*in_batch).order_by(_D.c.id)
-        ).all()
+        read = driver_rows(  # plain tuples: a thousand per batch, a million in a large send
+            session, select(*columns, _D.c.message_id).where(*in_batch).order_by(_D.c.id)
+        )
         suspects = sorted({row[1] for row in read} & changed)
         blocked: set[int] = set()
         for start in range(0, len(suspects), 1000):

@@ -164,25 +164,6 @@ def insert_members(
     return write
 
 
-def raw_rows(session: Session, statement: Any) -> list[Any]:
-    """The rows of `statement` as the driver's tuples: a million readers pass through the
-    planning, and building SQLAlchemy rows for them cost more than the database's work. (Its
-    parameters need no conversion: plain ids, strings.)"""
-    connection = session.connection()
-    compiled = statement.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
-    params: Any = compiled.params
-    if compiled.positiontup is not None:
-        params = [params[name] for name in compiled.positiontup]
-    cursor = connection.connection.cursor()
-    try:
-        cursor.execute(str(compiled), params)
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
-
-
 def freezing(session: Session, issue_id: int) -> bool:
     after = session.execute(select(_I.c.freezing_after).where(_I.c.id == issue_id)).scalar()
     return after is not None

@@ -50,6 +50,7 @@ from digest.issues.received import History, Receipt, topic_masks
 from digest.issues.variants import Plan, plan
 from digest.sending import personal_batches
 from digest.sending.freeze import FREEZE_PAGE, Zoning
+from digest.storage.db import driver_rows
 from digest.storage.models import (
     BatchStatus,
     Delivery,
@@ -175,13 +176,13 @@ class PersonalFreezer:
         page = audience_statement(
             self.newsletter.slug, after_id=planning.after, limit=self.page_size
         ).subquery("audience")
-        rows = personal_batches.raw_rows(session, select(page.c.subscriber_id, page.c.timezone))
+        rows = driver_rows(session, select(page.c.subscriber_id, page.c.timezone))
         if not rows:
             return 0
         last = int(rows[-1][0])
         masks = topic_masks(self.order, planning.after, last)
         mask_of: dict[int, int] = dict(
-            personal_batches.raw_rows(session, select(masks.c.subscriber_id, masks.c.mask))
+            driver_rows(session, select(masks.c.subscriber_id, masks.c.mask))
         )
         buckets: defaultdict[tuple[int, str | None], list[int]] = defaultdict(list)
         get = mask_of.get

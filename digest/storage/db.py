@@ -22,6 +22,28 @@ if TYPE_CHECKING:  # alembic is imported by the functions that migrate: a tick n
 Db = Session | Connection
 
 
+def driver_rows(db: Db, statement: Any) -> list[Any]:
+    """The rows of a Core `statement` as the driver's own tuples, in the transaction of `db`.
+
+    For the hot paths that read thousands of plain values (ids, strings) per statement: building
+    SQLAlchemy rows for them cost more than the database's work. Parameters go to the driver as
+    given (no type conversion): plain ids and strings.
+    """
+    connection = db.connection() if isinstance(db, Session) else db
+    compiled = statement.compile(
+        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    params: Any = compiled.params
+    if compiled.positiontup is not None:
+        params = [params[name] for name in compiled.positiontup]
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine configured for the backend: WAL, foreign keys and a busy timeout on SQLite."""
     parsed = make_url(url)
