@@ -6,9 +6,9 @@ Run: `.venv/bin/python benchmarks/bench_10m.py [--size 10000000]` (develop with
 On a fresh PostgreSQL schema: `--size` subscribers with an active subscription, bulk inserted
 (`tests.support.sending.add_audience`, the `unnest` path, in steps of `--step` with progress),
 and an approved, rendered issue. The measured `send_issue` runs in a child process so that its
-peak RSS (`ru_maxrss`) and CPU are its own: the freeze of the audience into deliveries
-(overlapped with sending) and every batch through the SendGrid transport, 1000 recipients a
-request, 4 threads, like `bench_send.py`.
+peak RSS (VmHWM: `bench_send.peak_rss_mb`) and CPU are its own: the freeze of the audience into
+deliveries (overlapped with sending) and every batch through the SendGrid transport, 1000
+recipients a request, 4 threads, like `bench_send.py`.
 
 The sink is not the project's test server (which checks every request against SendGrid's
 schema rules): it is a `ThreadingHTTPServer` in its own process that answers every
@@ -119,7 +119,7 @@ def sink() -> None:
             "bytes": state.bytes,
             "other": state.other,
             "cpu": usage.ru_utime + usage.ru_stime,
-            "peak_mb": usage.ru_maxrss / 1024,
+            "peak_mb": usage.ru_maxrss / 1024,  # started before the parent grew
         }
     print(json.dumps(summary), flush=True)
 
@@ -224,6 +224,8 @@ def prepare(url: str, size: int, step: int) -> tuple[int, float]:
 
 def child(url: str, api_url: str, issue_id: int) -> None:
     """Runs in its own process: the measured send. Progress on stderr, one JSON line on stdout."""
+    from bench_send import peak_rss_mb  # (benchmarks/ is this script's own folder)
+
     from digest.app import App, fixed_clock
     from digest.config import settings_from_mapping
     from digest.sending.send import send_issue
@@ -237,10 +239,9 @@ def child(url: str, api_url: str, issue_id: int) -> None:
         now = time.perf_counter()
         if now - last[0] >= 15:
             last[0] = now
-            usage = resource.getrusage(resource.RUSAGE_SELF)
             print(
                 f"  sent {done:>11,} / {total:,} after {now - started:.0f} s "
-                f"(peak RSS so far {usage.ru_maxrss / 1024:.0f} MB)",
+                f"(peak RSS so far {peak_rss_mb():.0f} MB)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -254,7 +255,7 @@ def child(url: str, api_url: str, issue_id: int) -> None:
         "wall_start": wall_start,
         "seconds": seconds,
         "cpu": usage.ru_utime + usage.ru_stime,
-        "peak_mb": usage.ru_maxrss / 1024,
+        "peak_mb": peak_rss_mb(),
         "freeze": report.freeze_seconds,
         "accepted": report.accepted,
         "failed": report.failed,
