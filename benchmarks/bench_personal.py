@@ -485,7 +485,7 @@ def measure_single(kind: str, size: int, workdir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         issue_id = single.prepare(url, size)
         setup = time.perf_counter() - started
-        command = [sys.executable, single.__file__, "--child", url, api_url, str(issue_id)]
+        command = [sys.executable, single.__file__, "--child", url, api_url, str(issue_id), "auto"]
         result = _run_child(command, f"the single-newsletter send on {kind}", pid)
         result["setup"] = setup
     result["server_accepted"] = counts.get("accepted", -1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -41,6 +42,16 @@ class DeliveryConfig(Strict):
     # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
     # little faster, smaller holds the database's write lock for less time.
     freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
+    # Helper processes that sign links, build request bodies and send (digest.sending.
+    # send_processes): "auto" is 2 for an issue of 20,000+ recipients on 2+ cores, else 0.
+    send_processes: int | Literal["auto"] = Field(default="auto")
+
+    @field_validator("send_processes")
+    @classmethod
+    def _helpers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 16:
+            raise ValueError("must be 'auto' or a number from 0 to 16")
+        return value
 
 
 class SendGridConfig(Strict):

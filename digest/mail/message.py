@@ -14,7 +14,7 @@ from __future__ import annotations
 import email.policy
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -162,6 +162,8 @@ class RecipientValues:
         tokens: personalize.Tokens = personalize.LEGACY,
         unfollow: Sequence[tuple[str, str]] = (),
     ) -> None:
+        # What rebuilds it in another process (`__reduce__`: the signers are closures).
+        self._args = (settings, newsletter, key, now, name_fallback, tokens, tuple(unfollow))
         links = Links(settings.site.base_url, key, now)
         self.tokens = tokens
         self._unsubscribe = links.signer(Purpose.UNSUBSCRIBE, newsletter=newsletter.slug)
@@ -182,6 +184,9 @@ class RecipientValues:
             for token, topic in unfollow
         ]
 
+    def __reduce__(self) -> tuple[Callable[..., RecipientValues], tuple[object, ...]]:
+        return _rebuild_values, self._args
+
     def __call__(self, subscriber_id: int, name: str | None) -> dict[str, str]:
         tokens = self.tokens
         values = {
@@ -192,6 +197,21 @@ class RecipientValues:
         for token, sign in self._unfollow:
             values[token] = sign(subscriber_id)
         return values
+
+
+def _rebuild_values(
+    settings: Settings,
+    newsletter: NewsletterConfig,
+    key: bytes,
+    now: datetime,
+    name_fallback: str,
+    tokens: personalize.Tokens,
+    unfollow: Sequence[tuple[str, str]],
+) -> RecipientValues:
+    return RecipientValues(
+        settings, newsletter, key, now, name_fallback=name_fallback, tokens=tokens,
+        unfollow=unfollow,
+    )  # fmt: skip
 
 
 def recipient_values(

@@ -36,6 +36,7 @@ from digest.transports import (
 if TYPE_CHECKING:
     from digest.issues.variant_renders import VariantRenders
     from digest.sending.fleet_rate import FleetRateLimiter
+    from digest.sending.send_processes import SendProcesses
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,11 @@ class SendRun:
         freeze_step: Callable[[], bool] | None = None,
         limiter: RateLimiter | FleetRateLimiter | None = None,
         variants: VariantRenders | None = None,
+        helpers: SendProcesses | None = None,
     ) -> None:
         self.app = app
+        # Sign, build and send batches in helper processes (None: with `transport`, here).
+        self.helpers = helpers
         # Personal newsletters: renders each variant once (the freeze starts them).
         self.variants = variants
         # Freezes one more page of the audience per call while the workers send the pages
@@ -289,7 +293,14 @@ class SendRun:
         sent_to_transport = False
         try:
             results: list[SendResult] = []
-            if batch.recipients:
+            if batch.recipients and self.helpers is not None:
+                message, values = self.message_for(batch.variant_id)
+                rows = [(r.delivery_id, r.subscriber_id, r.email, r.name, r.message_id)
+                        for r in batch.recipients]  # fmt: skip
+                self.limiter.acquire(len(rows))
+                sent_to_transport = True
+                results = self.helpers.send(batch.variant_id, message, values, batch.batch_id, rows)
+            elif batch.recipients:
                 outgoing = self._outgoing(batch)
                 self.limiter.acquire(len(batch.recipients))
                 sent_to_transport = True

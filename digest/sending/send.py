@@ -10,6 +10,7 @@ several on different hosts sharing PostgreSQL, split the batches between them.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -42,6 +43,7 @@ from subscribers import count_audience, normalize_email
 
 if TYPE_CHECKING:
     from digest.issues.variant_renders import VariantRenders
+    from digest.sending.send_processes import SendProcesses
 
 __all__ = [
     "RateLimiter",
@@ -206,16 +208,19 @@ def send_issue(
             step = None
             if still_freezing:
                 step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
+            helpers = _helpers(app, transport, todo if own_transport else 0)
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
-                variants=variants,
+                variants=variants, helpers=helpers,
             )  # fmt: skip
             try:
                 run.execute()
             finally:
                 if variants is not None:
                     variants.close()
+                if helpers is not None:
+                    helpers.close()
             report.processed, report.batches = run.processed, run.batches
             report.errors = run.errors
             report.freeze_seconds = run.freeze_seconds
@@ -266,6 +271,20 @@ def _prepare(
                 report.requeued += ledger.requeue(
                     session, issue_id=issue_id, status=status, batch_size=batch_size, now=app.now()
                 )
+
+
+def _helpers(app: App, transport: Transport, audience: int) -> SendProcesses | None:
+    """Helper processes for the configured transport (`delivery.send_processes`), or None.
+    Not for a transport handed in (it lives here) nor for SMTP (it streams, see `stream`)."""
+    from digest.sending import send_processes
+
+    if not audience or getattr(transport, "confirms_each", False):
+        return None
+    count = send_processes.helpers_for(app.settings, audience, os.cpu_count())
+    if not count:
+        return None
+    threads = -(-max(1, app.settings.delivery.concurrency) // count)
+    return send_processes.SendProcesses(app.settings, count, threads)
 
 
 def _variant_renders(

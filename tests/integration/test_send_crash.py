@@ -41,7 +41,9 @@ def server() -> Iterator[SendGridServer]:
         yield running
 
 
-def _config(tmp_path: Path, engine: Engine, server: SendGridServer) -> tuple[Path, Settings]:
+def _config(
+    tmp_path: Path, engine: Engine, server: SendGridServer, helpers: int = 0
+) -> tuple[Path, Settings]:
     url = engine.url.render_as_string(hide_password=False)
     lines = [
         "[database]",
@@ -55,6 +57,7 @@ def _config(tmp_path: Path, engine: Engine, server: SendGridServer) -> tuple[Pat
         "batch_size = 10",
         "concurrency = 3",
         "freeze_page = 30",  # 14 pages, frozen by turns while the first batches go
+        f"send_processes = {helpers}",  # helper processes sign, build and send (or none)
         "[sendgrid]",
         f'api_url = "{server.url}"',
         "timeout = 20",
@@ -111,10 +114,11 @@ def _ledger(engine: Engine, issue_id: int) -> tuple[dict[str, int], set[str]]:
         return counts, {row[0] for row in rows}
 
 
+@pytest.mark.parametrize("helpers", [0, 2], ids=["in-process", "helpers"])
 def test_killed_at_random_moments_then_resumed_mails_everyone_once_or_reports_unknown(
-    any_engine: Engine, server: SendGridServer, tmp_path: Path
+    any_engine: Engine, server: SendGridServer, tmp_path: Path, helpers: int
 ) -> None:
-    config, settings = _config(tmp_path, any_engine, server)
+    config, settings = _config(tmp_path, any_engine, server, helpers)
     first, last = add_audience(any_engine, SLUG, AUDIENCE)
     issue_id = _current_issue(any_engine, settings)
     seed = draw_seed("kill moments")
