@@ -23,16 +23,17 @@ Render time is measured in the child, as `digest.issues.variant_renders` renders
 audience in a process of its own (its CPU, start-up included, and its peak RSS, read just before
 the send closes it), otherwise in the senders (`Renderer.render`, timed there); besides, the CPU
 the freeze spends handing each new variant over (its renderer input built) and the time the
-senders wait for their batch's variant (`VariantRenders.get`). Also the CPU of the freeze thread
-and of the sending threads (and of the process that plans the freeze's pages for a large
-audience, `digest.sending.freeze_process`, read as the rendering one), when the first batch was
-done and how much was sent by the end of the freeze. After each send the bench checks, from the
-database and the server's count: every reader accepted once (no delivery row twice, the server
-accepted exactly `--size` recipients), each reader's variant is the set of topics they follow,
-and the variants' reader counts add up.
+senders wait for their batch's variant (`VariantRenders.get`). The send helpers' CPU and peak
+RSS (`delivery.send_processes`, in both sends) are read the same way. Also the CPU of the
+freeze thread and of the sending threads (and of the process that plans the freeze's pages
+for a large audience, `digest.sending.freeze_process`, read as the rendering one), when the
+first batch was done and how much was sent by the end of the freeze. After each send the bench
+checks, from the database and the server's count: every reader accepted once (no delivery row
+twice, the server accepted exactly `--size` recipients), each reader's variant is the set of
+topics they follow, and the variants' reader counts add up.
 
 Targets on a 2-core machine: the personal send within 1.5x the single newsletter's time, peak
-RSS at most 300 MB (the sending, rendering and freezing processes' together). `--profile`
+RSS at most 300 MB (the sending, rendering, freezing and helper processes' together). `--profile`
 runs the personal child under cProfile (every thread of it, not the rendering process) and
 prints its hot spots; the times are then inflated and not comparable.
 """
@@ -72,6 +73,7 @@ PERSONAL = "my-briefing"
 TOPICS = [f"topic-{n}" for n in range(10)]
 PER_TOPIC = 8
 SEED = 14
+HELPERS_ENV = "DIGEST_BENCH_SEND_PROCESSES"
 TARGET_RATIO = 1.5
 TARGET_RSS_MB = 300.0
 # Every set of 1 to 4 of the 10 topics: a reader draws a size, then one set of that size.
@@ -80,7 +82,7 @@ COMBINATIONS = [list(itertools.combinations(range(len(TOPICS)), k)) for k in ran
 
 def _config(url: str, api_url: str) -> dict[str, Any]:
     """bench_send's configuration (transport, batches, threads), with the personal setup."""
-    config = single._config(url, api_url)
+    config = single._config(url, api_url, send_processes=_helpers())
     config["sender"]["postal_address"] = "The Meridian Post, 12 Harbour Lane, Port Meridian 10101"
     config["newsletters"] = [
         {"slug": slug, "title": f"Topic {n}", "timezone": "Europe/Istanbul"}
@@ -90,6 +92,12 @@ def _config(url: str, api_url: str) -> dict[str, Any]:
          "timezone": "Europe/Istanbul", "min_articles": 1, "max_articles": 12}
     ]  # fmt: skip
     return config
+
+
+def _helpers() -> int | str:
+    """`delivery.send_processes` of both sends (`--send-processes`, passed on to the children)."""
+    value = os.environ.get(HELPERS_ENV, "0")
+    return int(value) if value.isdigit() else value
 
 
 def follows(size: int) -> Iterator[tuple[int, ...]]:
@@ -313,6 +321,7 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
         note(run, batch, results, taken)
 
     SendRun._note = noted  # type: ignore[method-assign,assignment]
+    single.watch_helpers()
     app = _app(url, api_url)
     with _profiled(profile):
         started = time.perf_counter()
@@ -473,6 +482,7 @@ def _run_child(command: list[str], what: str, server_pid: int) -> dict[str, Any]
         busy_cpu() - busy_before - result["cpu"] - result["server_cpu"]
         - result.get("process_cpu", 0.0)  # the personal send's rendering process
         - result.get("freeze_process_cpu", 0.0)  # and its freezing process
+        - result.get("helpers_cpu", 0.0)  # and the send helpers
     )  # fmt: skip
     result["load"] = (load[0], os.getloadavg()[0])
     return result
@@ -485,7 +495,8 @@ def measure_single(kind: str, size: int, workdir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         issue_id = single.prepare(url, size)
         setup = time.perf_counter() - started
-        command = [sys.executable, single.__file__, "--child", url, api_url, str(issue_id), "auto"]
+        helpers = str(_helpers())
+        command = [sys.executable, single.__file__, "--child", url, api_url, str(issue_id), helpers]
         result = _run_child(command, f"the single-newsletter send on {kind}", pid)
         result["setup"] = setup
     result["server_accepted"] = counts.get("accepted", -1)
@@ -521,7 +532,8 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
     print(
         f"{kind:10} single topic newsletter, {size:,} readers: {one['seconds']:.1f} s "
         f"({size / one['seconds']:,.0f}/s), freeze {one['freeze']:.1f} s, peak RSS "
-        f"{one['peak_mb']:.0f} MB, accepted {one['accepted']:,} [setup {one['setup']:.0f} s]",
+        f"{one['peak_mb']:.0f} MB{single.helper_rss(one)}, accepted {one['accepted']:,} "
+        f"[setup {one['setup']:.0f} s]",
         flush=True,
     )
     print(
@@ -572,7 +584,8 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
         flush=True,
     )
     print(
-        f"    CPU: sender {mine['cpu']:.1f} s (single {one['cpu']:.1f} s), local SendGrid server "
+        f"    CPU: sender {mine['cpu']:.1f} s (single {one['cpu']:.1f} s), its send helpers "
+        f"{mine['helpers_cpu']:.1f} s (single {one['helpers_cpu']:.1f} s), local SendGrid server "
         f"{mine['server_cpu']:.1f} s (single {one['server_cpu']:.1f} s), anything else "
         f"{mine['other_cpu']:.1f} s (single {one['other_cpu']:.1f} s){others}; load average "
         f"{one['load'][0]:.1f} → {one['load'][1]:.1f} (single), "
@@ -580,15 +593,18 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
         flush=True,
     )
     ratio = mine["seconds"] / one["seconds"]
-    both = mine["peak_mb"] + mine["process_peak_mb"] + mine["freeze_process_peak_mb"]
+    both = (mine["peak_mb"] + mine["process_peak_mb"] + mine["freeze_process_peak_mb"]
+            + mine["helpers_peak_mb"])  # fmt: skip
     fast, small = ratio <= TARGET_RATIO, both <= TARGET_RSS_MB
     rss = f"peak RSS {mine['peak_mb']:.0f} MB"
-    if mine["processes"] or mine["freeze_processes"]:
+    if mine["processes"] or mine["freeze_processes"] or mine["helpers"]:
         rss += f" ({_ok(mine['peak_mb'] <= TARGET_RSS_MB)} alone)"
         if mine["processes"]:
             rss += f" + {mine['process_peak_mb']:.0f} MB rendering"
         if mine["freeze_processes"]:
             rss += f" + {mine['freeze_process_peak_mb']:.0f} MB freezing"
+        if mine["helpers"]:
+            rss += f" + {mine['helpers_peak_mb']:.0f} MB in {mine['helpers']:.0f} send helpers"
         rss += f" = {both:.0f} MB"
     print(
         f"    personal / single: {ratio:.2f}x, target ≤ {TARGET_RATIO}x: {_ok(fast)}; "
@@ -643,8 +659,15 @@ def main() -> int:
         "--rounds", type=int, default=1,
         help="interleaved rounds (single and personal, the order alternating): the median ratio",
     )  # fmt: skip
+    parser.add_argument(
+        "--send-processes", default="0",
+        help="delivery.send_processes of both sends, compared like with like (0: a personal "
+        "issue's default, no helpers; 2: two helpers each)",
+    )  # fmt: skip
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.child:  # the children read it from their environment
+        os.environ[HELPERS_ENV] = args.send_processes
     if args.child:
         url, api_url, issue, *rest = args.child
         child(url, api_url, int(issue), rest[0] if rest else None)

@@ -79,6 +79,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+HELPERS: dict[str, float] = {"cpu": 0.0, "peak_mb": 0.0, "count": 0}
+
+
+def watch_helpers() -> None:
+    """Add each send helper's CPU and peak RSS (VmHWM) to HELPERS just before the send closes
+    it (a benchmark's child: the measured send's helper processes are part of its cost)."""
+    from digest.sending.send_processes import SendProcesses
+
+    close = SendProcesses.close
+
+    def closing(self: SendProcesses) -> None:
+        for helper in self._helpers:
+            pid = helper._process.pid
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            HELPERS["cpu"] += cpu_seconds(pid)
+            HELPERS["peak_mb"] += next(int(line.split()[1]) for line in status.splitlines()
+                                       if line.startswith("VmHWM:")) / 1024  # fmt: skip
+            HELPERS["count"] += 1
+        close(self)
+
+    SendProcesses.close = closing  # type: ignore[method-assign]
+
+
 @contextmanager
 def sendgrid_server() -> Iterator[tuple[str, int]]:
     """The test server in its own process: schema rules checked, bodies not kept."""
@@ -143,6 +169,7 @@ def child(url: str, api_url: str, issue_id: int, helpers: str = "auto") -> None:
     from digest.sending.send import send_issue
 
     processes: int | str = int(helpers) if helpers.isdigit() else helpers
+    watch_helpers()
     settings = settings_from_mapping(_config(url, api_url, send_processes=processes), env=_env())
     app = App(settings=settings, clock=fixed_clock(PERIOD))
     started = time.perf_counter()
@@ -166,14 +193,23 @@ def peak_rss_mb() -> float:
                 if line.startswith("VmHWM:")) / 1024  # fmt: skip
 
 
+def helper_rss(result: dict[str, Any]) -> str:
+    """ " + N MB in its helpers = total" (peaks summed: an upper bound), or nothing."""
+    if not result.get("helpers"):
+        return ""
+    total = result["peak_mb"] + result["helpers_peak_mb"]
+    return f" + {result['helpers_peak_mb']:.0f} MB in its helpers = {total:.0f} MB"
+
+
 def send_figures(report: Any, seconds: float) -> dict[str, Any]:
     """What a measured send reports: its time, this process's CPU and peak RSS, the outcome."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    helpers = resource.getrusage(resource.RUSAGE_CHILDREN)  # send helpers, renderer (ended)
     return {
         "seconds": seconds,
         "cpu": usage.ru_utime + usage.ru_stime,
-        "helpers_cpu": helpers.ru_utime + helpers.ru_stime,
+        "helpers": HELPERS["count"],
+        "helpers_cpu": HELPERS["cpu"],
+        "helpers_peak_mb": HELPERS["peak_mb"],
         "freeze": report.freeze_seconds,
         "accepted": report.accepted,
         "failed": report.failed,
@@ -325,7 +361,8 @@ def main() -> int:
             line = (
                 f"{kind:10} {size:>9,} recipients, send_processes={helpers}: "
                 f"{result['seconds']:6.1f} s "
-                f"({rate:,.0f}/s), peak RSS {result['peak_mb']:.0f} MB, "
+                f"({rate:,.0f}/s), peak RSS {result['peak_mb']:.0f} MB"
+                f"{helper_rss(result)}, "
                 f"accepted {result['accepted']:,}"
             )
             if simple:
@@ -334,8 +371,9 @@ def main() -> int:
             print(line + f" [setup {result['setup']:.0f} s]", flush=True)
             print(
                 f"    CPU: sender {result['cpu']:.1f} s "
-                f"({result['cpu'] / size * 1e6:.0f} µs/recipient) + its helper processes "
-                f"{result['helpers_cpu']:.1f} s, local SendGrid server "
+                f"({result['cpu'] / size * 1e6:.0f} µs/recipient) + its "
+                f"{result['helpers']:.0f} helpers {result['helpers_cpu']:.1f} s, "
+                f"local SendGrid server "
                 f"{result['server_cpu']:.1f} s; freeze {result['freeze']:.1f} s (overlapped); "
                 f"load average {os.getloadavg()[0]:.1f}",
                 flush=True,
@@ -346,7 +384,8 @@ def main() -> int:
             if rate < 0.8 * floors[size]:
                 print("    target ≥ 0.8x the floor (b): MISSED", flush=True)
             if size >= 1_000_000:
-                met = result["seconds"] <= TARGET_SECONDS and result["peak_mb"] <= TARGET_RSS_MB
+                rss = result["peak_mb"] + result["helpers_peak_mb"]
+                met = result["seconds"] <= TARGET_SECONDS and rss <= TARGET_RSS_MB
                 print(
                     f"    target 1M ≤ {TARGET_SECONDS:.0f} s, ≤ {TARGET_RSS_MB:.0f} MB: "
                     f"{'ok' if met else 'MISSED'}",

@@ -208,7 +208,7 @@ def send_issue(
             step = None
             if still_freezing:
                 step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
-            helpers = _helpers(app, transport, todo if own_transport else 0)
+            helpers = _helpers(app, newsletter, transport, todo if own_transport else 0)
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
@@ -273,14 +273,17 @@ def _prepare(
                 )
 
 
-def _helpers(app: App, transport: Transport, audience: int) -> SendProcesses | None:
+def _helpers(
+    app: App, newsletter: NewsletterConfig, transport: Transport, audience: int
+) -> SendProcesses | None:
     """Helper processes for the configured transport (`delivery.send_processes`), or None.
     Not for a transport handed in (it lives here) nor for SMTP (it streams, see `stream`)."""
     from digest.sending import send_processes
 
     if not audience or getattr(transport, "confirms_each", False):
         return None
-    count = send_processes.helpers_for(app.settings, audience, os.cpu_count())
+    personal = newsletter.personal
+    count = send_processes.helpers_for(app.settings, audience, os.cpu_count(), personal=personal)
     if not count:
         return None
     threads = -(-max(1, app.settings.delivery.concurrency) // count)

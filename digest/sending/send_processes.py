@@ -44,7 +44,11 @@ from digest.transports import (
     build_transport,
 )
 
-VARIANTS_KEPT = 64  # messages a helper holds (as digest.sending.run keeps)
+# Messages a helper holds. Fewer than the sender's 64 (digest.sending.run): batches are claimed
+# variant after variant, so a helper needs only the few in flight; a miss costs one message on
+# the pipe and its JSON prefix rebuilt (about a millisecond), a kept one its bodies four times
+# (message, request dict, twin-token HTML, JSON), ~1 MB for a large variant.
+VARIANTS_KEPT = 8
 AUDIENCE = 20_000  # "auto": helpers from this many recipients (starting one costs ~0.4 s)
 
 _OUTCOMES = {str(o): o for o in SendOutcome}
@@ -56,12 +60,19 @@ class HelperDied(Exception):
     """A helper process ended with batches in flight: they may have gone out (unknown)."""
 
 
-def helpers_for(settings: Settings, audience: int, cpus: int | None) -> int:
-    """How many helpers a send of `audience` recipients gets (`delivery.send_processes`)."""
+def helpers_for(
+    settings: Settings, audience: int, cpus: int | None, *, personal: bool = False
+) -> int:
+    """How many helpers a send of `audience` recipients gets (`delivery.send_processes`).
+
+    "auto" gives none to a personal issue: its sender and variant renderer already take about
+    260 MB for a million readers, and two helpers (~60 MB each) would take it past the 300 MB
+    such a send is held to; configured, they make it about a fifth faster (bench_personal.py).
+    """
     configured = settings.delivery.send_processes
     if configured != "auto":
         return int(configured)
-    return 2 if audience >= AUDIENCE and (cpus or 1) >= 2 else 0
+    return 2 if audience >= AUDIENCE and (cpus or 1) >= 2 and not personal else 0
 
 
 class SendProcesses:
@@ -213,6 +224,8 @@ def main(fd: int) -> None:
 def serve(conn: Connection, settings: Settings, threads: int) -> None:
     """A helper's main loop: take requests in order, send each on one of `threads` threads."""
     transport = build_transport(settings)
+    if hasattr(transport, "shared_kept"):  # its per-message cache: no more than this side's
+        transport.shared_kept = VARIANTS_KEPT
     held: OrderedDict[Hashable, tuple[OutgoingMessage, RecipientValues]] = OrderedDict()
     answering = threading.Lock()
 

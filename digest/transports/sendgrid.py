@@ -129,6 +129,7 @@ class SendGridTransport:
         self._client = SendGridAPIClient(api_key=api_key, host=host or settings.sendgrid.api_url)
         self._gate = _PauseGate(self.policy)
         self._shared: dict[int, tuple[OutgoingMessage, SharedPart]] = {}
+        self.shared_kept = SHARED_KEPT  # a send helper keeps fewer (its own few variants)
         self._lock = threading.Lock()
 
     @classmethod
@@ -191,7 +192,7 @@ class SendGridTransport:
         with self._lock:
             cached = self._shared.get(key)
             if cached is None or cached[0] is not message:
-                if len(self._shared) >= SHARED_KEPT:  # a personal issue: one per variant
+                if len(self._shared) >= self.shared_kept:  # a personal issue: one per variant
                     self._shared.pop(next(iter(self._shared)))
                 cached = (message, SharedPart(self.settings, message))
                 self._shared[key] = cached

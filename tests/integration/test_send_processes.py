@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import Engine
 
 from digest.app import App
+from digest.config import ConfigError
 from digest.mail.message import RecipientValues
 from digest.sending import send_processes
 from digest.sending.send import send_issue
@@ -163,7 +164,8 @@ def test_a_helper_killed_mid_send_leaves_only_its_batch_unknown(
 
 def test_a_helper_is_sent_each_message_it_does_not_hold(tmp_path: Path) -> None:
     """More messages than a helper keeps, in an order that evicts: each recipient gets its own."""
-    settings = make_settings(tmp_path, "sqlite://", {"delivery": {"outbox_dir": "out"}})
+    outbox = tmp_path / "outbox"
+    settings = make_settings(tmp_path, "sqlite://", {"delivery": {"outbox_dir": str(outbox)}})
     newsletter = settings.newsletter(SLUG)
     values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW, name_fallback="there")
     count = send_processes.VARIANTS_KEPT + 6
@@ -182,9 +184,7 @@ def test_a_helper_is_sent_each_message_it_does_not_hold(tmp_path: Path) -> None:
             sent.append((key, email))
     finally:
         pool.close()
-    subjects = {
-        str(m["To"]): str(m["Subject"]) for m in outbox_messages(Path(settings.delivery.outbox_dir))
-    }
+    subjects = {str(m["To"]): str(m["Subject"]) for m in outbox_messages(outbox)}
     assert subjects == {email: f"Variant {key}" for key, email in sent}
 
 
@@ -197,12 +197,19 @@ def test_token_values_travel_to_a_helper_unchanged(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("configured", "audience", "cpus", "helpers"),
-    [("auto", 19_999, 2, 0), ("auto", 20_000, 2, 2), ("auto", 1_000_000, 1, 0),
-     (0, 1_000_000, 8, 0), (3, 10, 1, 3)],
+    ("configured", "audience", "cpus", "personal", "helpers"),
+    [("auto", 19_999, 2, False, 0), ("auto", 20_000, 2, False, 2),
+     ("auto", 1_000_000, 1, False, 0), ("auto", 1_000_000, 8, True, 0),
+     (0, 1_000_000, 8, False, 0), (3, 10, 1, False, 3), (2, 1_000_000, 2, True, 2)],
 )  # fmt: skip
 def test_how_many_helpers_a_send_gets(
-    tmp_path: Path, configured: int | str, audience: int, cpus: int, helpers: int
+    tmp_path: Path, configured: int | str, audience: int, cpus: int, personal: bool, helpers: int
 ) -> None:
     settings = make_settings(tmp_path, "sqlite://", {"delivery": {"send_processes": configured}})
-    assert send_processes.helpers_for(settings, audience, cpus) == helpers
+    assert send_processes.helpers_for(settings, audience, cpus, personal=personal) == helpers
+
+
+@pytest.mark.parametrize("value", [-1, 17, "two"])
+def test_a_wrong_number_of_helpers_is_refused_by_name(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match="send_processes"):
+        make_settings(tmp_path, "sqlite://", {"delivery": {"send_processes": value}})
