@@ -23,6 +23,7 @@ from digest.mail.message import RecipientValues, tokens_of
 from digest.rendering.personalize import Tokens
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
+from digest.sending.send_processes import NotHandedOver, SendProcesses
 from digest.storage.models import Issue
 from digest.transports import (
     OutgoingBatch,
@@ -36,7 +37,6 @@ from digest.transports import (
 if TYPE_CHECKING:
     from digest.issues.variant_renders import VariantRenders
     from digest.sending.fleet_rate import FleetRateLimiter
-    from digest.sending.send_processes import SendProcesses
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,13 @@ class SendRun:
                         for r in batch.recipients]  # fmt: skip
                 self.limiter.acquire(len(rows))
                 sent_to_transport = True
-                results = self.helpers.send(batch.variant_id, message, values, batch.batch_id, rows)
+                try:
+                    results = self.helpers.send(
+                        batch.variant_id, message, values, batch.batch_id, rows
+                    )
+                except NotHandedOver:  # the helper was gone before it got the batch
+                    sent_to_transport = False
+                    raise
             elif batch.recipients:
                 outgoing = self._outgoing(batch)
                 self.limiter.acquire(len(batch.recipients))

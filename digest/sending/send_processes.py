@@ -60,6 +60,13 @@ class HelperDied(Exception):
     """A helper process ended with batches in flight: they may have gone out (unknown)."""
 
 
+class NotHandedOver(HelperDied):
+    """The helper was gone before the batch reached it: nothing went out (back to pending)."""
+
+
+READY_SECONDS = 60.0  # a helper's start-up (imports, its transport) before the send gives up
+
+
 def helpers_for(
     settings: Settings, audience: int, cpus: int | None, *, personal: bool = False
 ) -> int:
@@ -81,6 +88,12 @@ class SendProcesses:
     def __init__(self, settings: Settings, processes: int, threads: int) -> None:
         self._helpers = [_Helper(settings, threads, n) for n in range(processes)]
         self._choose = threading.Lock()
+        try:
+            for helper in self._helpers:  # they start side by side; any failure ends them all
+                helper.wait_ready()
+        except BaseException:
+            self.close()
+            raise
 
     def send(
         self,
@@ -141,12 +154,26 @@ class _Helper:
         child.close()
         self._conn.send((settings, threads))
         self.busy = 0
+        self._started = False
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._waiting: dict[int, _Reply] = {}
         self._held: OrderedDict[Hashable, None] = OrderedDict()
         self._dead: str | None = None
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader", daemon=True)
+
+    def wait_ready(self) -> None:
+        """Until the helper has its transport (raises, naming why, if it cannot start)."""
+        problem = f"{self.name} did not start within {READY_SECONDS:.0f} s"
+        try:
+            if self._conn.poll(READY_SECONDS):
+                _, error = self._conn.recv()
+                problem = "" if error is None else f"{self.name} could not start: {error}"
+        except (EOFError, OSError):
+            problem = f"{self.name} ended while starting (exit code {self._process.poll()})"
+        if problem:
+            raise HelperDied(problem)
+        self._started = True
         self._reader.start()
 
     def call(
@@ -160,11 +187,16 @@ class _Helper:
         reply = _Reply()
         with self._lock:
             if self._dead is not None:
-                raise HelperDied(self._dead)
+                raise NotHandedOver(self._dead)
             request_id = next(self._ids)
             self._waiting[request_id] = reply
             carried = None if _touch(self._held, key) else (message, values)
-            self._conn.send((request_id, key, carried, batch_id, list(rows)))
+            try:
+                self._conn.send((request_id, key, carried, batch_id, list(rows)))
+            except OSError as exc:  # a broken pipe: the helper is gone, the request with it
+                self._waiting.pop(request_id, None)
+                self._dead = f"{self.name} is gone ({exc})"
+                raise NotHandedOver(self._dead) from exc
         reply.done.wait()
         if isinstance(reply.value, BaseException):
             raise reply.value
@@ -196,7 +228,8 @@ class _Helper:
             self._process.kill()
             self._process.wait(timeout=5)
         self._conn.close()
-        self._reader.join(timeout=5)
+        if self._started:
+            self._reader.join(timeout=5)
 
 
 def _touch(held: OrderedDict[Hashable, Any], key: Hashable, value: Any = None) -> bool:
@@ -223,7 +256,12 @@ def main(fd: int) -> None:
 
 def serve(conn: Connection, settings: Settings, threads: int) -> None:
     """A helper's main loop: take requests in order, send each on one of `threads` threads."""
-    transport = build_transport(settings)
+    try:
+        transport = build_transport(settings)
+    except Exception as exc:  # told to the sender, which stops before claiming a batch
+        conn.send(("ready", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
     if hasattr(transport, "shared_kept"):  # its per-message cache: no more than this side's
         transport.shared_kept = VARIANTS_KEPT
     held: OrderedDict[Hashable, tuple[OutgoingMessage, RecipientValues]] = OrderedDict()

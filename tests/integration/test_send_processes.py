@@ -213,3 +213,22 @@ def test_how_many_helpers_a_send_gets(
 def test_a_wrong_number_of_helpers_is_refused_by_name(tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match="send_processes"):
         make_settings(tmp_path, "sqlite://", {"delivery": {"send_processes": value}})
+
+
+def test_a_helper_that_cannot_start_stops_the_send_before_any_batch_is_claimed(
+    any_engine: Engine,
+    make_app: Callable[..., App],
+    server: SendGridServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    add_audience(any_engine, SLUG, 60)
+    issue_id = make_issue(any_engine, SLUG)
+    monkeypatch.setattr(send_processes.sys, "executable", "/bin/false")  # exits at once
+    with pytest.raises(send_processes.HelperDied, match="ended while starting"):
+        send_issue(_app(make_app, any_engine, server, 2), issue_id)
+    monkeypatch.undo()
+    assert server.attempts == 0
+
+    report = send_issue(_app(make_app, any_engine, server, 0), issue_id)
+    assert not report.found_unknown and report.unknown == 0, report  # nothing was in flight
+    assert report.accepted == 60, report
