@@ -43,7 +43,7 @@ class DeliveryConfig(Strict):
     # little faster, smaller holds the database's write lock for less time.
     freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
     # Helper processes that sign links, build request bodies and send (digest.sending.
-    # send_processes): "auto" is 2 for a topic issue of 20,000+ recipients on 2+ cores, else 0.
+    # send_processes): "auto" is 2 for a topic issue of 250,000+ recipients on 2+ cores, else 0.
     send_processes: int | Literal["auto"] = Field(default="auto")
 
     @field_validator("send_processes")

@@ -49,7 +49,10 @@ from digest.transports import (
 # the pipe and its JSON prefix rebuilt (about a millisecond), a kept one its bodies four times
 # (message, request dict, twin-token HTML, JSON), ~1 MB for a large variant.
 VARIANTS_KEPT = 8
-AUDIENCE = 20_000  # "auto": helpers from this many recipients (starting one costs ~0.4 s)
+# "auto": helpers from this many recipients. Starting two costs ~0.3 s; on the 2-core dev box,
+# sharing its cores with the local SendGrid server, they lost at 100,000 (2.2 → 2.4 s) and won
+# at 1M (21.7 → 20.8 s; bench_send.py --send-processes 0,auto).
+AUDIENCE = 250_000
 
 _OUTCOMES = {str(o): o for o in SendOutcome}
 # (delivery id, subscriber id, email, name, Message-ID): a recipient as it travels.

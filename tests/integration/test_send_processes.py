@@ -198,7 +198,7 @@ def test_token_values_travel_to_a_helper_unchanged(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("configured", "audience", "cpus", "personal", "helpers"),
-    [("auto", 19_999, 2, False, 0), ("auto", 20_000, 2, False, 2),
+    [("auto", 249_999, 2, False, 0), ("auto", 250_000, 2, False, 2),
      ("auto", 1_000_000, 1, False, 0), ("auto", 1_000_000, 8, True, 0),
      (0, 1_000_000, 8, False, 0), (3, 10, 1, False, 3), (2, 1_000_000, 2, True, 2)],
 )  # fmt: skip
