@@ -3,14 +3,17 @@
 A sending process has one interpreter lock. Of a SendGrid send's CPU, about half is spent per
 recipient on signing links (two or more HMACs), writing the request body and the HTTP request,
 while the ledger's part (claiming, reading a batch, recording results) and the freeze are the
-rest. With `delivery.send_processes` helpers (spawned, never forked from a threaded process),
-the sending threads keep the ledger's part and hand a batch's recipients to a helper as plain
-tuples; the helper fills in their token values, calls its own transport and answers one
-(outcome, message id, error) per recipient. The sending thread waits without the lock.
+rest. With `delivery.send_processes` helpers (fresh `python -c` processes, never forked from a
+threaded one), the sending threads keep the ledger's part and hand a batch's recipients to a
+helper as plain tuples; the helper fills in their token values, calls its own transport and
+answers one (outcome, message id, error) per recipient. The sending thread waits without the
+lock. The pipe carries pickles between a sender and the children it started, nothing else.
 
 Exactly-once is the ledger's, as with an in-process transport: a batch is in flight before it
 is handed over, and one whose helper dies or whose sender dies stays in flight (unknown to the
-next run). A helper whose sender is gone drops the batches it has not started.
+next run); one that never reached its helper goes back to pending (`NotHandedOver`). A helper
+reports it is ready (its transport built) before the send claims anything, and one whose sender
+is gone drops the batches it has not started.
 
 Each helper keeps the last VARIANTS_KEPT messages (a topic issue has one, a personal issue one
 per variant) and is sent a message only when it does not hold it: both sides apply the same
