@@ -11,9 +11,9 @@ lock. The pipe carries pickles between a sender and the children it started, not
 
 Exactly-once is the ledger's, as with an in-process transport: a batch is in flight before it
 is handed over, and one whose helper dies or whose sender dies stays in flight (unknown to the
-next run); one that never reached its helper goes back to pending (`NotHandedOver`). A helper
-reports it is ready (its transport built) before the send claims anything, and one whose sender
-is gone drops the batches it has not started.
+next run); one that never reached its helper goes back to pending (`NotHandedOver`), as does
+the first batch of a helper that could not start (its transport refused: the send stops with
+the reason). A helper whose sender is gone drops the batches it has not started.
 
 Each helper keeps the last VARIANTS_KEPT messages (a topic issue has one, a personal issue one
 per variant) and is sent a message only when it does not hold it: both sides apply the same
@@ -92,14 +92,10 @@ class SendProcesses:
     """`send()` one batch through the least busy helper; see the module docstring."""
 
     def __init__(self, settings: Settings, processes: int, threads: int) -> None:
+        # Started now, waited for at their first batch: their start-up (~0.25 s of imports)
+        # overlaps the freeze's first page.
         self._helpers = [_Helper(settings, threads, n) for n in range(processes)]
         self._choose = threading.Lock()
-        try:
-            for helper in self._helpers:  # they start side by side; any failure ends them all
-                helper.wait_ready()
-        except BaseException:
-            self.close()
-            raise
 
     def send(
         self,
@@ -158,29 +154,40 @@ class _Helper:
             env={**os.environ, "PYTHONPATH": path},
         )
         child.close()
-        self._conn.send((settings, threads))
         self.busy = 0
         self._started = False
+        self._starting = threading.Lock()
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._waiting: dict[int, _Reply] = {}
         self._held: OrderedDict[Hashable, None] = OrderedDict()
         self._dead: str | None = None
+        try:
+            self._conn.send((settings, threads))
+        except OSError:  # it is gone already (told at its first batch)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+            self._dead = f"{self.name} ended while starting (exit code {self._process.poll()})"
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader", daemon=True)
 
     def wait_ready(self) -> None:
-        """Until the helper has its transport (raises, naming why, if it cannot start)."""
-        problem = f"{self.name} did not start within {READY_SECONDS:.0f} s"
-        try:
-            if self._conn.poll(READY_SECONDS):
-                _, error = self._conn.recv()
-                problem = "" if error is None else f"{self.name} could not start: {error}"
-        except (EOFError, OSError):
-            problem = f"{self.name} ended while starting (exit code {self._process.poll()})"
-        if problem:
-            raise HelperDied(problem)
-        self._started = True
-        self._reader.start()
+        """Until the helper has its transport; NotHandedOver, naming why, if it cannot start
+        (its batch was not handed over: back to pending)."""
+        with self._starting:
+            if self._started or self._dead is not None:
+                return
+            problem = f"{self.name} did not start within {READY_SECONDS:.0f} s"
+            try:
+                if self._conn.poll(READY_SECONDS):
+                    _, error = self._conn.recv()
+                    problem = "" if error is None else f"{self.name} could not start: {error}"
+            except (EOFError, OSError):
+                problem = f"{self.name} ended while starting (exit code {self._process.poll()})"
+            if problem:
+                self._dead = problem
+                return
+            self._started = True
+            self._reader.start()
 
     def call(
         self,
@@ -190,6 +197,7 @@ class _Helper:
         batch_id: int | None,
         rows: Sequence[Row],
     ) -> Any:  # a reply per row, or one tuple for all
+        self.wait_ready()
         reply = _Reply()
         with self._lock:
             if self._dead is not None:

@@ -13,6 +13,7 @@ import os
 import pickle
 import resource
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -215,15 +216,26 @@ def test_a_wrong_number_of_helpers_is_refused_by_name(tmp_path: Path, value: obj
         make_settings(tmp_path, "sqlite://", {"delivery": {"send_processes": value}})
 
 
-def test_a_helper_that_cannot_start_stops_the_send_before_any_batch_is_claimed(
+@pytest.mark.parametrize("gone", ["before its settings", "while starting"])
+def test_a_helper_that_cannot_start_stops_the_send_with_nothing_in_flight(
     any_engine: Engine,
     make_app: Callable[..., App],
     server: SendGridServer,
     monkeypatch: pytest.MonkeyPatch,
+    gone: str,
 ) -> None:
     add_audience(any_engine, SLUG, 60)
     issue_id = make_issue(any_engine, SLUG)
     monkeypatch.setattr(send_processes.sys, "executable", "/bin/false")  # exits at once
+    if gone == "before its settings":  # its end of the pipe closed before the settings go
+        start = subprocess.Popen
+
+        def started_and_ended(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+            process = start(*args, **kwargs)
+            process.wait()
+            return process
+
+        monkeypatch.setattr(send_processes.subprocess, "Popen", started_and_ended)
     with pytest.raises(send_processes.HelperDied, match="ended while starting"):
         send_issue(_app(make_app, any_engine, server, 2), issue_id)
     monkeypatch.undo()
