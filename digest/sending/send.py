@@ -208,7 +208,7 @@ def send_issue(
             step = None
             if still_freezing:
                 step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
-            helpers = _helpers(app, newsletter, transport, todo if own_transport else 0)
+            helpers = _helpers(app, newsletter, transport, policy, todo if own_transport else 0)
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
@@ -274,8 +274,9 @@ def _prepare(
 
 
 def _helpers(
-    app: App, newsletter: NewsletterConfig, transport: Transport, audience: int
-) -> SendProcesses | None:
+    app: App, newsletter: NewsletterConfig, transport: Transport, policy: RetryPolicy,
+    audience: int,
+) -> SendProcesses | None:  # fmt: skip
     """Helper processes for the configured transport (`delivery.send_processes`), or None.
     Not for a transport handed in (it lives here) nor for SMTP (it streams, see `stream`)."""
     from digest.sending import send_processes
@@ -287,7 +288,7 @@ def _helpers(
     if not count:
         return None
     threads = -(-max(1, app.settings.delivery.concurrency) // count)
-    return send_processes.SendProcesses(app.settings, count, threads)
+    return send_processes.SendProcesses(app.settings, count, threads, policy.on_pause)
 
 
 def _variant_renders(

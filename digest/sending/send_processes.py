@@ -13,7 +13,8 @@ Exactly-once is the ledger's, as with an in-process transport: a batch is in fli
 is handed over, and one whose helper dies or whose sender dies stays in flight (unknown to the
 next run); one that never reached its helper goes back to pending (`NotHandedOver`), as does
 the first batch of a helper that could not start (its transport refused: the send stops with
-the reason). A helper whose sender is gone drops the batches it has not started.
+the reason). A helper whose sender is gone drops the batches it has not started. A 429 a helper
+gets is told to its sender, which holds the batches not yet handed over and tells the fleet.
 
 Each helper keeps the last VARIANTS_KEPT messages (a topic issue has one, a personal issue one
 per variant) and is sent a message only when it does not hold it: both sides apply the same
@@ -28,8 +29,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -42,6 +44,7 @@ from digest.transports import (
     OutgoingBatch,
     OutgoingMessage,
     OutgoingRecipient,
+    RetryPolicy,
     SendOutcome,
     SendResult,
     build_transport,
@@ -57,6 +60,7 @@ VARIANTS_KEPT = 8
 # at 1M (21.7 → 20.8 s; bench_send.py --send-processes 0,auto).
 AUDIENCE = 250_000
 
+PAUSE = -1  # the request id of a helper's "the provider asked me to wait N s" (a 429)
 _OUTCOMES = {str(o): o for o in SendOutcome}
 # (delivery id, subscriber id, email, name, Message-ID): a recipient as it travels.
 Row = tuple[int | None, int, str, str | None, str | None]
@@ -91,11 +95,27 @@ def helpers_for(
 class SendProcesses:
     """`send()` one batch through the least busy helper; see the module docstring."""
 
-    def __init__(self, settings: Settings, processes: int, threads: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        processes: int,
+        threads: int,
+        on_pause: Callable[[float], None] | None = None,
+    ) -> None:
         # Started now, waited for at their first batch: their start-up (~0.25 s of imports)
         # overlaps the freeze's first page.
-        self._helpers = [_Helper(settings, threads, n) for n in range(processes)]
+        self._helpers = [_Helper(settings, threads, n, self._pause) for n in range(processes)]
         self._choose = threading.Lock()
+        # A 429 one helper got holds back every batch not yet handed over (as one transport's
+        # pause holds its threads), and is told on (`on_pause`: the fleet's, on PostgreSQL).
+        self._on_pause = on_pause
+        self._paused_until = 0.0
+
+    def _pause(self, seconds: float) -> None:
+        with self._choose:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+        if self._on_pause is not None:
+            self._on_pause(seconds)
 
     def send(
         self,
@@ -106,6 +126,9 @@ class SendProcesses:
         rows: Sequence[Row],
     ) -> list[SendResult]:
         """The transport's results for `rows`, sent with `message` (`key` names it)."""
+        wait = self._paused_until - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         with self._choose:
             helper = min(self._helpers, key=lambda h: h.busy)
             helper.busy += 1
@@ -142,7 +165,10 @@ class _Helper:
     Started as `python -c` rather than by multiprocessing's spawn, which would first re-import
     the sender's main module (the whole CLI: about a second of CPU per helper)."""
 
-    def __init__(self, settings: Settings, threads: int, number: int) -> None:
+    def __init__(
+        self, settings: Settings, threads: int, number: int, on_pause: Callable[[float], None]
+    ) -> None:
+        self._on_pause = on_pause
         self._conn, child = Pipe()
         self.name = f"digest-send-helper-{number}"
         root = str(Path(__file__).resolve().parents[2])  # where `digest` is importable from
@@ -220,6 +246,9 @@ class _Helper:
         try:
             while True:
                 request_id, value = self._conn.recv()
+                if request_id == PAUSE:
+                    self._on_pause(value)
+                    continue
                 with self._lock:
                     reply = self._waiting.pop(request_id)
                 reply.value = value
@@ -270,20 +299,25 @@ def main(fd: int) -> None:
 
 def serve(conn: Connection, settings: Settings, threads: int) -> None:
     """A helper's main loop: take requests in order, send each on one of `threads` threads."""
+    answering = threading.Lock()
+
+    def answer(request_id: int, value: Any) -> None:
+        with answering, contextlib.suppress(OSError):
+            conn.send((request_id, value))
+
+    policy = RetryPolicy(
+        max_attempts=settings.delivery.max_retries + 1,
+        on_pause=lambda seconds: answer(PAUSE, seconds),  # the sender holds its other batches
+    )
     try:
-        transport = build_transport(settings)
-    except Exception as exc:  # told to the sender, which stops before claiming a batch
+        transport = build_transport(settings, policy=policy)
+    except Exception as exc:  # told to the sender, which stops at its first batch
         conn.send(("ready", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", None))
     if hasattr(transport, "shared_kept"):  # its per-message cache: no more than this side's
         transport.shared_kept = VARIANTS_KEPT
     held: OrderedDict[Hashable, tuple[OutgoingMessage, RecipientValues]] = OrderedDict()
-    answering = threading.Lock()
-
-    def answer(request_id: int, value: Any) -> None:
-        with answering, contextlib.suppress(OSError):
-            conn.send((request_id, value))
 
     def run(request_id: int, message: OutgoingMessage, values: RecipientValues,
             batch_id: int | None, rows: list[Row]) -> None:  # fmt: skip

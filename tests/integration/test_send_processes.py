@@ -244,3 +244,28 @@ def test_a_helper_that_cannot_start_stops_the_send_with_nothing_in_flight(
     report = send_issue(_app(make_app, any_engine, server, 0), issue_id)
     assert not report.found_unknown and report.unknown == 0, report  # nothing was in flight
     assert report.accepted == 60, report
+
+
+def test_a_429_a_helper_gets_is_told_to_the_sender(tmp_path: Path, server: SendGridServer) -> None:
+    """So that the sender holds its other batches and, on PostgreSQL, the fleet pauses too."""
+    settings = make_settings(
+        tmp_path, "sqlite://",
+        {"delivery": {"transport": "sendgrid"}, "sendgrid": {"api_url": server.url}},
+        env={"SENDGRID_API_KEY": KEY},
+    )  # fmt: skip
+    newsletter = settings.newsletter(SLUG)
+    values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW, name_fallback="there")
+    message = OutgoingMessage(1, newsletter, "Weekly", "<p>Hi %%NAME%%</p>", "Hi %%NAME%%\n")
+    server.fail_next(1, 429, headers={"Retry-After": "1"})
+    pauses: list[float] = []
+    pool = send_processes.SendProcesses(settings, 1, 1, on_pause=pauses.append)
+    try:
+        started = time.monotonic()
+        results = pool.send(None, message, values, 1, [(1, 1, address(1), None, None)])
+        second = pool.send(None, message, values, 2, [(2, 2, address(2), None, None)])
+    finally:
+        pool.close()
+    assert [r.outcome for r in results + second] == [SendOutcome.ACCEPTED] * 2
+    assert len(pauses) == 1 and 0.5 <= pauses[0] <= 2, pauses  # the Retry-After it was given
+    assert time.monotonic() - started >= 0.9  # the first batch waited for it
+    assert server.recipients() == [address(1), address(2)]
