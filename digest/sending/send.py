@@ -175,6 +175,8 @@ def send_issue(
         return _dry_run(app, issue, newsletter, started)
 
     own_transport = transport is None
+    # Helper processes build their own transport and policy: not for ones handed in (tests).
+    helpable = own_transport and policy is None
     policy = policy or RetryPolicy(max_attempts=settings.delivery.max_retries + 1)
     limiter = shared_limiter(
         app.engine,
@@ -208,7 +210,7 @@ def send_issue(
             step = None
             if still_freezing:
                 step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
-            helpers = _helpers(app, newsletter, transport, policy, todo if own_transport else 0)
+            helpers = _helpers(app, newsletter, transport, policy, todo if helpable else 0)
             run = SendRun(
                 app, issue, newsletter, transport, claimer, policy, limit, progress, total,
                 batch_size, zones=zones, stop=stop, freeze_step=step, limiter=limiter,
@@ -278,7 +280,8 @@ def _helpers(
     audience: int,
 ) -> SendProcesses | None:  # fmt: skip
     """Helper processes for the configured transport (`delivery.send_processes`), or None.
-    Not for a transport handed in (it lives here) nor for SMTP (it streams, see `stream`)."""
+    Not for SMTP (it streams, see `stream`); `audience` 0 (a transport or policy handed in,
+    which live here): none."""
     from digest.sending import send_processes
 
     if not audience or getattr(transport, "confirms_each", False):
