@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import subprocess
 import sys
@@ -189,7 +190,7 @@ class _Helper:
         self._held: OrderedDict[Hashable, None] = OrderedDict()
         self._dead: str | None = None
         try:
-            self._conn.send((settings, threads))
+            self._conn.send((settings, threads, _log_setup()))
         except OSError:  # it is gone already (told at its first batch)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=5)
@@ -287,13 +288,31 @@ def _touch(held: OrderedDict[Hashable, Any], key: Hashable, value: Any = None) -
     return False
 
 
+def _log_setup() -> tuple[int, list[logging.Formatter]]:
+    """The sender's `digest` logging (level, its handlers' formatters: `digest.ops.logs`), so
+    that a helper's records (a retry, a 429) come out on stderr as the sender's do."""
+    logger = logging.getLogger("digest")
+    handlers = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    return logger.level, [h.formatter for h in handlers if h.formatter is not None]
+
+
+def _apply_log_setup(level: int, formatters: list[logging.Formatter]) -> None:
+    logger = logging.getLogger("digest")
+    logger.setLevel(level)
+    for formatter in formatters:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+
+
 def main(fd: int) -> None:
     """A helper process's entry point: its pipe's end is file descriptor `fd`."""
     conn = Connection(fd)
     try:
-        settings, threads = conn.recv()
+        settings, threads, (level, formatters) = conn.recv()
     except (EOFError, OSError):
         return
+    _apply_log_setup(level, formatters)
     serve(conn, settings, threads)
 
 

@@ -9,6 +9,9 @@ the last 64 messages is always sent the one it lacks.
 from __future__ import annotations
 
 import copy
+import io
+import json
+import logging
 import os
 import pickle
 import resource
@@ -27,6 +30,7 @@ from sqlalchemy import Engine
 from digest.app import App
 from digest.config import ConfigError
 from digest.mail.message import RecipientValues
+from digest.ops.logs import configure_logging
 from digest.sending import send_processes
 from digest.sending.send import send_issue
 from digest.transports import OutgoingMessage, SendOutcome
@@ -269,3 +273,33 @@ def test_a_429_a_helper_gets_is_told_to_the_sender(tmp_path: Path, server: SendG
     assert len(pauses) == 1 and 0.5 <= pauses[0] <= 2, pauses  # the Retry-After it was given
     assert time.monotonic() - started >= 0.9  # the first batch waited for it
     assert server.recipients() == [address(1), address(2)]
+
+
+def test_a_helper_logs_as_its_sender_does(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its records reach stderr in the sender's format (JSON here), not Python's bare default."""
+    blocked = tmp_path / "outbox"
+    blocked.write_text("a file where the outbox directory should be")
+    settings = make_settings(tmp_path, "sqlite://", {"delivery": {"outbox_dir": str(blocked)}})
+    newsletter = settings.newsletter(SLUG)
+    values = RecipientValues(settings, newsletter, b"key", DEFAULT_NOW, name_fallback="there")
+    message = OutgoingMessage(1, newsletter, "Weekly", "<p>Hi</p>", "Hi\n")
+    level = logging.getLogger("digest").level
+    handler = configure_logging("json", "info", stream=io.StringIO())
+    try:
+        pool = send_processes.SendProcesses(settings, 1, 1)
+        try:
+            results = pool.send(None, message, values, 1, [(1, 1, address(1), None, None)])
+        finally:
+            pool.close()
+    finally:
+        logging.getLogger("digest").removeHandler(handler)
+        logging.getLogger("digest").setLevel(level)
+    assert [r.outcome for r in results] == [SendOutcome.FAILED]
+    err = capfd.readouterr().err.splitlines()
+    lines = [json.loads(line) for line in err if line.startswith("{")]
+    assert any(
+        line["logger"] == "digest.transports.outbox" and line["level"] == "error"
+        and "cannot create the directory" in line["message"] for line in lines
+    ), lines  # fmt: skip
