@@ -23,7 +23,6 @@ from digest.mail.message import RecipientValues, tokens_of
 from digest.rendering.personalize import Tokens
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
-from digest.sending.send_processes import NotHandedOver, SendProcesses
 from digest.storage.models import Issue
 from digest.transports import (
     OutgoingBatch,
@@ -37,6 +36,7 @@ from digest.transports import (
 if TYPE_CHECKING:
     from digest.issues.variant_renders import VariantRenders
     from digest.sending.fleet_rate import FleetRateLimiter
+    from digest.sending.send_processes import SendProcesses
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +294,8 @@ class SendRun:
         try:
             results: list[SendResult] = []
             if batch.recipients and self.helpers is not None:
+                from digest.sending.send_processes import NotHandedOver  # (start-up: lazily)
+
                 message, values = self.message_for(batch.variant_id)
                 rows = [(r.delivery_id, r.subscriber_id, r.email, r.name, r.message_id)
                         for r in batch.recipients]  # fmt: skip
