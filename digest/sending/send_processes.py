@@ -198,8 +198,8 @@ class _Helper:
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader", daemon=True)
 
     def wait_ready(self) -> None:
-        """Until the helper has its transport; NotHandedOver, naming why, if it cannot start
-        (its batch was not handed over: back to pending)."""
+        """Until the helper has its transport. One that cannot start is marked dead, with
+        why: `call` then raises NotHandedOver (its batch back to pending)."""
         with self._starting:
             if self._started or self._dead is not None:
                 return
