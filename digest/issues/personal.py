@@ -215,7 +215,7 @@ def contents_for(
     *,
     links: IssueLinks | None = None,
 ) -> IssueContents:
-    """A variant's renderer input: one section per topic, the footer's unfollow tokens."""
+    """A variant's renderer input: one section per topic, the footer's unfollow links."""
     return VariantBuilder(session, settings, issue, links=links, articles=chosen.article_ids)(
         chosen
     )
@@ -272,7 +272,7 @@ class VariantBuilder:
             )
             for topic, ids in chosen.sections
         ]  # fmt: skip
-        tokens = self.base.with_unfollow(index[t] for t in chosen.topics if t in index)
+        tokens = self.base  # the footer's unfollow links extend the preferences link
         issue = self.issue
         return IssueContents(
             settings=settings,
@@ -285,7 +285,7 @@ class VariantBuilder:
             tokens=tokens,
             links=self.links,
             followed=[
-                FollowedTopic(t, titles.get(t, t), tokens.unfollow(index[t]))
+                FollowedTopic(t, titles.get(t, t), tokens.unfollow_link(t))
                 for t in chosen.topics
                 if t in index
             ],

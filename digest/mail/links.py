@@ -24,6 +24,7 @@ from datetime import datetime
 from functools import cached_property
 
 from digest.config import Settings
+from digest.rendering import personalize
 from digest.rendering.contents import IssueLinks
 from subscribers.tokens import (
     Purpose,
@@ -38,6 +39,8 @@ from subscribers.tokens import (
 # Route templates (FastAPI syntax): `digest.web` mounts its pages at exactly these.
 UNSUBSCRIBE_ROUTE = "/u/{token}"
 PREFERENCES_ROUTE = "/preferences/{token}"
+# A personal email's footer link to stop following one of its topics (`Tokens.unfollow_link`).
+UNFOLLOW_ROUTE = PREFERENCES_ROUTE + personalize.UNFOLLOW_PATH.format(topic="{topic}")
 CONFIRM_ROUTE = "/confirm/{token}"
 SUBSCRIBE_ROUTE = "/subscribe/{slug}"
 STUDIO_ROUTE = "/studio"

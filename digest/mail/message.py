@@ -127,16 +127,21 @@ def tokens_of(settings: Settings, issue: Issue) -> personalize.Tokens:
     else:
         if personalize.LEGACY.used_in(*parts) and not _has_suffixed_token(parts):
             return personalize.LEGACY
-    return _with_unfollow(settings, issue.newsletter, chosen)
+    return _with_unfollow(settings, issue.newsletter, chosen, parts)
 
 
-def _with_unfollow(settings: Settings, slug: str, tokens: personalize.Tokens) -> personalize.Tokens:
-    """A personal issue's own page lists every merged topic with its unfollow link: its names
-    include their tokens (a variant's carry only its own topics', `SendRun.message_for`)."""
+def _with_unfollow(
+    settings: Settings, slug: str, tokens: personalize.Tokens, parts: tuple[str, ...]
+) -> personalize.Tokens:
+    """A personal issue rendered before `Tokens.unfollow_link` has a token per merged topic's
+    unfollow link: its names include those it holds (a variant's, `SendRun.message_for`)."""
     newsletter = next((n for n in settings.newsletters if n.slug == slug), None)
     if newsletter is None or not newsletter.personal:
         return tokens
-    return tokens.with_unfollow(range(len(settings.merged_topics(newsletter))))
+    count = len(settings.merged_topics(newsletter))
+    return tokens.with_unfollow(
+        i for i in range(count) if any(tokens.unfollow(i) in (part or "") for part in parts)
+    )
 
 
 def _has_suffixed_token(parts: tuple[str, ...]) -> bool:
@@ -169,9 +174,10 @@ class RecipientValues:
         self._unsubscribe = links.signer(Purpose.UNSUBSCRIBE, newsletter=newsletter.slug)
         self._preferences = links.signer(Purpose.PREFERENCES, newsletter=newsletter.slug)
         self._fallback = clean_name(name_fallback)
-        # Personal newsletters: (token, topic slug) of each followed topic's "unfollow" link,
-        # the topic's own signed unsubscribe link; by default every merged topic's token the
-        # names hold (the issue's own page).
+        # Personal issues rendered before `Tokens.unfollow_link`: (token, topic slug) of each
+        # followed topic's "unfollow" link, the topic's own signed unsubscribe link; by default
+        # every merged topic's token the names hold (the issue's own page). Today's renders
+        # have none: their unfollow links extend the preferences link.
         if not unfollow and tokens.extra and newsletter.personal:
             merged = settings.merged_topics(newsletter)
             unfollow = [

@@ -97,12 +97,10 @@ def reader_message(app: App, issue: Issue, email: str) -> tuple[EmailMessage, st
         contents = personal.contents_for(session, settings, issue, chosen, links=links)
         name = subscriber.name
     rendered = app.renderer.render(contents)
-    merged = [t.slug for t in settings.merged_topics(newsletter)]
-    tokens = contents.tokens
+    tokens = contents.tokens  # the footer's unfollow links extend the preferences link
     values = RecipientValues(
         settings, newsletter, app.signing_key(), app.now(),
         name_fallback=app.renderer.name_fallback(newsletter), tokens=tokens,
-        unfollow=[(tokens.unfollow(merged.index(t)), t) for t in chosen.topics if t in merged],
     )(SAMPLE_SUBSCRIBER_ID, name)  # fmt: skip
     message = build_mime(
         settings=settings, newsletter=newsletter, subject=rendered.subject, html=rendered.html,

@@ -41,7 +41,7 @@ class FollowedTopic:
 
     slug: str
     title: str
-    unfollow_url: str  # a token (`Tokens.unfollow`): each reader's own signed link
+    unfollow_url: str  # `Tokens.unfollow_link`: the reader's own signed link, filled per reader
 
 
 @dataclass(frozen=True)

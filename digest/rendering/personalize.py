@@ -24,6 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+# After a reader's preferences link, the footer's "unfollow this topic" link of a personal email
+# (`Tokens.unfollow_link`; the web's UNFOLLOW_ROUTE).
+UNFOLLOW_PATH = "/unfollow/{topic}"
 _SUFFIX_CHARS = 16  # hex digits: 64 bits an attacker would have to guess for one issue
 
 
@@ -53,9 +56,16 @@ class Tokens:
     def suffix(self) -> str:
         return self.name.removeprefix("%%NAME").strip("%_")
 
+    def unfollow_link(self, topic: str) -> str:
+        """A personal email's footer link to stop following `topic`: the reader's preferences
+        link (which can change every subscription already) plus the topic. So a reader's links
+        cost two signatures and two substitutions however many topics they follow."""
+        return self.preferences_url + UNFOLLOW_PATH.format(topic=topic)
+
     def unfollow(self, index: int) -> str:
         """The token of the signed "unfollow" link of the `index`-th topic a personal
-        newsletter merges (its position in `Settings.merged_topics`)."""
+        newsletter merges (its position in `Settings.merged_topics`): what variants rendered
+        before `unfollow_link` hold; still filled for them (a send resumed after an upgrade)."""
         suffix = self.suffix
         return f"%%UNFOLLOW_{index}_{suffix}%%" if suffix else f"%%UNFOLLOW_{index}%%"
 

@@ -136,6 +136,9 @@ class SendRun:
         self.issue = issue
         self.replaced_by = app.settings.replaced_by(newsletter.slug)
         self.message = outgoing_message(app, issue, newsletter)
+        # Read once per run: the renderer reads its label files on every call (templates may
+        # change under a long-lived server), which a personal issue's variants paid each time.
+        self._name_fallback = app.renderer.name_fallback(newsletter)
         self.values = self._values(self.message.tokens)
         # Personal newsletters: variant id → its message and token values, built at its first
         # batch (the variant rendered then if no one has yet).
@@ -329,7 +332,7 @@ class SendRun:
         app = self.app
         return RecipientValues(
             app.settings, self.newsletter, app.signing_key(), app.now(),
-            name_fallback=app.renderer.name_fallback(self.newsletter), tokens=tokens,
+            name_fallback=self._name_fallback, tokens=tokens,
             unfollow=unfollow,
         )  # fmt: skip
 
@@ -356,7 +359,13 @@ class SendRun:
             self.variants = VariantRenders(app, self.issue)
         variant = self.variants.get(variant_id)
         merged = [t.slug for t in app.settings.merged_topics(self.newsletter)]
-        indices = [merged.index(t) for t in variant.topics if t in merged]
+        # Variants rendered today link "unfollow" through the preferences link; one rendered
+        # and stored before that (a send resumed after an upgrade) holds a token per topic.
+        parts = (variant.html, variant.text, variant.subject or "")
+        indices = [
+            i for i in (merged.index(t) for t in variant.topics if t in merged)
+            if any(self.message.tokens.unfollow(i) in part for part in parts)
+        ]  # fmt: skip
         tokens = self.message.tokens.with_unfollow(indices)
         headers = {**self.message.headers, "X-Digest-Variant": f"{variant_id}"}
         message = OutgoingMessage(

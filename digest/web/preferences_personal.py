@@ -9,8 +9,9 @@ newsletters they follow; their topic subscriptions are what they follow, and wit
   follow (the topic subscriptions), instead of one checkbox per newsletter.
 - Unsubscribing from a personal email also unfollows the topics it was delivering in their
   place (`topics_to_leave`), so one click never turns one email into several.
-- A topic's footer "unfollow" link is that topic's own unsubscribe link; its pages say that the
-  personal email will leave the topic out (`merged_into`).
+- A topic's footer "unfollow" link (`digest.web.unfollow`; in emails sent before it, that
+  topic's own unsubscribe link) leaves that topic; its pages say that the personal email will
+  leave the topic out (`merged_into`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from digest.web import (
     studio_editors,
     studio_stats,
     subscribe,
+    unfollow,
     unsubscribe,
     webhooks,
 )
@@ -32,6 +33,7 @@ from digest.web.pages import render_page
 ROUTERS = (
     health.router,  # /healthz
     unsubscribe.router,  # /u/…, /preferences/…
+    unfollow.router,  # /preferences/…/unfollow/… (a personal email's footer)
     subscribe.router,  # /subscribe/…, /confirm/…
     webhooks.router,  # /webhooks/sendgrid
     login.router,  # /studio/login…, /studio/logout (before the studio's /studio/{slug})

@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
 from digest.app import App
+from digest.ops.logs import redact
 from digest.web.pages import render_page
 from subscribers.membership import current_subscriber_id
 from subscribers.models import Subscriber
@@ -97,7 +98,8 @@ async def form_fields(request: Request) -> dict[str, list[str]]:
     try:
         form = await request.form()
     except Exception as exc:  # malformed multipart, wrong encoding…
-        log.info("unreadable form body on %s: %s", request.url.path, type(exc).__name__)
+        # The path holds a signed token: never logged as is.
+        log.info("unreadable form body on %s: %s", redact(request.url.path), type(exc).__name__)
         return {}
     fields: dict[str, list[str]] = {}
     for name, value in form.multi_items():

@@ -53,15 +53,28 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         if owner is None:
             return invalid_link(app)
         claims, subscriber = owner
-        subscriptions = subscriptions_of(session, claims.subscriber_id)
-        suppressed = suppression_reason(session, subscriber.email)
-    current = subscriptions.get(claims.newsletter)
+        return leave_page(
+            app, session, subscriber, claims.newsletter, request.url.path,
+            _preferences_url(app, claims),
+        )  # fmt: skip
+
+
+def leave_page(
+    app: App,
+    session: Session,
+    subscriber: Subscriber,
+    slug: str,
+    action_url: str,
+    preferences_url: str,
+) -> HTMLResponse:
+    """What leaving `slug` will do, with the button that does it (posting to `action_url`)."""
+    subscriptions = subscriptions_of(session, subscriber.id or 0)
+    suppressed = suppression_reason(session, subscriber.email)
+    current = subscriptions.get(slug)
     already = suppressed is not None or current is None or current.status not in MAILABLE
-    title = newsletter_title(app, claims.newsletter)
-    unfollows = [
-        t.title for t in personal.topics_to_leave(app.settings, subscriptions, claims.newsletter)
-    ]
-    merged_into = personal.merged_into(app.settings, subscriptions, claims.newsletter)
+    title = newsletter_title(app, slug)
+    unfollows = [t.title for t in personal.topics_to_leave(app.settings, subscriptions, slug)]
+    merged_into = personal.merged_into(app.settings, subscriptions, slug)
     if merged_into:  # a topic's "unfollow" link in a personal email's footer
         heading = f"You no longer follow {title}" if already else f"Stop following {title}?"
     else:
@@ -75,8 +88,8 @@ def unsubscribe_page(request: Request, token: str) -> HTMLResponse:
         unfollows=unfollows,
         merged_into=merged_into,
         email=mask_email(subscriber.email),
-        action_url=request.url.path,
-        preferences_url=_preferences_url(app, claims),
+        action_url=action_url,
+        preferences_url=preferences_url,
     )
 
 
@@ -98,49 +111,70 @@ def _unsubscribe(
         if owner is None:
             return invalid_link(app)
         claims, subscriber = owner
-        subscriptions = subscriptions_of(session, claims.subscriber_id)
-        topics = personal.topics_to_leave(app.settings, subscriptions, claims.newsletter)
-        merged_into = personal.merged_into(app.settings, subscriptions, claims.newsletter)
-        issue_id = issue_to_credit(session, claims.subscriber_id, claims.newsletter)
-        left = unsubscribe(
+        return leave(
+            app, session, subscriber, claims.newsletter, credit=claims.newsletter,
+            preferences_url=_preferences_url(app, claims), method=method, ip=ip,
+            user_agent=user_agent,
+        )  # fmt: skip
+
+
+def leave(
+    app: App,
+    session: Session,
+    subscriber: Subscriber,
+    slug: str,
+    *,
+    credit: str,
+    preferences_url: str,
+    method: str,
+    ip: str | None,
+    user_agent: str | None,
+) -> HTMLResponse:
+    """Unsubscribe from `slug` (credited to the newsletter `credit`'s latest issue to them) and
+    say what changed."""
+    subscriber_id = subscriber.id or 0
+    subscriptions = subscriptions_of(session, subscriber_id)
+    topics = personal.topics_to_leave(app.settings, subscriptions, slug)
+    merged_into = personal.merged_into(app.settings, subscriptions, slug)
+    issue_id = issue_to_credit(session, subscriber_id, credit)
+    left = unsubscribe(
+        session,
+        subscriber_id,
+        slug,
+        now=app.now(),
+        method=method,
+        ip=ip,
+        user_agent=user_agent,
+        issue_id=issue_id,
+    )
+    # Unsubscribing from a personal email also unfollows the topics it carried in place of
+    # their own emails: a reader pressing "unsubscribe" (in Gmail, say) expects less mail,
+    # not the topics' separate emails from the next morning on. Only when this request
+    # ended the subscription (`left`): a repeated click never unfollows topics followed
+    # again since.
+    unfollowed = (
+        personal.leave_topics(
             session,
-            claims.subscriber_id,
-            claims.newsletter,
+            subscriber_id,
+            topics,
             now=app.now(),
             method=method,
             ip=ip,
             user_agent=user_agent,
             issue_id=issue_id,
         )
-        # Unsubscribing from a personal email also unfollows the topics it carried in place of
-        # their own emails: a reader pressing "unsubscribe" (in Gmail, say) expects less mail,
-        # not the topics' separate emails from the next morning on. Only when this request
-        # ended the subscription (`left`): a repeated click never unfollows topics followed
-        # again since.
-        unfollowed = (
-            personal.leave_topics(
-                session,
-                claims.subscriber_id,
-                topics,
-                now=app.now(),
-                method=method,
-                ip=ip,
-                user_agent=user_agent,
-                issue_id=issue_id,
-            )
-            if left
-            else []
-        )
-        email = subscriber.email
+        if left
+        else []
+    )
     return page(
         app,
         "unsubscribed.html",
         heading="Topic unfollowed" if merged_into else "You're unsubscribed",
-        newsletter=newsletter_title(app, claims.newsletter),
+        newsletter=newsletter_title(app, slug),
         unfollowed=unfollowed,
         merged_into=merged_into,
-        email=mask_email(email),
-        preferences_url=_preferences_url(app, claims),
+        email=mask_email(subscriber.email),
+        preferences_url=preferences_url,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -244,7 +245,12 @@ def test_the_editors_preview_and_test_send_fill_every_token(
     files = write_preview(app, BRIEFING, tmp_path / "pv", issue)
     html, text = files["html"].read_text(), files["text"].read_text()
     assert leaks(html) == [] and leaks(text) == []
-    assert 'Climate Weekly (<a href="https://news.example.com/u/' in html  # every topic's link
+    # Every topic's link, the sample reader's preferences link made an unfollow link.
+    assert re.search(
+        r'Climate Weekly \(<a href="https://news\.example\.com/preferences/[\w.-]+'
+        rf'/unfollow/{CLIMATE}"',
+        html,
+    )
     assert send_test(app, issue.id or 0, "editor@example.com").accepted
     (sent,) = _by_recipient(app)["editor@example.com"]
     assert leaks(_html(sent)) == [] and leaks(_text(sent)) == []
@@ -271,3 +277,30 @@ def test_a_large_audience_plans_and_renders_in_processes_of_their_own(
     assert all(len(messages) == 1 for messages in mail.values()) and len(mail) == 8
     assert "Climate story 1 [" in _text(mail["both0@example.com"][0])
     assert "Climate story 1" not in _text(mail["turkey3@example.com"][0])
+
+
+def test_a_render_from_before_unfollow_links_extended_the_preferences_link_is_still_filled(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    """Renders stored before `Tokens.unfollow_link` (a send resumed after an upgrade) held a
+    token per topic, filled with the topic's own signed unsubscribe link; today's hold none."""
+    from digest.mail.message import RecipientValues, tokens_of
+    from subscribers.tokens import Purpose
+
+    app = personal_app(make_app, any_engine)
+    _articles(app, DEFAULT_NOW)
+    issue = build_issue(app, BRIEFING, DEFAULT_NOW)
+    settings, newsletter = app.settings, app.settings.newsletter(BRIEFING)
+    assert tokens_of(settings, issue).extra == ()
+    merged = [t.slug for t in settings.merged_topics(newsletter)]
+    old_token = tokens_of(settings, issue).unfollow(merged.index(CLIMATE))
+    older = issue.model_copy(update={"html": f'{issue.html}<a href="{old_token}">unfollow</a>'})
+    tokens = tokens_of(settings, older)
+    assert tokens.extra == (old_token,)
+    values = RecipientValues(
+        settings, newsletter, app.signing_key(), app.now(), name_fallback="", tokens=tokens
+    )(42, None)
+    link = values[old_token]
+    assert link.startswith("https://news.example.com/u/")
+    claims = app.links().verify(link.rsplit("/", 1)[1], Purpose.UNSUBSCRIBE)
+    assert (claims.subscriber_id, claims.newsletter) == (42, CLIMATE)

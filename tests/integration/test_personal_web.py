@@ -93,6 +93,12 @@ def text_of(message: EmailMessage) -> str:
     return str(part.get_content())
 
 
+def html_of(message: EmailMessage) -> str:
+    part = message.get_body(("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
 def test_preferences_choose_one_email_or_each_on_its_own_and_follow_topics(
     any_engine: Engine, make_app: Callable[..., App]
 ) -> None:
@@ -236,10 +242,15 @@ def test_a_topics_unfollow_link_leaves_only_it_and_the_next_issue_omits_it(
     subscriber = reader(app, TURKEY, CLIMATE, BRIEFING)
     _, (first,) = send_briefing(app, DEFAULT_NOW)
     unfollow = re.search(
-        rf"- Turkey Unpacked\. unfollow: {re.escape(BASE)}(/u/\S+)", text_of(first)
+        rf"- Turkey Unpacked\. unfollow: {re.escape(BASE)}(/preferences/(\S+)/unfollow/{TURKEY})\s",
+        text_of(first),
     )
     assert unfollow is not None
-    url = unfollow.group(1)
+    url, signed = unfollow.group(1), unfollow.group(2)
+    # The reader's own preferences link, the same in the HTML part; one per topic followed.
+    assert signed == token(subscriber, BRIEFING, Purpose.PREFERENCES)
+    assert f'href="{BASE}{url}"' in html_of(first)
+    assert f"/preferences/{signed}/unfollow/{CLIMATE}" in text_of(first)
     web = client(app)
 
     page = web.get(url)
@@ -267,3 +278,27 @@ def test_a_topics_unfollow_link_leaves_only_it_and_the_next_issue_omits_it(
     assert "Turkey story 2" not in text_of(second)
     assert "Turkey Unpacked. unfollow" not in text_of(second)
     assert len(messages) == 2  # and no separate email of either topic
+
+
+def test_an_unfollow_link_needs_the_readers_preferences_token_and_one_of_the_topics(
+    any_engine: Engine, make_app: Callable[..., App]
+) -> None:
+    app = personal_app(make_app, any_engine)
+    subscriber = reader(app, TURKEY, CLIMATE, BRIEFING)
+    web = client(app)
+    preferences = token(subscriber, BRIEFING, Purpose.PREFERENCES)
+    refused = [
+        f"/preferences/{token(subscriber, BRIEFING)}/unfollow/{TURKEY}",  # an unsubscribe token
+        f"/preferences/{preferences[:-2]}xx/unfollow/{TURKEY}",  # tampered with
+        f"/preferences/{preferences}/unfollow/no-such-topic",
+        f"/preferences/{preferences}/unfollow/{BRIEFING}",  # a personal newsletter, not a topic
+    ]
+    for url in refused:
+        for answer in (web.get(url), web.post(url, data={"source": "page"})):
+            assert answer.status_code == 400 and "This link doesn't work" in body(answer), url
+    # A GET only asks; nothing changed by any of it.
+    assert "Stop following Climate Weekly?" in body(
+        web.get(f"/preferences/{preferences}/unfollow/{CLIMATE}")
+    )
+    assert set(statuses(app, subscriber).values()) == {"active"}
+    assert events(app, "unsubscribe") == []
