@@ -20,13 +20,16 @@ rules checked, bodies dropped, in its own process), each on a fresh database:
   new variant over to be rendered once.
 
 Render time is measured in the child, as `digest.issues.variant_renders` renders: for a large
-audience in a process of its own (its CPU, start-up included, and its peak RSS, read just before
-the send closes it), otherwise in the senders (`Renderer.render`, timed there); besides, the CPU
+audience in the freezing process (below; the variants it reports stored are counted), for a
+middling one in a rendering process of its own (its CPU, start-up included, and its peak RSS,
+read just before the send closes it), otherwise in the senders (`Renderer.render`, timed
+there); besides, the CPU
 the freeze spends handing each new variant over (its renderer input built) and the time the
 senders wait for their batch's variant (`VariantRenders.get`). The send helpers' CPU and peak
 RSS (`delivery.send_processes`, in both sends) are read the same way. Also the CPU of the
 freeze thread and of the sending threads (and of the process that plans the freeze's pages
-for a large audience, `digest.sending.freeze_process`, read as the rendering one), when the
+and renders the variants for a large audience, `digest.sending.freeze_process`, read as the
+rendering one), when the
 first batch was done and how much was sent by the end of the freeze. After each send the bench
 checks, from the database and the server's count: every reader accepted once (no delivery row
 twice, the server accepted exactly `--size` recipients), each reader's variant is the set of
@@ -301,6 +304,14 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
         close(self)
 
     VariantRenders.close = closing  # type: ignore[method-assign]
+    arrived = VariantRenders.arrived
+    remote_renders: set[int] = set()
+
+    def arriving(self: VariantRenders, variant_ids: list[int]) -> None:
+        remote_renders.update(variant_ids)  # stored (or failed) by the freezing process
+        arrived(self, variant_ids)
+
+    VariantRenders.arrived = arriving  # type: ignore[method-assign]
     frozen_by: dict[str, float] = {"cpu": 0.0, "peak_mb": 0.0, "count": 0}
     stop_freezing = FreezeProcess.close
 
@@ -343,6 +354,7 @@ def child(url: str, api_url: str, issue_id: int, profile: str | None) -> None:
                 "process_peak_mb": process["peak_mb"],
                 "processes": process["count"],
                 "process_renders": process["renders"],
+                "freeze_process_renders": len(remote_renders),
                 "freeze_cpu": freezer.cpu,
                 "freeze_process_cpu": frozen_by["cpu"],
                 "freeze_process_peak_mb": frozen_by["peak_mb"],
@@ -551,7 +563,12 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
         flush=True,
     )
     rendered = mine["process_renders"] or mine["renderer_calls"]
-    if mine["processes"]:
+    if mine.get("freeze_process_renders"):
+        where = (
+            f"{mine['freeze_process_renders']:,} in the freezing process (its CPU below, "
+            "the freeze's included)"
+        )
+    elif mine["processes"]:
         where = (
             f"{mine['process_renders']:,} in the rendering process: its CPU "
             f"{mine['process_cpu']:.1f} s (start-up included; "
@@ -563,7 +580,7 @@ def report(kind: str, size: int, one: dict[str, Any], mine: dict[str, Any]) -> b
             f"{mine['renderer_calls']:,} in the senders' threads: Renderer.render "
             f"{mine['renderer']:.1f} s summed over the threads"
         )
-    if mine["processes"] and mine["renderer_calls"]:
+    if (mine["processes"] or mine.get("freeze_process_renders")) and mine["renderer_calls"]:
         where += f"; {mine['renderer_calls']:,} in the senders ({mine['renderer']:.1f} s)"
     print(
         f"    render: {where}; variants handed over by the freeze "

@@ -8,6 +8,11 @@ is planned; for a large audience a separate process renders it on the other core
 and a sender asks `get` for the one its batch needs, waiting only for that one. The result is
 stored on the variant's row (the first render stored wins, so every sender, here or on another
 host, sends the same bytes).
+
+When the freeze itself runs in a process of its own (`digest.sending.freeze_process`), that
+process renders the variants it plans as well (one child, not two: the RSS of a second
+interpreter). Then this object only waits: `arrived` is told which variants the child stored,
+and once the child is gone (`remote_closed`), whatever it did not store is rendered here.
 """
 
 from __future__ import annotations
@@ -55,13 +60,20 @@ def _render(contents: IssueContents) -> RenderedEmail:
 class VariantRenders:
     """Renders and stores one issue's variants; see the module docstring."""
 
-    def __init__(self, app: App, issue: Issue, *, processes: bool = False) -> None:
+    def __init__(
+        self, app: App, issue: Issue, *, processes: bool = False, remote: bool = False
+    ) -> None:
         self.app, self.issue = app, issue
+        # Rendered by the freezing process: see the module docstring.
+        self.remote = remote
+        self._remote_open = remote
+        self._arrived: set[int] = set()
+        self._arrival = threading.Condition()
         with app.session() as session:
             links = app.links().issue_links(issue.newsletter, issue.id, archive=False)
             self.build = personal.VariantBuilder(session, app.settings, issue, links=links)
         self._pool: ProcessPoolExecutor | None = None
-        if processes:
+        if processes and not remote:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),  # never fork a threaded process
@@ -89,11 +101,37 @@ class VariantRenders:
             variant = session.get(IssueVariant, variant_id)
             if variant is None:
                 raise LookupError(f"issue {self.issue.id} has no variant {variant_id}")
+            if variant.html is None and self._wait_for_remote(variant_id):
+                session.refresh(variant)
             if variant.html is None:
                 self._store(session, variant_id, self._rendered(variant))
                 session.refresh(variant)
             return RenderedVariant(
                 variant.subject, variant.html or "", variant.text or "", tuple(variant.topics)
+            )
+
+    def arrived(self, variant_ids: list[int]) -> None:
+        """The freezing process stored (or failed to render) these variants."""
+        with self._arrival:
+            self._arrived.update(variant_ids)
+            self._arrival.notify_all()
+
+    def remote_closed(self) -> None:
+        """The freezing process is gone: what it did not store is rendered here from now."""
+        with self._arrival:
+            self._remote_open = False
+            self._arrival.notify_all()
+
+    def _wait_for_remote(self, variant_id: int) -> bool:
+        """Wait while the freezing process renders a variant it planned; False at once for
+        one it was not given (planned by an earlier run)."""
+        with self._lock:
+            submitted = variant_id in self._pending
+        if not (self.remote and submitted):
+            return False
+        with self._arrival:
+            return self._arrival.wait_for(
+                lambda: variant_id in self._arrived or not self._remote_open
             )
 
     def _rendered(self, variant: IssueVariant) -> RenderedEmail:

@@ -5,24 +5,35 @@ through Python to plan their variant: for a million readers about 16 s of CPU, w
 sending process would be taken from the sending threads (one interpreter lock). Here the
 sender's freeze thread asks a child process for one page at a time and waits, without the
 lock, while the child works on the other core. The child answers with what the page froze and
-the variants it found (handed on to the renderer). The exactly-once rules are the freeze's own
+the variants it found. Given the sender's `VariantRenders`, the child also renders each
+variant it plans, in a thread of its own, and stores it on the variant's row (one child process
+rather than a freezing and a rendering one: an interpreter costs ~60 MB); each reply names the
+variants stored since, for senders waiting on them. The exactly-once rules are the freeze's own
 (`personal_freeze`): the child is one more freezer taking turns on the issue row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
+import queue
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from digest.app import App
 from digest.config import Settings
 from digest.issues.variants import Plan
 from digest.sending.freeze import Zoning
 from digest.storage.models import Issue
+
+if TYPE_CHECKING:
+    from digest.issues.variant_renders import VariantRenders
+
+log = logging.getLogger(__name__)
 
 
 class FreezeProcess:
@@ -38,14 +49,16 @@ class FreezeProcess:
         zones: Zoning | None,
         message_domain: str,
         on_variant: Callable[[int, Plan], None] | None,
+        renders: VariantRenders | None = None,
     ) -> None:
-        self.app, self.on_variant = app, on_variant
+        self.app, self.on_variant, self.renders = app, on_variant, renders
         context = multiprocessing.get_context("spawn")  # never fork a threaded process
         self._conn, child = context.Pipe()
         options = {"batch_size": batch_size, "page_size": page_size, "zones": zones,
                    "message_domain": message_domain}  # fmt: skip
+        render = renders is not None and renders.remote
         self._process = context.Process(
-            target=_serve, args=(child, app.settings, issue_id, options), daemon=True
+            target=_serve, args=(child, app.settings, issue_id, options, render), daemon=True
         )
         self._process.start()
 
@@ -55,13 +68,17 @@ class FreezeProcess:
         reply = self._conn.recv()
         if isinstance(reply, BaseException):
             raise reply
-        frozen, found = reply
+        frozen, found, rendered = reply
         for variant_id, plan in found:
             if self.on_variant is not None:
                 self.on_variant(variant_id, plan)
+        if rendered and self.renders is not None:
+            self.renders.arrived(rendered)
         return frozen  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        if self.renders is not None:  # senders waiting on a variant render it themselves now
+            self.renders.remote_closed()
         if self._process.is_alive():
             with contextlib.suppress(OSError):
                 self._conn.send(("stop", None))
@@ -70,13 +87,52 @@ class FreezeProcess:
             self._process.kill()
 
 
-def _serve(conn: Connection, settings: Settings, issue_id: int, options: dict[str, Any]) -> None:
+class _Rendering:
+    """The child's rendering thread: each variant planned, rendered and stored in turn."""
+
+    def __init__(self, app: App, issue: Issue) -> None:
+        from digest.issues.variant_renders import VariantRenders
+
+        self.renders = VariantRenders(app, issue)
+        self.todo: queue.Queue[int] = queue.Queue()
+        self._done: list[int] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._work, name="digest-render", daemon=True).start()
+
+    def submit(self, variant_id: int, plan: Plan) -> None:
+        self.renders.submit(variant_id, plan)
+        self.todo.put(variant_id)
+
+    def _work(self) -> None:
+        while True:
+            variant_id = self.todo.get()
+            try:
+                self.renders.get(variant_id)  # renders and stores it, unless stored already
+            except Exception:  # the sender renders it itself (told it arrived, finds none)
+                log.exception("variant %s: rendering failed in the freezing process", variant_id)
+            with self._lock:
+                self._done.append(variant_id)
+            self.todo.task_done()
+
+    def taken(self, *, wait: bool = False) -> list[int]:
+        """The variants handled since last asked (all of them, with `wait`)."""
+        if wait:
+            self.todo.join()
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+
+def _serve(
+    conn: Connection, settings: Settings, issue_id: int, options: dict[str, Any], render: bool
+) -> None:
     from digest.sending.personal_freeze import PersonalFreezer
 
     moment: list[datetime] = []
     app = App(settings=settings, clock=lambda: moment[0])
     found: list[tuple[int, Plan]] = []
     freezer: PersonalFreezer | None = None
+    rendering: _Rendering | None = None
     while True:
         try:
             command, now = conn.recv()
@@ -91,11 +147,25 @@ def _serve(conn: Connection, settings: Settings, issue_id: int, options: dict[st
                     issue = session.get(Issue, issue_id)
                 assert issue is not None
                 newsletter = settings.newsletter(issue.newsletter)
+                rendering = _Rendering(app, issue) if render else None
                 freezer = PersonalFreezer(
-                    app, issue, newsletter, on_variant=lambda v, p: found.append((v, p)), **options
+                    app, issue, newsletter, on_variant=_found(found, rendering), **options
                 )
             frozen = freezer.step()
-            conn.send((frozen, list(found)))
+            # The freeze's end waits for its renders: none is left to the senders.
+            rendered = [] if rendering is None else rendering.taken(wait=frozen is None)
+            conn.send((frozen, list(found), rendered))
             found.clear()
         except BaseException as exc:  # the sender raises it, as a freeze step's own error
             conn.send(exc)
+
+
+def _found(
+    found: list[tuple[int, Plan]], rendering: _Rendering | None
+) -> Callable[[int, Plan], None]:
+    def on_variant(variant_id: int, plan: Plan) -> None:
+        found.append((variant_id, plan))
+        if rendering is not None:
+            rendering.submit(variant_id, plan)
+
+    return on_variant

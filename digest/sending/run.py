@@ -208,6 +208,9 @@ class SendRun:
             self._stop.set()
         finally:
             self.freeze_seconds = time.perf_counter() - started
+            close = getattr(self.freeze_step, "close", None)
+            if close is not None:  # a freezing process: stopped here, whoever waits told
+                close()
             with self._page_frozen:
                 self._freezing = False
                 self._page_frozen.notify_all()

@@ -57,11 +57,10 @@ __all__ = [
 
 TEST_PREFIX = "[TEST] "
 RENDER_PROCESS_AUDIENCE = 20_000  # personal issues: render variants in a process from here
-# Personal issues: plan the freeze's pages in a process of its own from this many readers. Off:
-# on 1M readers it saved the senders ~16 CPU-s but not wall time (the child's pages wait for
-# the one SQLite writer, and on 2 cores the senders, the server and the renderer fill the other
-# core), and it added ~106 MB (bench_personal.py: SQLite 54.9 vs 57.6 s, PostgreSQL about even).
-FREEZE_PROCESS_AUDIENCE: int | None = None
+# Personal issues: from this many readers still to freeze, the freeze plans its pages in a
+# process of its own, which renders the variants too (`freeze_process`): the senders keep this
+# interpreter (bench_personal.py, 1M readers on SQLite: 1.58x → 1.4x the single newsletter).
+FREEZE_PROCESS_AUDIENCE: int | None = 100_000
 
 
 class SendRefused(Exception):
@@ -206,7 +205,7 @@ def send_issue(
         report.already_done = todo == 0 and not still_freezing  # (in the zones asked for)
         if (todo or still_freezing) and not (stop is not None and stop.is_set()):
             total = todo if limit is None else min(todo, max(limit, 0))
-            variants = _variant_renders(app, issue, newsletter, todo)
+            variants = _variant_renders(app, issue, newsletter, todo, still_freezing)
             step = None
             if still_freezing:
                 step = _freeze_step(app, issue_id, newsletter, batch_size, variants)
@@ -295,15 +294,19 @@ def _helpers(
 
 
 def _variant_renders(
-    app: App, issue: Issue, newsletter: NewsletterConfig, audience: int
+    app: App, issue: Issue, newsletter: NewsletterConfig, audience: int, freezing: bool
 ) -> VariantRenders | None:
     """A personal issue's variant renderer; for a large audience it renders in a process of
-    its own (starting one costs about a second: not worth it for a few thousand readers)."""
+    its own (starting one costs about a second: not worth it for a few thousand readers), the
+    freezing process when there is one (`remote`)."""
     if not newsletter.personal:
         return None
     from digest.issues.variant_renders import VariantRenders
 
-    return VariantRenders(app, issue, processes=audience >= RENDER_PROCESS_AUDIENCE)
+    remote = (
+        freezing and FREEZE_PROCESS_AUDIENCE is not None and (audience >= FREEZE_PROCESS_AUDIENCE)
+    )
+    return VariantRenders(app, issue, processes=audience >= RENDER_PROCESS_AUDIENCE, remote=remote)
 
 
 def _freeze_step(
@@ -353,8 +356,10 @@ def _personal_freeze_step(
     variants: VariantRenders | None,
 ) -> Callable[[], bool]:
     """`_freeze_step` for a personal issue: readers' variants, batches per variant (each new
-    variant handed to `variants` to render before its first batch is claimed). From
-    FREEZE_PROCESS_AUDIENCE readers the pages are planned by a process of its own."""
+    variant handed to `variants` to render before its first batch is claimed). When `variants`
+    is `remote` (FREEZE_PROCESS_AUDIENCE readers and more), the pages are planned and the
+    variants rendered by a process of its own; without `variants`, from that many readers
+    the pages are planned there."""
     from digest.sending.freeze_process import FreezeProcess
     from digest.sending.personal_freeze import PersonalFreezer
 
@@ -364,13 +369,16 @@ def _personal_freeze_step(
     with app.session() as session:
         issue = session.get(Issue, issue_id)
         assert issue is not None
-        large = FREEZE_PROCESS_AUDIENCE is not None and (
-            unfrozen(session, issue_id, newsletter.slug) >= FREEZE_PROCESS_AUDIENCE
-        )
+        if variants is not None:
+            large = variants.remote
+        else:
+            large = FREEZE_PROCESS_AUDIENCE is not None and (
+                unfrozen(session, issue_id, newsletter.slug) >= FREEZE_PROCESS_AUDIENCE
+            )
     if large:
         freezer = FreezeProcess(
             app, issue_id, batch_size=batch_size, page_size=page_size, zones=zones,
-            message_domain=domain, on_variant=on_variant,
+            message_domain=domain, on_variant=on_variant, renders=variants,
         )  # fmt: skip
     else:
         freezer = PersonalFreezer(
@@ -393,6 +401,8 @@ def _personal_freeze_step(
         return False
 
     step.remote = large  # type: ignore[attr-defined]
+    if isinstance(freezer, FreezeProcess):  # SendRun closes it when its freeze thread ends
+        step.close = freezer.close  # type: ignore[attr-defined]
     return step
 
 
