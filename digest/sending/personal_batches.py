@@ -24,6 +24,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -122,6 +123,33 @@ def write(session: Session, issue_id: int, taken: list[Any], now: datetime, doma
             [{"v": v, "n": n} for v, n in readers.items()],
         )
     return frozen
+
+
+def append_members(session: Session, appended: list[dict[str, Any]]) -> None:
+    """Add readers to open batches: each {"b": batch id, "n": how many, "more": ",7,9"}.
+
+    On PostgreSQL one statement over arrays: a page adds to hundreds of batches, and as many
+    statements cost the server more than the rows they change (1M readers: 3 s of the freeze)."""
+    if session.connection().dialect.name == "postgresql":
+        session.execute(
+            text(
+                "UPDATE send_batch AS b SET members = b.members || u.more, size = b.size + u.n"
+                " FROM unnest(CAST(:ids AS integer[]), CAST(:ns AS integer[]),"
+                " CAST(:mores AS text[])) AS u(id, n, more) WHERE b.id = u.id"
+            ),
+            {
+                "ids": [row["b"] for row in appended],
+                "ns": [row["n"] for row in appended],
+                "mores": [row["more"] for row in appended],
+            },
+        )
+        return
+    session.execute(
+        update(_B)
+        .where(_B.c.id == bindparam("b"))
+        .values(members=_B.c.members + bindparam("more"), size=_B.c.size + bindparam("n")),
+        appended,
+    )
 
 
 def insert_members(

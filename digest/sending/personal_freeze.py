@@ -36,7 +36,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    bindparam,
     insert,
     select,
     update,
@@ -310,12 +309,7 @@ class PersonalFreezer:
                     "error": key[1:] if skip else None, "members": ",".join(map(str, chunk)),
                 })  # fmt: skip
         if appended:
-            session.execute(
-                update(_B)
-                .where(_B.c.id == bindparam("b"))
-                .values(members=_B.c.members + bindparam("more"), size=_B.c.size + bindparam("n")),
-                appended,
-            )
+            personal_batches.append_members(session, appended)
         if new_rows:
             statement = insert(_B).returning(_B.c.id, sort_by_parameter_order=True)
             ids = [row[0] for row in session.execute(statement, new_rows)]

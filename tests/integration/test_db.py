@@ -44,3 +44,18 @@ def test_cli_db_upgrade_on_a_fresh_file(tmp_path, monkeypatch) -> None:  # type:
 
     engine = make_engine(url)
     assert current_revision(engine) == head_revision(engine)
+
+
+def test_postgresql_keeps_planned_batch_ids_uncompressed(pg_engine: Engine) -> None:
+    """Migration 0014: `send_batch.members` is rewritten on every append of a personal freeze;
+    compressed (the default) each append paid for compressing it again."""
+    from sqlalchemy import text
+
+    with pg_engine.connect() as connection:
+        storage = connection.execute(
+            text(
+                "SELECT attstorage FROM pg_attribute"
+                " WHERE attrelid = 'send_batch'::regclass AND attname = 'members'"
+            )
+        ).scalar()
+    assert storage == "e"  # EXTERNAL: out of line, not compressed
