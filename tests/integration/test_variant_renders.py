@@ -31,6 +31,18 @@ def _planned(make_app: Callable[..., App], engine: Engine) -> tuple[App, Issue, 
     return app, issue, [variant_id for variant_id, _ in told]
 
 
+def _told_of_every_variant(app: App, issue: Issue) -> VariantRenders:
+    """A sender's renders waiting on the freezing process, told of the issue's variants as the
+    process's replies tell them."""
+    from digest.issues import personal
+
+    sender = VariantRenders(app, issue, remote=True)
+    with app.session() as session:
+        for variant in session.exec(select(IssueVariant)).all():
+            sender.submit(variant.id or 0, personal.plan_of(variant))
+    return sender
+
+
 def _counting_renders(monkeypatch: Any) -> list[int]:
     calls: list[int] = []
     render = Renderer.render
@@ -54,13 +66,7 @@ def test_a_sender_waits_for_the_freezing_process_then_takes_its_render(
     any_engine: Engine, make_app: Callable[..., App], monkeypatch: Any
 ) -> None:
     app, issue, variants = _planned(make_app, any_engine)
-    sender = VariantRenders(app, issue, remote=True)
-    with app.session() as session:
-        plans = {v.id: v for v in session.exec(select(IssueVariant)).all()}
-    from digest.issues import personal
-
-    for variant_id in variants:
-        sender.submit(variant_id, personal.plan_of(plans[variant_id]))
+    sender = _told_of_every_variant(app, issue)
     calls = _counting_renders(monkeypatch)
     thread, got = _waiting(sender, variants[0])
     thread.join(timeout=0.3)
@@ -80,12 +86,7 @@ def test_once_the_freezing_process_is_gone_a_sender_renders_what_it_did_not_stor
     any_engine: Engine, make_app: Callable[..., App], monkeypatch: Any
 ) -> None:
     app, issue, variants = _planned(make_app, any_engine)
-    sender = VariantRenders(app, issue, remote=True)
-    from digest.issues import personal
-
-    with app.session() as session:
-        for variant in session.exec(select(IssueVariant)).all():
-            sender.submit(variant.id or 0, personal.plan_of(variant))
+    sender = _told_of_every_variant(app, issue)
     calls = _counting_renders(monkeypatch)
     thread, got = _waiting(sender, variants[0])
     thread.join(timeout=0.3)
