@@ -59,3 +59,23 @@ def test_postgresql_keeps_planned_batch_ids_uncompressed(pg_engine: Engine) -> N
             )
         ).scalar()
     assert storage == "e"  # EXTERNAL: out of line, not compressed
+
+
+def test_sqlite_connections_log_ahead_and_checkpoint_in_large_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every connection of a SQLite engine: WAL (readers never block the writer), NORMAL sync,
+    and a checkpoint every 20,000 pages (a personal freeze's scattered writes, see db.py)."""
+    from sqlalchemy import text
+
+    from digest.storage.db import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    try:
+        with engine.connect() as connection:
+            read = {
+                name: connection.execute(text(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "wal_autocheckpoint", "foreign_keys")
+            }
+    finally:
+        engine.dispose()
+    assert read == {"journal_mode": "wal", "synchronous": 1, "wal_autocheckpoint": 20000,
+                    "foreign_keys": 1}  # fmt: skip
