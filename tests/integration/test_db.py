@@ -79,3 +79,22 @@ def test_sqlite_connections_log_ahead_and_checkpoint_in_large_steps(tmp_path) ->
         engine.dispose()
     assert read == {"journal_mode": "wal", "synchronous": 1, "wal_autocheckpoint": 20000,
                     "foreign_keys": 1}  # fmt: skip
+
+
+def test_a_sqlite_engine_can_be_given_a_larger_page_cache(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The freezing process's engine (digest.sending.freeze_process): every connection of it
+    gets the cache asked for; other engines keep SQLite's default."""
+    from sqlalchemy import text
+
+    from digest.sending.freeze_process import SQLITE_CACHE_KIB
+    from digest.storage.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    sizes = []
+    for engine in (make_engine(url, sqlite_cache_kib=SQLITE_CACHE_KIB), make_engine(url)):
+        try:
+            with engine.connect() as one, engine.connect() as two:
+                sizes.append([c.execute(text("PRAGMA cache_size")).scalar() for c in (one, two)])
+        finally:
+            engine.dispose()
+    assert sizes == [[-SQLITE_CACHE_KIB, -SQLITE_CACHE_KIB], [-2000, -2000]]
