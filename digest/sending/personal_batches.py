@@ -15,9 +15,7 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     String,
-    any_,
     bindparam,
-    cast,
     delete,
     func,
     insert,
@@ -27,7 +25,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session
 
 from digest.sending.freeze import message_ids
@@ -150,15 +147,10 @@ def append_members(session: Session, appended: list[dict[str, Any]]) -> None:
 def insert_members(
     session: Session, issue_id: int, now: datetime, domain: str
 ) -> Callable[..., int]:
-    """A function writing the delivery rows of one batch's members ("1,5,9"); returns how many
-    (a subscriber erased since the plan has none)."""
-    dialect = session.connection().dialect.name
-    if dialect == "postgresql":
-        ids = bindparam("ids", type_=String)
-        chosen: Any = _S.c.id == any_(cast(func.string_to_array(ids, ","), ARRAY(Integer)))
-    else:
-        each: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
-        chosen = _S.c.id.in_(each)
+    """SQLite: a function writing the delivery rows of one batch's members ("1,5,9"); returns
+    how many (a subscriber erased since the plan has none). PostgreSQL: `_insert_all`."""
+    each: Any = select(literal_column("value")).select_from(func.json_each(bindparam("ids")))
+    chosen = _S.c.id.in_(each)
     rows = select(
         literal(issue_id),
         _S.c.id,
@@ -179,9 +171,8 @@ def insert_members(
     statement = insert(_D).from_select(columns, rows).execution_options(preserve_rowcount=True)
 
     def write(members: str, **values: Any) -> int:
-        given = members if dialect == "postgresql" else f"[{members}]"
         values["status"] = str(values["status"])
-        result = session.execute(statement, {"ids": given, **values})
+        result = session.execute(statement, {"ids": f"[{members}]", **values})
         return int(result.rowcount)  # type: ignore[attr-defined]
 
     return write
@@ -207,7 +198,8 @@ def _insert_each(
     return frozen, counts
 
 
-# The taken batches' rows in one statement (PostgreSQL), each batch's rows together.
+# The taken batches' rows in one statement (PostgreSQL), each batch's rows together; its
+# Message-ID is `freeze.message_ids`'s, written out.
 _INSERT_ALL = text(
     "INSERT INTO delivery (issue_id, subscriber_id, email, name, status, batch_id,"
     " variant_id, error, opened, clicked, updated_at, message_id)"
