@@ -54,3 +54,29 @@ def test_studio_shows_the_personal_issue_and_an_exclusion_reaches_every_reader(
     assert report.accepted == 2
     for messages in _by_recipient(app).values():
         assert "Drought reaches Ankara" not in _text(messages[0])
+
+
+def test_the_studio_shows_a_sent_personal_issue_largest_variants(
+    engine: Engine, make_app: Callable[..., App]
+) -> None:
+    """After a real send, the issue's stats page lists its variants, largest first, with their
+    readers and topics, and the summary counts them and the skipped readers."""
+    app = personal_app(make_app, engine)
+    _articles(app, DEFAULT_NOW - timedelta(hours=6))
+    for n in range(2):
+        _reader(app, f"both{n}@example.com", TURKEY, CLIMATE)
+    _reader(app, "turkey@example.com", TURKEY)
+    _reader(app, "none@example.com")
+    with TestClient(create_app(app), follow_redirects=False) as client:
+        sign_in(client, app)
+        page = client.get(f"/studio/{BRIEFING}").text
+        issue_id = int(re.findall(rf"/studio/{BRIEFING}/issue/(\d+)/email\.html", page)[0])
+        assert send_issue(app, issue_id).accepted == 3
+        stats = client.get(f"/studio/{BRIEFING}/issue/{issue_id}/stats")
+    assert stats.status_code == 200
+    table = stats.text.split('id="largest-variants"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>#\d+</td><td>(\d+)</td><td>([^<]*)</td>", table)
+    assert rows == [("2", f"{TURKEY}, {CLIMATE}"), ("1", TURKEY)]
+    summary = stats.text.split('id="variant-summary">', 1)[1].split("</p>", 1)[0]
+    assert "2 variants" in summary and "largest 2" in summary
+    assert "1 (follows no topic)" in summary
