@@ -37,6 +37,7 @@ from digest.transports import (
     SendResult,
     TransportError,
 )
+from digest.transports.kept_alive import ConnectionPool, kept_alive
 from digest.transports.retry import RetryPolicy
 from digest.transports.sendgrid_payload import SharedPart, payload_json
 
@@ -127,6 +128,8 @@ class SendGridTransport:
         self.timeout = timeout or settings.sendgrid.timeout
         self.max_batch_size = min(batch_size or settings.sendgrid.batch_size, 1000)
         self._client = SendGridAPIClient(api_key=api_key, host=host or settings.sendgrid.api_url)
+        self._connections = ConnectionPool()  # one kept connection per sending thread
+        self._client.client = kept_alive(self._client.client, self._connections)
         self._gate = _PauseGate(self.policy)
         self._shared: dict[int, tuple[OutgoingMessage, SharedPart]] = {}
         self.shared_kept = SHARED_KEPT  # a send helper keeps fewer (its own few variants)
@@ -142,6 +145,7 @@ class SendGridTransport:
 
     def close(self) -> None:
         self._shared.clear()
+        self._connections.close()
 
     # -- sending --------------------------------------------------------------------------------
 

@@ -197,6 +197,7 @@ class _State:
     rejected: list[RejectedRequest] = field(default_factory=list)
     aborted: list[AbortedRequest] = field(default_factory=list)
     attempts: int = 0
+    connections: int = 0
     accepted_requests: int = 0
     accepted_recipients: int = 0
     injected_failures: int = 0
@@ -610,6 +611,10 @@ class _HTTPServer(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, _Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.owner._connected()
+        super().process_request(request, client_address)
+
 
 class SendGridServer:
     """A local stand-in for ``https://api.sendgrid.com`` that validates like the real API.
@@ -723,6 +728,16 @@ class SendGridServer:
         """Every POST to /v3/mail/send, whatever the answer: counts retries and aborted ones."""
         with self._lock:
             return self._state.attempts
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (a client keeping its connections opens few)."""
+        with self._lock:
+            return self._state.connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._state.connections += 1
 
     @property
     def accepted_requests(self) -> int:
