@@ -40,18 +40,29 @@ class DeliveryConfig(Strict):
     rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
     max_retries: int = Field(default=5, ge=0, le=20)
     # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
-    # little faster, smaller holds the database's write lock for less time.
-    freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
+    # little faster, smaller holds the database's write lock for less time. "auto": 5,000 for
+    # a topic issue on SQLite, whose senders wait for each page's write lock, else 20,000.
+    freeze_page: int | Literal["auto"] = Field(default="auto")
     # Helper processes that sign links, build request bodies and send (digest.sending.
     # send_processes): "auto" is 2 for a topic issue of 250,000+ recipients on 2+ cores, else 0.
     send_processes: int | Literal["auto"] = Field(default="auto")
 
-    @field_validator("send_processes")
+    # Before the union is tried: its members' own errors name them ("….int") and not "auto".
+    @field_validator("freeze_page", mode="before")
     @classmethod
-    def _helpers_in_range(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 0 <= value <= 16:
-            raise ValueError("must be 'auto' or a number from 0 to 16")
+    def _page_in_range(cls, value: object) -> object:
+        return _auto_or_number(value, 1, 1_000_000)
+
+    @field_validator("send_processes", mode="before")
+    @classmethod
+    def _helpers_in_range(cls, value: object) -> object:
+        return _auto_or_number(value, 0, 16)
+
+
+def _auto_or_number(value: object, low: int, high: int) -> object:
+    if value == "auto" or (type(value) is int and low <= value <= high):
         return value
+    raise ValueError(f"must be 'auto' or a whole number from {low} to {high}, not {value!r}")
 
 
 class SendGridConfig(Strict):

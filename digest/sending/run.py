@@ -13,9 +13,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from digest.app import App
 from digest.config import NewsletterConfig
@@ -23,6 +23,7 @@ from digest.mail.message import RecipientValues, tokens_of
 from digest.rendering.personalize import Tokens
 from digest.sending import ledger
 from digest.sending.claimer import Claimer
+from digest.sending.write_turns import NoTurns, WriteTurns
 from digest.storage.models import Issue
 from digest.transports import (
     OutgoingBatch,
@@ -157,10 +158,10 @@ class SendRun:
         self.failure: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # SQLite takes one writer at a time and makes the others poll with growing sleeps
-        # (1, 2, 5, 10… ms); queueing this run's threads on a lock hands the turn over at once.
+        # SQLite takes one writer at a time: this run's threads queue for turns, the senders'
+        # before the freeze's (digest.sending.write_turns).
         sqlite = app.engine.dialect.name == "sqlite"
-        self._writing: AbstractContextManager[Any] = threading.Lock() if sqlite else nullcontext()
+        self._writing: WriteTurns | NoTurns = WriteTurns() if sqlite else NoTurns()
 
     def execute(self) -> None:
         workers = [
@@ -191,7 +192,7 @@ class SendRun:
                 # A freeze run by another process takes SQLite's lock itself, for its writes
                 # only: holding this run's lock over its whole page would idle the senders.
                 remote = getattr(self.freeze_step, "remote", False)
-                with nullcontext() if remote else self._writing:
+                with nullcontext() if remote else self._writing.background():
                     more = self.freeze_step() if self.freeze_step else False
                 with self._page_frozen:
                     self._pages += 1

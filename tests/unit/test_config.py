@@ -138,3 +138,27 @@ def test_a_one_line_dkim_key_in_an_environment_file_gets_its_line_breaks_back() 
     settings = settings_from_mapping({}, env={"DIGEST_DKIM_PRIVATE_KEY": one_line})
     assert settings.dkim_private_key is not None
     assert settings.dkim_private_key.get_secret_value() == pem
+
+
+@pytest.mark.parametrize(
+    ("value", "sqlite", "postgresql"),
+    [('"auto"', 5_000, 20_000), ("300", 300, 300)],
+)
+def test_the_freeze_page_is_chosen_per_database_unless_given(
+    tmp_path: Path, value: str, sqlite: int, postgresql: int
+) -> None:
+    from digest.sending import freeze
+
+    path = write(tmp_path, GOOD + f"\n[delivery]\nfreeze_page = {value}\n")
+    configured = load_settings(path, env={}).delivery.freeze_page
+    assert freeze.page_size(configured, "sqlite") == sqlite
+    assert freeze.page_size(configured, "postgresql") == postgresql
+
+
+@pytest.mark.parametrize("value", ["0", '"big"', "2000000"])
+def test_a_bad_freeze_page_is_named(tmp_path: Path, value: str) -> None:
+    path = write(tmp_path, GOOD + f"\n[delivery]\nfreeze_page = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.key == "delivery.freeze_page"
+    assert "'auto' or a whole number from 1 to 1000000" in caught.value.reason
