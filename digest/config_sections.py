@@ -40,19 +40,15 @@ class DeliveryConfig(Strict):
     rate_limit: float = Field(default=0, ge=0, description="messages per second, 0 = unlimited")
     max_retries: int = Field(default=5, ge=0, le=20)
     # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
-    # little faster, smaller holds the database's write lock for less time. "auto": 5,000 for
-    # a topic issue on SQLite, whose senders wait for each page's write lock, else 20,000.
-    freeze_page: int | Literal["auto"] = Field(default="auto")
+    # little faster, smaller holds the database's write lock for less time. On SQLite 5,000
+    # cost the freeze a third more CPU in a 1M send (its indexes' last pages logged and written
+    # four times as often) and took the senders' turns no faster (bench_send.py).
+    freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
     # Helper processes that sign links, build request bodies and send (digest.sending.
     # send_processes): "auto" is 2 for a topic issue of 250,000+ recipients on 2+ cores, else 0.
     send_processes: int | Literal["auto"] = Field(default="auto")
 
     # Before the union is tried: its members' own errors name them ("….int") and not "auto".
-    @field_validator("freeze_page", mode="before")
-    @classmethod
-    def _page_in_range(cls, value: object) -> object:
-        return _auto_or_number(value, 1, 1_000_000)
-
     @field_validator("send_processes", mode="before")
     @classmethod
     def _helpers_in_range(cls, value: object) -> object:

@@ -50,23 +50,10 @@ from digest.storage.models import (
 from subscribers.audience import audience_statement
 
 FREEZE_PAGE = 20_000  # audience rows copied per INSERT … SELECT while freezing
-# SQLite: a page holds the one write lock for its whole INSERT … SELECT (~25 ms for 5,000 rows
-# on the 2-core dev box, ~100 ms for 20,000), and a sender recording or claiming a batch waits
-# for it. Smaller pages cost the freeze ~4% more on its own; in bench_send.py's 1M send, with
-# the senders' turns first (digest.sending.write_turns), 20,000 → 5,000 took ~0.5 s off 21 s.
-# PostgreSQL writers do not wait for each other's pages: there 5,000 was 2 s slower.
-SQLITE_FREEZE_PAGE = 5_000
 MAX_BATCHES_PER_PAGE = 40  # batches created ahead of each page (a CASE branch each)
 _D = Delivery.__table__  # type: ignore[attr-defined]
 _B = SendBatch.__table__  # type: ignore[attr-defined]
 _I = Issue.__table__  # type: ignore[attr-defined]
-
-
-def page_size(configured: int | str, dialect: str) -> int:
-    """`delivery.freeze_page` for a topic issue's freeze on `dialect` ("auto": see above)."""
-    if configured != "auto":
-        return int(configured)
-    return SQLITE_FREEZE_PAGE if dialect == "sqlite" else FREEZE_PAGE
 
 
 def start(session: Session, *, issue_id: int, from_statuses: Sequence[str], now: datetime) -> bool:

@@ -325,7 +325,6 @@ def _freeze_step(
     if newsletter.personal:
         return _personal_freeze_step(app, issue_id, newsletter, batch_size, zones, variants)
     replaced_by = app.settings.replaced_by(newsletter.slug)
-    page_size = freeze.page_size(app.settings.delivery.freeze_page, app.engine.dialect.name)
 
     def step() -> bool:
         with app.session() as session:
@@ -335,7 +334,7 @@ def _freeze_step(
                 newsletter=newsletter.slug,
                 batch_size=batch_size,
                 now=app.now(),
-                page_size=page_size,
+                page_size=app.settings.delivery.freeze_page,
                 zones=zones,
                 message_domain=message_domain(app.settings),
                 replaced_by=replaced_by,
@@ -365,8 +364,7 @@ def _personal_freeze_step(
     from digest.sending.personal_freeze import PersonalFreezer
 
     on_variant = variants.submit if variants is not None else None
-    configured, domain = app.settings.delivery.freeze_page, message_domain(app.settings)
-    page_size = None if configured == "auto" else int(configured)  # the personal freeze's own
+    page_size, domain = app.settings.delivery.freeze_page, message_domain(app.settings)
     freezer: FreezeProcess | PersonalFreezer
     with app.session() as session:
         issue = session.get(Issue, issue_id)
