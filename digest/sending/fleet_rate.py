@@ -14,18 +14,26 @@ waits its turn). The clock is the database's (`clock_timestamp()`, not `now()`, 
 still for a transaction), so hosts whose clocks disagree still agree on the slots.
 
 A provider's 429 pauses everyone: the sender that got it sets `paused_until`, and every
-reservation starts after it. On SQLite there is one process, and `digest.sending.run.RateLimiter`
-paces its threads as before.
+reservation starts after it. With no rate there is nothing to reserve, and a sender reads the
+pause at most every PAUSE_POLL seconds, not once per batch (a transaction per batch, a thousand
+in a million-recipient send); a pause it sets itself applies at once. On SQLite there is one
+process, and `digest.sending.run.RateLimiter` paces its threads as before.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 
 from sqlalchemy import Engine, text
 
 log = logging.getLogger(__name__)
+# With no rate: how stale a sender's knowledge of the fleet's pause may be. A 429's pause lasts
+# seconds (Retry-After); a sender that has not seen it yet sends one more batch at most, gets
+# its own 429 and waits as well.
+PAUSE_POLL = 0.5
 
 _ENSURE = text(
     "INSERT INTO rate_limit (name, next_at, paused_until) VALUES (:name, 0, 0) "
@@ -59,11 +67,16 @@ class FleetRateLimiter:
         rate: float,
         *,
         sleep: Callable[[float], None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.name = name
         self.rate = rate
         self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._paused_until = 0.0  # on `clock`: the fleet's pause as last read, or our own
+        self._read_at: float | None = None
         with engine.begin() as db:
             db.execute(_ENSURE, {"name": name})
 
@@ -71,19 +84,34 @@ class FleetRateLimiter:
         """Wait for this batch's slot (and for any provider pause)."""
         if messages <= 0:
             return
-        with self.engine.begin() as db:
-            if self.rate > 0:
+        if self.rate > 0:
+            with self.engine.begin() as db:
                 wait = db.execute(_RESERVE, {"name": self.name, "cost": messages / self.rate})
-            else:
-                wait = db.execute(_PAUSED, {"name": self.name})
-            seconds = float(wait.scalar() or 0.0)
+                seconds = float(wait.scalar() or 0.0)
+        else:
+            seconds = self._pause_left()
         if seconds > 0:
             self._sleep(seconds)
+
+    def _pause_left(self) -> float:
+        now = self._clock()
+        with self._lock:
+            fresh = self._read_at is not None and now - self._read_at < PAUSE_POLL
+        if not fresh:
+            with self.engine.begin() as db:
+                left = float(db.execute(_PAUSED, {"name": self.name}).scalar() or 0.0)
+            with self._lock:
+                self._paused_until = max(self._paused_until, now + left)
+                self._read_at = now
+        with self._lock:
+            return self._paused_until - now
 
     def pause(self, seconds: float) -> None:
         """A provider asked us to wait (429): every sender waits until then."""
         if seconds <= 0:
             return
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
         try:
             with self.engine.begin() as db:
                 db.execute(_PAUSE, {"name": self.name, "seconds": float(seconds)})

@@ -22,7 +22,7 @@ from digest.cli import app as cli_app
 from digest.ops.status import status_report
 from digest.scheduling.pipeline import Pipeline, real_pipeline
 from digest.scheduling.tick import run_due
-from digest.sending import worker_pool
+from digest.sending import fleet_rate, worker_pool
 from digest.sending.claimer import Claimer
 from digest.sending.fleet_rate import FleetRateLimiter, shared_limiter
 from digest.sending.workers import Worker, WorkerRefused
@@ -53,11 +53,20 @@ def test_reservations_of_every_sender_queue_behind_each_other(pg_engine: Engine)
 
 def test_a_429_pauses_every_sender(pg_engine: Engine) -> None:
     fakes = [FakeTime(), FakeTime()]
-    first, second = (_limiter(pg_engine, 0, fake) for fake in fakes)
+    clock = [100.0]
+    first, second = (
+        FleetRateLimiter(pg_engine, "delivery:test", 0, sleep=fake.sleep, clock=lambda: clock[0])
+        for fake in fakes
+    )
     second.acquire(5)
     assert fakes[1].sleeps == []  # no rate, no pause: nothing to wait for
     first.pause(7)
-    second.acquire(5)
+    first.acquire(5)  # its own pause: at once
+    assert 6.9 <= fakes[0].sleeps[-1] <= 7.0
+    second.acquire(5)  # read the pause 0 s ago: not again yet (no query per batch)
+    assert fakes[1].sleeps == []
+    clock[0] += fleet_rate.PAUSE_POLL
+    second.acquire(5)  # the fleet's pause, read again (on the database's clock)
     assert 6.5 <= fakes[1].sleeps[-1] <= 7.0
     limited = _limiter(pg_engine, 1000, fakes[0])
     limited.acquire(1000)  # a reservation starts after the pause, whatever the rate
