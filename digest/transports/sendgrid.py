@@ -4,6 +4,7 @@ The shared subject and bodies go once per request; each recipient is a personali
 `substitutions` for the tokens, its own List-Unsubscribe header and `custom_args` naming the
 delivery, so events come back tied to the ledger row (see `sendgrid_payload` for the body, built
 without the library's helper classes, which cost ~10x more and reverse personalization order).
+Each sending thread keeps its connection open between requests (`kept_alive`).
 
 Failures (REFERENCE §1.3): 429 waits for Retry-After / X-RateLimit-Reset and pauses every
 thread of this transport; 5xx and connection failures back off and retry; a lost answer (read
