@@ -41,8 +41,8 @@ class DeliveryConfig(Strict):
     max_retries: int = Field(default=5, ge=0, le=20)
     # Recipients frozen per transaction while sending (see digest.sending.freeze): larger is a
     # little faster, smaller holds the database's write lock for less time. On SQLite 5,000
-    # cost the freeze a third more CPU in a 1M send (its indexes' last pages logged and written
-    # four times as often) and took the senders' turns no faster (bench_send.py).
+    # cost a 1M send ~1.8 CPU-s more (the indexes' last pages logged and written four times
+    # as often) and did not make it faster (bench_send.py).
     freeze_page: int = Field(default=20_000, ge=1, le=1_000_000)
     # Helper processes that sign links, build request bodies and send (digest.sending.
     # send_processes): "auto" is 2 for a topic issue of 250,000+ recipients on 2+ cores, else 0.
