@@ -78,7 +78,6 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._all: set[http.client.HTTPConnection] = set()
         self._tls: ssl.SSLContext | None = None
-        self.opened = 0  # connections opened so far (tests and benchmarks read it)
 
     def _kept(self) -> dict[tuple[str, str], _Kept]:
         kept: dict[tuple[str, str], _Kept] | None = getattr(self._local, "kept", None)
@@ -136,7 +135,6 @@ class ConnectionPool:
             connection = http.client.HTTPConnection(netloc, timeout=timeout)
         with self._lock:
             self._all.add(connection)
-            self.opened += 1
         return connection
 
 
